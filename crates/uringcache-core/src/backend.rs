@@ -1,0 +1,130 @@
+//! The contract between the cache and the layer that moves bytes (the kernel's
+//! `address_space_operations`: `readpage`, `writepages`, plus `fsync`).
+//!
+//! The cache never performs I/O itself. It builds [`Request`]s — "read this file range into
+//! these frames", "write these frames to this file range", "flush this file" — and hands them in
+//! batches to a [`Backend`]. The backend runs them (on `io_uring`, on a thread pool, or with
+//! faults injected) and calls each request's [`Completion`] exactly once, from whatever thread
+//! it likes. Completions must be short and never block: they flip page bits and wake wakers.
+//!
+//! # Invariants a backend keeps
+//!
+//! * The frames named by a request are not touched after its completion has been called, and the
+//!   completion is called only after the device is done with them (a dropped future never leaves
+//!   the kernel writing into a reused frame).
+//! * A read returns the number of bytes read: less than asked only at end of file (short reads
+//!   before the end are continued by the backend, not reported). The bytes of the frames past
+//!   that count are unspecified; the cache zeroes them.
+//! * A write transfers all `len` bytes or fails: a short write is continued, and a write that
+//!   makes no progress fails with `ENOSPC` (never reported as success).
+//! * An fsync completes only after the device flush; its error is returned, never dropped.
+//! * The file descriptor registered with [`Backend::register`] stays open, owned by the caller,
+//!   until [`Backend::unregister`] returns.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::page::FrameId;
+
+/// A file known to a backend (for `io_uring`, its slot in the registered file table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId(pub u32);
+
+/// Called once with the outcome of a [`Request`]: bytes transferred, or the error.
+pub type Completion = Box<dyn FnOnce(io::Result<usize>) + Send + 'static>;
+
+/// What a request does.
+#[derive(Debug)]
+pub enum Op {
+    /// Read `len` bytes at `offset` into `frames`, in order, each one page long.
+    Read {
+        /// File offset, a multiple of the page size.
+        offset: u64,
+        /// Destination frames, consecutive pages of the file.
+        frames: Vec<FrameId>,
+        /// Bytes to read: at most `frames.len() * page_size`, a multiple of the file's direct
+        /// I/O alignment.
+        len: usize,
+    },
+    /// Write `len` bytes from `frames`, in order, to the file at `offset`.
+    Write {
+        /// File offset, a multiple of the page size.
+        offset: u64,
+        /// Source frames, consecutive pages of the file.
+        frames: Vec<FrameId>,
+        /// Bytes to write: at most `frames.len() * page_size`, a multiple of the file's direct
+        /// I/O alignment (the tail block is written whole).
+        len: usize,
+    },
+    /// Flush the file to stable storage (`fsync`, or `fdatasync` when `datasync`).
+    Fsync {
+        /// Flush data and only the metadata needed to read it back.
+        datasync: bool,
+    },
+    /// Set the file's size on disk (`ftruncate`).
+    Truncate {
+        /// The new size in bytes.
+        len: u64,
+    },
+}
+
+/// One I/O for a backend to run.
+pub struct Request {
+    /// The file, as registered.
+    pub file: FileId,
+    /// What to do.
+    pub op: Op,
+    /// Called exactly once with the outcome.
+    pub done: Completion,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("file", &self.file)
+            .field("op", &self.op)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters a backend keeps about its own work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Read requests completed.
+    pub reads: u64,
+    /// Bytes read from the device.
+    pub read_bytes: u64,
+    /// Write requests completed.
+    pub writes: u64,
+    /// Bytes written to the device.
+    pub write_bytes: u64,
+    /// Flushes completed.
+    pub fsyncs: u64,
+    /// System calls that submitted work (for `io_uring`, `io_uring_enter` calls).
+    pub submit_calls: u64,
+    /// Requests that failed.
+    pub errors: u64,
+}
+
+/// The I/O layer under the cache (`a_ops`): implemented by `uringcache-uring`.
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs and statistics (`"io_uring"`, `"threads"`).
+    fn name(&self) -> &'static str;
+
+    /// Makes an open file descriptor (opened with `O_DIRECT` by the caller) known to the
+    /// backend. The caller keeps ownership and closes it after [`unregister`](Self::unregister).
+    fn register(&self, fd: RawFd) -> io::Result<FileId>;
+
+    /// Forgets a file. Called only when no request on it is in flight.
+    fn unregister(&self, file: FileId);
+
+    /// Starts every request in `batch` (draining it), as few system calls as possible.
+    /// Completions may run before this returns, on this thread or another.
+    fn submit(&self, batch: &mut Vec<Request>);
+
+    /// The backend's counters.
+    fn stats(&self) -> BackendStats;
+
+    /// Stops the backend's threads after every submitted request has completed.
+    fn shutdown(&self);
+}

@@ -1,0 +1,352 @@
+//! The eviction policy: S3-FIFO over frames, the cache's answer to the kernel's active and
+//! inactive lists.
+//!
+//! # Why S3-FIFO
+//!
+//! A page cache sees scans: a backup, a compaction or an analytic query reads a file once from
+//! end to end. LRU (and SIEVE, which has no probationary queue) lets such a scan flush the hot
+//! set. The kernel defends with two lists: a page enters the inactive list and is promoted to the
+//! active list only on a second access (`mark_page_accessed`), and workingset shadow entries
+//! promote a page that is refaulted soon after eviction. S3-FIFO (Yang et al., SOSP'23) has the
+//! same shape in FIFO form:
+//!
+//! * a **small** queue (10 % of the frames) where every new page starts — the inactive list;
+//! * a **main** queue for pages used again while in the small queue — the active list;
+//! * a **ghost** set of recently evicted pages (identity only, no frame) — the shadow entries:
+//!   a page that misses while its ghost is remembered goes straight to the main queue.
+//!
+//! A hit only bumps a 2-bit frequency in the page's state word ([`PageDesc::mark_accessed`](crate::page::PageDesc::mark_accessed)):
+//! no list move and no lock, so hits scale with cores. Queues are touched only when a frame is
+//! allocated or evicted, under the policy's one mutex — the miss path, which already costs a
+//! device I/O.
+//!
+//! Eviction from the small queue promotes a page whose frequency reached 2 (used at least twice:
+//! once when it was read in, once more since) and evicts the others into the ghost set. Eviction
+//! from the main queue gives each page one more lap per remaining unit of frequency (CLOCK-like)
+//! and evicts at zero. A scan's pages are touched once, so they leave through the small queue and
+//! never displace the main queue.
+//!
+//! # Invariants
+//!
+//! * Entries carry the frame's generation at insertion; an entry whose frame has been freed and
+//!   reused since (generation changed) is stale and silently dropped, so removal outside
+//!   eviction (truncation, invalidation) needs no queue surgery.
+//! * The policy never decides alone whether a page may go: the caller's `try_evict` checks pins
+//!   and state bits under the mapping's shard lock and removes the page. A page that cannot go
+//!   (pinned, locked, dirty, under writeback) is put back at the tail of its queue.
+//! * One call examines a bounded number of entries, so an allocation with every frame pinned
+//!   returns `None` instead of spinning.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use parking_lot::Mutex;
+
+use crate::mapping::IndexHasher;
+use crate::page::{FrameId, PageTable};
+
+/// Verdict of the caller's attempt to evict one candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The page left its mapping; the frame is the caller's to reuse.
+    Evicted,
+    /// The page cannot go now (pinned, locked, under writeback): keep it queued.
+    Busy,
+    /// The page is dirty: keep it queued; the caller should have it written back.
+    Dirty,
+    /// The frame no longer holds a cached page (already freed): drop the entry.
+    Gone,
+}
+
+/// What one eviction pass found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictScan {
+    /// The frame freed, if any.
+    pub frame: Option<FrameId>,
+    /// Candidates that were dirty (writeback would free them).
+    pub dirty: usize,
+    /// Candidates that were pinned or locked.
+    pub busy: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    frame: FrameId,
+    generation: u32,
+}
+
+#[derive(Debug)]
+struct Queues {
+    small: VecDeque<Entry>,
+    main: VecDeque<Entry>,
+    ghost: HashSet<u64, BuildHasherDefault<IndexHasher>>,
+    ghost_fifo: VecDeque<u64>,
+}
+
+/// The S3-FIFO policy over a fixed set of frames.
+#[derive(Debug)]
+pub struct Policy {
+    queues: Mutex<Queues>,
+    small_target: usize,
+    ghost_capacity: usize,
+}
+
+/// The key under which an evicted page is remembered in the ghost set.
+#[inline]
+pub fn ghost_key(owner: u32, index: u64) -> u64 {
+    (index.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((owner as u64) << 40 | owner as u64)
+}
+
+impl Policy {
+    /// A policy for `frames` frames.
+    pub fn new(frames: usize) -> Self {
+        Policy {
+            queues: Mutex::new(Queues {
+                small: VecDeque::with_capacity(frames),
+                main: VecDeque::with_capacity(frames),
+                ghost: HashSet::default(),
+                ghost_fifo: VecDeque::new(),
+            }),
+            small_target: (frames / 10).max(1),
+            ghost_capacity: frames.max(1),
+        }
+    }
+
+    /// Queues a frame that just received a page (`lru_cache_add`). `key` is the page's
+    /// [`ghost_key`]: a remembered ghost sends it straight to the main queue (a refault).
+    /// Returns whether it was a ghost hit.
+    pub fn insert(&self, frame: FrameId, key: u64, pages: &PageTable) -> bool {
+        let entry = Entry {
+            frame,
+            generation: pages.get(frame).generation(),
+        };
+        let mut q = self.queues.lock();
+        if q.ghost.remove(&key) {
+            q.main.push_back(entry);
+            true
+        } else {
+            q.small.push_back(entry);
+            false
+        }
+    }
+
+    /// Lengths of the small and main queues (stale entries included).
+    pub fn lens(&self) -> (usize, usize) {
+        let q = self.queues.lock();
+        (q.small.len(), q.main.len())
+    }
+
+    /// Finds a victim and evicts it through `try_evict`, examining at most twice the number of
+    /// queued entries. `try_evict(frame)` must check the page under its mapping's lock, remove
+    /// it when it may go, and say what it did.
+    pub fn evict(
+        &self,
+        pages: &PageTable,
+        mut try_evict: impl FnMut(FrameId) -> Verdict,
+    ) -> EvictScan {
+        let mut scan = EvictScan::default();
+        let mut q = self.queues.lock();
+        let mut budget = 2 * (q.small.len() + q.main.len()) + 2;
+        while budget > 0 {
+            budget -= 1;
+            let from_small = q.small.len() > self.small_target || q.main.is_empty();
+            let entry = if from_small {
+                q.small.pop_front()
+            } else {
+                q.main.pop_front()
+            };
+            let Some(entry) = entry else { break };
+            let desc = pages.get(entry.frame);
+            if desc.generation() != entry.generation {
+                continue; // stale: the frame was freed (and maybe reused) since
+            }
+            if from_small {
+                if desc.state().freq() >= 2 {
+                    desc.clear_freq();
+                    q.main.push_back(entry);
+                    continue;
+                }
+            } else if desc.age() > 0 {
+                q.main.push_back(entry);
+                continue;
+            }
+            let key = crate::evict::ghost_key(desc.owner(), desc.index());
+            match try_evict(entry.frame) {
+                Verdict::Evicted => {
+                    if from_small {
+                        q.ghost.insert(key);
+                        q.ghost_fifo.push_back(key);
+                        while q.ghost_fifo.len() > self.ghost_capacity {
+                            if let Some(old) = q.ghost_fifo.pop_front() {
+                                q.ghost.remove(&old);
+                            }
+                        }
+                    }
+                    scan.frame = Some(entry.frame);
+                    return scan;
+                }
+                Verdict::Busy => {
+                    scan.busy += 1;
+                    requeue(&mut q, entry, from_small);
+                }
+                Verdict::Dirty => {
+                    scan.dirty += 1;
+                    requeue(&mut q, entry, from_small);
+                }
+                Verdict::Gone => {}
+            }
+        }
+        scan
+    }
+}
+
+fn requeue(q: &mut Queues, entry: Entry, from_small: bool) {
+    if from_small {
+        q.small.push_back(entry);
+    } else {
+        q.main.push_back(entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::PageState;
+
+    /// A tiny model: frames hold (owner 1, index) pages; eviction succeeds unless pinned/dirty.
+    fn evict_one(policy: &Policy, pages: &PageTable) -> Option<FrameId> {
+        policy
+            .evict(pages, |f| {
+                let d = pages.get(f);
+                if d.pins() > 0 {
+                    Verdict::Busy
+                } else if d.state().has(PageState::DIRTY) {
+                    Verdict::Dirty
+                } else {
+                    Verdict::Evicted
+                }
+            })
+            .frame
+    }
+
+    fn fill(policy: &Policy, pages: &PageTable, frame: FrameId, index: u64) -> bool {
+        pages.get(frame).release();
+        pages.get(frame).set_identity(1, index);
+        policy.insert(frame, ghost_key(1, index), pages)
+    }
+
+    #[test]
+    fn fifo_order_without_hits() {
+        let pages = PageTable::new(10);
+        let p = Policy::new(10);
+        for f in 0..10 {
+            fill(&p, &pages, f, f as u64);
+        }
+        for f in 0..10 {
+            assert_eq!(evict_one(&p, &pages), Some(f));
+        }
+        assert_eq!(evict_one(&p, &pages), None);
+    }
+
+    #[test]
+    fn pages_used_twice_survive_a_scan() {
+        // 20 frames: a hot set of 5 pages used repeatedly, then a scan of 200 pages.
+        let n = 20;
+        let pages = PageTable::new(n);
+        let p = Policy::new(n);
+        let mut frame_of = std::collections::HashMap::new();
+        let mut next_free: Vec<FrameId> = (0..n as FrameId).rev().collect();
+        let access = |index: u64,
+                          frame_of: &mut std::collections::HashMap<u64, FrameId>,
+                          next_free: &mut Vec<FrameId>| {
+            if let Some(&f) = frame_of.get(&index) {
+                if pages.get(f).owner() == 1 && pages.get(f).index() == index {
+                    pages.get(f).mark_accessed();
+                    return true;
+                }
+            }
+            let f = next_free.pop().unwrap_or_else(|| {
+                let f = evict_one(&p, &pages).expect("a victim");
+                frame_of.retain(|_, v| *v != f);
+                f
+            });
+            fill(&p, &pages, f, index);
+            pages.get(f).mark_accessed(); // the read that faulted it in
+            frame_of.insert(index, f);
+            false
+        };
+        for _ in 0..4 {
+            for hot in 0..5 {
+                access(hot, &mut frame_of, &mut next_free);
+            }
+        }
+        for cold in 1000..1200 {
+            access(cold, &mut frame_of, &mut next_free);
+        }
+        let hits = (0..5)
+            .filter(|&hot| access(hot, &mut frame_of, &mut next_free))
+            .count();
+        assert_eq!(hits, 5, "the hot set must survive the scan");
+    }
+
+    #[test]
+    fn pinned_and_dirty_pages_are_skipped_and_counted() {
+        let pages = PageTable::new(3);
+        let p = Policy::new(3);
+        for f in 0..3 {
+            fill(&p, &pages, f, f as u64);
+        }
+        pages.get(0).pin();
+        pages.get(1).set(PageState::DIRTY);
+        let scan = p.evict(&pages, |f| {
+            let d = pages.get(f);
+            if d.pins() > 0 {
+                Verdict::Busy
+            } else if d.state().has(PageState::DIRTY) {
+                Verdict::Dirty
+            } else {
+                Verdict::Evicted
+            }
+        });
+        assert_eq!(scan.frame, Some(2));
+        assert_eq!(scan.busy, 1);
+        assert_eq!(scan.dirty, 1);
+        // Everything left is pinned or dirty: the scan ends, no victim, no spin.
+        let scan = p.evict(&pages, |f| {
+            if pages.get(f).pins() > 0 {
+                Verdict::Busy
+            } else {
+                Verdict::Dirty
+            }
+        });
+        assert_eq!(scan.frame, None);
+        assert!(scan.busy >= 1 && scan.dirty >= 1);
+    }
+
+    #[test]
+    fn stale_entries_are_dropped() {
+        let pages = PageTable::new(2);
+        let p = Policy::new(2);
+        fill(&p, &pages, 0, 0);
+        fill(&p, &pages, 1, 1);
+        pages.get(0).release(); // truncated: frame freed outside eviction
+        assert_eq!(evict_one(&p, &pages), Some(1));
+        assert_eq!(evict_one(&p, &pages), None);
+    }
+
+    #[test]
+    fn refault_of_a_ghost_goes_to_main() {
+        let pages = PageTable::new(10);
+        let p = Policy::new(10);
+        for f in 0..10 {
+            fill(&p, &pages, f, f as u64);
+        }
+        let victim = evict_one(&p, &pages).unwrap();
+        assert_eq!(victim, 0);
+        assert!(
+            fill(&p, &pages, victim, 0),
+            "page 0 refaults as a ghost hit"
+        );
+        assert!(!fill(&p, &pages, 1, 500), "a new page is not");
+    }
+}

@@ -1,0 +1,33 @@
+//! # uringcache-core: the page cache's state machines, with no I/O and no runtime
+//!
+//! This crate is the part of uringcache that would live in `mm/` in the kernel: the data
+//! structures of a page cache and the rules that govern them, kept free of system calls (other
+//! than mapping the frame arena) and of any async runtime, so that every state machine is tested
+//! deterministically.
+//!
+//! | module | kernel counterpart | owns |
+//! | --- | --- | --- |
+//! | [`frames`] | the pages themselves | one aligned arena of page frames, registrable as `io_uring` fixed buffers |
+//! | [`page`] | `struct page`, `PG_*` flags | per-frame state bits, pin counts, identity |
+//! | [`mapping`] | `struct address_space`, `i_pages` | per-file index page → frame, `i_size`, dirty tag |
+//! | [`wait`] | the page wait table | hashed waiter lists for page bits; a broadcast event |
+//! | [`evict`] | active / inactive lists | the S3-FIFO eviction policy |
+//! | [`pool`] | `add_to_page_cache_lru`, reclaim | frame allocation: free list, then eviction |
+//! | [`readahead`] | `mm/readahead.c`, `file_ra_state` | the on-demand readahead state machine |
+//! | [`errseq`] | `errseq_t` (`lib/errseq.c`) | writeback error sequences and per-handle cursors |
+//! | [`backend`] | `address_space_operations` | the trait the I/O layer implements |
+//!
+//! The async API that puts these together is the `uringcache` crate; the I/O layer is
+//! `uringcache-uring`.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod errseq;
+pub mod evict;
+pub mod frames;
+pub mod mapping;
+pub mod page;
+pub mod pool;
+pub mod readahead;
+pub mod wait;

@@ -1,0 +1,341 @@
+//! The per-file page index: the counterpart of the kernel's `struct address_space` and its
+//! `i_pages` xarray.
+//!
+//! A [`Mapping`] maps a page index (file offset / page size) to the frame that caches it, and
+//! holds the file's logical size (`i_size`) and its dirty set (the dirty tag of the xarray).
+//!
+//! # Concurrency: why sharded reader-writer locks
+//!
+//! The index is split into [`SHARDS`] shards, each a small hash map behind its own
+//! reader-writer lock; neighbouring pages fall into different shards. A hit takes the *read*
+//! side of one shard of one file — no lock shared by all files or all pages, and readers of one
+//! shard do not exclude each other — and pins the page *while holding it*. Removal (eviction,
+//! truncation) takes the *write* side of the same shard and removes a page only when its pin
+//! count is zero. The shard lock therefore orders "pin under lookup" before or after "check
+//! pins, remove", which is the whole correctness argument for never evicting a pinned page.
+//! The kernel gets the same guarantee lock-free from RCU plus `page_ref_freeze`; a read lock is
+//! one uncontended atomic on a cache line private to a shard, well inside the hit budget, and
+//! keeps the code free of `unsafe` reclamation.
+//!
+//! # Invariants
+//!
+//! * An entry `index → frame` exists only while `frame`'s descriptor names this mapping and
+//!   `index` (`set_identity` is called under the shard's write lock before the entry is
+//!   published).
+//! * A frame is in at most one mapping at one index.
+//! * `size` only changes through [`Mapping::set_size`] / [`Mapping::extend_size`]; pages wholly
+//!   past it are removed by the caller (truncation) before a shrink is published.
+//! * The dirty set holds exactly the indices whose page has `DIRTY` set, maintained by whoever
+//!   sets or clears the bit, under the dirty set's own lock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, RwLock};
+
+use crate::page::{FrameId, PageDesc, PageTable};
+
+/// Number of shards of a mapping's index.
+pub const SHARDS: usize = 32;
+
+/// A multiplicative hasher for page indices (they are already well distributed integers).
+#[derive(Default, Clone, Copy)]
+pub struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Shard = HashMap<u64, FrameId, BuildHasherDefault<IndexHasher>>;
+
+/// The page index of one file (`struct address_space`).
+#[derive(Debug)]
+pub struct Mapping {
+    id: u32,
+    shards: Box<[CachePadded<RwLock<Shard>>]>,
+    size: CachePadded<AtomicU64>,
+    pages: AtomicUsize,
+    dirty: Mutex<BTreeSet<u64>>,
+}
+
+impl Mapping {
+    /// An empty mapping with the cache-wide id `id` and logical size `size`.
+    pub fn new(id: u32, size: u64) -> Self {
+        Mapping {
+            id,
+            shards: (0..SHARDS).map(|_| Default::default()).collect(),
+            size: CachePadded::new(AtomicU64::new(size)),
+            pages: AtomicUsize::new(0),
+            dirty: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The id stored in the descriptors of this mapping's pages.
+    #[inline]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    #[inline]
+    fn shard(&self, index: u64) -> &RwLock<Shard> {
+        // Consecutive indices land in consecutive shards, so a sequential reader and a
+        // concurrent random reader rarely meet on one lock.
+        &self.shards[(index as usize) % SHARDS]
+    }
+
+    /// The file's logical size in bytes (`i_size_read`).
+    #[inline]
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Sets the logical size (`i_size_write`).
+    pub fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::Release);
+    }
+
+    /// Raises the logical size to `size` if it is larger; returns the size before.
+    pub fn extend_size(&self, size: u64) -> u64 {
+        self.size.fetch_max(size, Ordering::AcqRel)
+    }
+
+    /// Number of pages in the index.
+    pub fn nr_pages(&self) -> usize {
+        self.pages.load(Ordering::Relaxed)
+    }
+
+    /// Finds the page at `index` and pins it (`find_get_page`). The caller unpins.
+    #[inline]
+    pub fn lookup(&self, index: u64, pages: &PageTable) -> Option<FrameId> {
+        let shard = self.shard(index).read();
+        let frame = *shard.get(&index)?;
+        pages.get(frame).pin();
+        Some(frame)
+    }
+
+    /// Whether a page is cached at `index`, without pinning it.
+    pub fn contains(&self, index: u64) -> bool {
+        self.shard(index).read().contains_key(&index)
+    }
+
+    /// Inserts `frame` at `index` (`add_to_page_cache_locked`). The caller owns `frame`
+    /// (allocated, pinned and locked); on success the mapping takes a pin of its own (the page
+    /// cache's reference, dropped when the page leaves the mapping). If another page got there
+    /// first, that page is pinned for the caller and returned as `Err`, and `frame` is left to
+    /// the caller to free.
+    pub fn insert(&self, index: u64, frame: FrameId, pages: &PageTable) -> Result<(), FrameId> {
+        let mut shard = self.shard(index).write();
+        if let Some(&existing) = shard.get(&index) {
+            pages.get(existing).pin();
+            return Err(existing);
+        }
+        let desc = pages.get(frame);
+        desc.set_identity(self.id, index);
+        desc.pin();
+        shard.insert(index, frame);
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes the page at `index` if it is still `frame` and `may_remove` agrees, judged under
+    /// the shard's write lock so that no lookup pins it meanwhile
+    /// (`__delete_from_page_cache`). Returns whether it was removed; if so, the mapping's pin
+    /// now belongs to the caller, who drops it (and frees the frame when it was the last).
+    pub fn remove_if(
+        &self,
+        index: u64,
+        frame: FrameId,
+        pages: &PageTable,
+        may_remove: impl FnOnce(&PageDesc) -> bool,
+    ) -> bool {
+        let mut shard = self.shard(index).write();
+        if shard.get(&index) != Some(&frame) || !may_remove(pages.get(frame)) {
+            return false;
+        }
+        shard.remove(&index);
+        self.pages.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The cached pages with index in `start..end`, in index order, unpinned (a snapshot for
+    /// range walks; each entry must be re-checked before use).
+    pub fn range(&self, start: u64, end: u64) -> Vec<(u64, FrameId)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            if (end - start) < shard.len() as u64 {
+                for i in start..end {
+                    if let Some(&f) = shard.get(&i) {
+                        out.push((i, f));
+                    }
+                }
+            } else {
+                out.extend(
+                    shard
+                        .iter()
+                        .filter(|(&i, _)| i >= start && i < end)
+                        .map(|(&i, &f)| (i, f)),
+                );
+            }
+        }
+        out.sort_unstable_by_key(|&(i, _)| i);
+        out
+    }
+
+    /// Marks `index` dirty in the dirty set (the xarray's dirty tag). Returns whether it was
+    /// clean before.
+    pub fn tag_dirty(&self, index: u64) -> bool {
+        self.dirty.lock().insert(index)
+    }
+
+    /// Removes `index` from the dirty set; returns whether it was there.
+    pub fn untag_dirty(&self, index: u64) -> bool {
+        self.dirty.lock().remove(&index)
+    }
+
+    /// The dirty indices in `start..end`, in order (`find_get_pages_range_tag`), at most `max`.
+    pub fn dirty_range(&self, start: u64, end: u64, max: usize) -> Vec<u64> {
+        self.dirty
+            .lock()
+            .range(start..end)
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    /// Number of dirty pages of this mapping.
+    pub fn nr_dirty(&self) -> usize {
+        self.dirty.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::PageState;
+
+    #[test]
+    fn lookup_pins_and_insert_keeps_the_first() {
+        let pages = PageTable::new(4);
+        let m = Mapping::new(7, 0);
+        assert_eq!(m.lookup(3, &pages), None);
+        assert_eq!(m.insert(3, 1, &pages), Ok(()));
+        assert_eq!(pages.get(1).owner(), 7);
+        assert_eq!(pages.get(1).index(), 3);
+        assert_eq!(pages.get(1).pins(), 1, "the mapping's own pin");
+        assert_eq!(m.insert(3, 2, &pages), Err(1));
+        assert_eq!(pages.get(1).pins(), 2);
+        assert_eq!(pages.get(2).pins(), 0, "the loser is not pinned");
+        assert_eq!(m.lookup(3, &pages), Some(1));
+        assert_eq!(pages.get(1).pins(), 3);
+        assert_eq!(m.nr_pages(), 1);
+    }
+
+    #[test]
+    fn remove_if_respects_the_predicate_and_identity() {
+        let pages = PageTable::new(4);
+        let m = Mapping::new(1, 0);
+        m.insert(10, 2, &pages).unwrap();
+        pages.get(2).pin();
+        assert!(!m.remove_if(10, 2, &pages, |d| d.pins() == 1));
+        pages.get(2).unpin();
+        assert!(!m.remove_if(10, 3, &pages, |_| true), "wrong frame");
+        assert!(m.remove_if(10, 2, &pages, |d| d.pins() == 1));
+        assert_eq!(pages.get(2).unpin(), 0);
+        assert!(!m.contains(10));
+        assert_eq!(m.nr_pages(), 0);
+    }
+
+    #[test]
+    fn range_is_ordered_and_bounded() {
+        let pages = PageTable::new(64);
+        let m = Mapping::new(1, 0);
+        for i in (0..64u64).rev() {
+            m.insert(i * 3, i as FrameId, &pages).unwrap();
+        }
+        let r = m.range(10, 40);
+        let idx: Vec<u64> = r.iter().map(|&(i, _)| i).collect();
+        assert_eq!(idx, (4..14).map(|i| i * 3).collect::<Vec<_>>());
+        assert_eq!(m.range(0, 1000).len(), 64);
+    }
+
+    #[test]
+    fn size_and_dirty_set() {
+        let m = Mapping::new(1, 100);
+        assert_eq!(m.extend_size(50), 100);
+        assert_eq!(m.size(), 100);
+        m.extend_size(4097);
+        assert_eq!(m.size(), 4097);
+        m.set_size(5);
+        assert_eq!(m.size(), 5);
+        assert!(m.tag_dirty(4));
+        assert!(!m.tag_dirty(4));
+        m.tag_dirty(1);
+        m.tag_dirty(9);
+        assert_eq!(m.dirty_range(0, 9, 10), vec![1, 4]);
+        assert_eq!(m.dirty_range(0, 100, 1), vec![1]);
+        assert!(m.untag_dirty(4));
+        assert_eq!(m.nr_dirty(), 2);
+    }
+
+    #[test]
+    fn concurrent_lookup_never_pins_a_removed_page() {
+        // A remover takes pages out whenever unpinned; lookups that succeed must find the
+        // page still owned by the mapping at that index.
+        use std::sync::Arc;
+        let pages = Arc::new(PageTable::new(16));
+        let m = Arc::new(Mapping::new(1, 0));
+        for i in 0..16u64 {
+            m.insert(i, i as FrameId, &pages).unwrap();
+            pages.get(i as FrameId).set(PageState::UPTODATE);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (m, pages, stop) = (m.clone(), pages.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = n % 16;
+                        if let Some(f) = m.lookup(i, &pages) {
+                            assert_eq!(pages.get(f).owner(), 1);
+                            assert_eq!(pages.get(f).index(), i);
+                            pages.get(f).unpin();
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        for round in 0..20_000u64 {
+            let i = round % 16;
+            let f = i as FrameId;
+            if m.remove_if(i, f, &pages, |d| d.pins() == 1) {
+                assert_eq!(pages.get(f).unpin(), 0);
+                pages.get(f).release();
+                m.insert(i, f, &pages).unwrap();
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Frame allocation: the free list first, then eviction (`add_to_page_cache_lru`, reclaim).
+//!
+//! [`FramePool`] owns the page descriptors, the free list and the eviction [`Policy`]. A frame
+//! is in exactly one of three places: the free list; a mapping (queued in the policy, pinned
+//! at least by the mapping); or orphaned (out of its mapping, still pinned by users, freed at the
+//! last [`FramePool::put`]).
+//!
+//! # Invariants
+//!
+//! * The free list's mutex protects only the list; the policy has its own mutex. Neither is
+//!   taken on the hit path.
+//! * A frame handed out by [`FramePool::alloc`] has a fresh descriptor (new generation, no
+//!   owner), one pin (the caller's) and `LOCKED` set: nobody else can see it until the caller
+//!   publishes it in a mapping.
+//! * [`FramePool::put`] frees the frame when the pin it drops is the last one; this is the only
+//!   way a mapped frame returns to the free list, besides eviction handing it straight to a new
+//!   owner.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::evict::{ghost_key, EvictScan, Policy, Verdict};
+use crate::page::{FrameId, PageState, PageTable};
+use crate::wait::Event;
+
+/// The frames of a cache: descriptors, free list, eviction policy.
+#[derive(Debug)]
+pub struct FramePool {
+    pages: PageTable,
+    free: Mutex<Vec<FrameId>>,
+    nr_free: AtomicUsize,
+    policy: Policy,
+    freed: Event,
+}
+
+impl FramePool {
+    /// A pool of `frames` free frames.
+    pub fn new(frames: usize) -> Self {
+        FramePool {
+            pages: PageTable::new(frames),
+            // Popped from the end: hand out low frame ids first, so that early allocations are
+            // contiguous and fixed-buffer I/O can cover runs of them.
+            free: Mutex::new((0..frames as FrameId).rev().collect()),
+            nr_free: AtomicUsize::new(frames),
+            policy: Policy::new(frames),
+            freed: Event::new(),
+        }
+    }
+
+    /// The page descriptors.
+    #[inline]
+    pub fn pages(&self) -> &PageTable {
+        &self.pages
+    }
+
+    /// Number of frames.
+    pub fn frames(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Frames on the free list.
+    pub fn nr_free(&self) -> usize {
+        self.nr_free.load(Ordering::Relaxed)
+    }
+
+    /// The event notified whenever a frame is freed; allocation waits on it when every frame is
+    /// pinned.
+    pub fn freed(&self) -> &crate::wait::Event {
+        &self.freed
+    }
+
+    /// Takes a frame: from the free list, else by evicting through `try_evict` (see
+    /// [`Policy::evict`]; on `Evicted` the callback has removed the page from its mapping and
+    /// holds no pin on it). Returns the frame pinned once and `LOCKED`, or the scan's findings
+    /// when nothing could be evicted (every candidate pinned, locked or dirty).
+    pub fn alloc(&self, try_evict: impl FnMut(FrameId) -> Verdict) -> Result<FrameId, EvictScan> {
+        let frame = match self.pop_free() {
+            Some(f) => f,
+            None => {
+                let scan = self.policy.evict(&self.pages, try_evict);
+                match scan.frame {
+                    Some(f) => f,
+                    None => return Err(scan),
+                }
+            }
+        };
+        let desc = self.pages.get(frame);
+        desc.release();
+        desc.pin();
+        desc.reset_state(PageState::LOCKED);
+        Ok(frame)
+    }
+
+    fn pop_free(&self) -> Option<FrameId> {
+        let f = self.free.lock().pop()?;
+        self.nr_free.fetch_sub(1, Ordering::Relaxed);
+        Some(f)
+    }
+
+    /// Queues a frame that was just published in mapping `owner` at `index` with the eviction
+    /// policy (`lru_cache_add`). Returns whether it refaulted from the ghost set.
+    pub fn lru_add(&self, frame: FrameId, owner: u32, index: u64) -> bool {
+        self.policy
+            .insert(frame, ghost_key(owner, index), &self.pages)
+    }
+
+    /// Drops one pin (`put_page`); frees the frame when it was the last. Returns whether the
+    /// frame was freed.
+    pub fn put(&self, frame: FrameId) -> bool {
+        if self.pages.get(frame).unpin() == 0 {
+            self.free_frame(frame);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Returns an unpinned frame that is in no mapping to the free list.
+    pub fn free_frame(&self, frame: FrameId) {
+        let desc = self.pages.get(frame);
+        debug_assert_eq!(desc.pins(), 0, "freeing a pinned frame");
+        desc.release();
+        self.free.lock().push(frame);
+        self.nr_free.fetch_add(1, Ordering::Relaxed);
+        self.freed.notify_all();
+    }
+
+    /// Lengths of the policy's small and main queues.
+    pub fn policy_lens(&self) -> (usize, usize) {
+        self.policy.lens()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Mapping;
+
+    /// The eviction callback the cache uses, over one mapping.
+    fn evictor<'a>(m: &'a Mapping, pool: &'a FramePool) -> impl FnMut(FrameId) -> Verdict + 'a {
+        move |f| {
+            let d = pool.pages().get(f);
+            if d.owner() != m.id() {
+                return Verdict::Gone;
+            }
+            let mut dirty = false;
+            let removed = m.remove_if(d.index(), f, pool.pages(), |d| {
+                let s = d.state();
+                dirty = s.has(PageState::DIRTY);
+                d.pins() == 1 && !s.any(PageState::LOCKED | PageState::DIRTY | PageState::WRITEBACK)
+            });
+            if removed {
+                d.unpin();
+                Verdict::Evicted
+            } else if dirty {
+                Verdict::Dirty
+            } else {
+                Verdict::Busy
+            }
+        }
+    }
+
+    fn cache_page(pool: &FramePool, m: &Mapping, index: u64) -> Result<FrameId, EvictScan> {
+        let f = pool.alloc(evictor(m, pool))?;
+        m.insert(index, f, pool.pages()).unwrap();
+        pool.lru_add(f, m.id(), index);
+        let d = pool.pages().get(f);
+        d.set(PageState::UPTODATE);
+        d.clear(PageState::LOCKED);
+        pool.put(f);
+        Ok(f)
+    }
+
+    #[test]
+    fn allocates_free_frames_then_evicts() {
+        let pool = FramePool::new(4);
+        let m = Mapping::new(1, 0);
+        let mut frames: Vec<_> = (0..4).map(|i| cache_page(&pool, &m, i).unwrap()).collect();
+        frames.sort();
+        assert_eq!(frames, vec![0, 1, 2, 3]);
+        assert_eq!(pool.nr_free(), 0);
+        // A fifth page evicts the oldest.
+        cache_page(&pool, &m, 4).unwrap();
+        assert!(!m.contains(0));
+        assert_eq!(m.nr_pages(), 4);
+    }
+
+    #[test]
+    fn all_pinned_is_an_error_not_a_hang() {
+        let pool = FramePool::new(2);
+        let m = Mapping::new(1, 0);
+        for i in 0..2 {
+            cache_page(&pool, &m, i).unwrap();
+        }
+        let a = m.lookup(0, pool.pages()).unwrap();
+        let b = m.lookup(1, pool.pages()).unwrap();
+        let err = cache_page(&pool, &m, 2).unwrap_err();
+        assert!(err.busy >= 2 && err.dirty == 0);
+        pool.put(a);
+        pool.put(b);
+        cache_page(&pool, &m, 2).unwrap();
+    }
+
+    #[test]
+    fn last_put_frees_an_orphan() {
+        let pool = FramePool::new(2);
+        let m = Mapping::new(1, 0);
+        let f = cache_page(&pool, &m, 0).unwrap();
+        let pinned = m.lookup(0, pool.pages()).unwrap();
+        // Truncation: out of the mapping while a user still pins it.
+        assert!(m.remove_if(0, f, pool.pages(), |_| true));
+        pool.pages().get(f).set(PageState::ORPHAN);
+        assert!(!pool.put(f), "the mapping's pin goes, the user's stays");
+        assert_eq!(pool.nr_free(), 1);
+        assert!(pool.put(pinned), "the last pin frees the frame");
+        assert_eq!(pool.nr_free(), 2);
+    }
+}

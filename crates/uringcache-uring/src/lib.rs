@@ -1,0 +1,66 @@
+//! # uringcache-uring: the I/O layer under uringcache
+//!
+//! Two implementations of [`uringcache_core::backend::Backend`] move bytes between files
+//! opened with `O_DIRECT` and the cache's frame arena:
+//!
+//! * [`UringBackend`] drives one `io_uring`;
+//! * [`ThreadsBackend`] runs blocking `pread` / `pwrite` / `fsync` calls on a few threads, for
+//!   where `io_uring` is missing or refused (seccomp, `kernel.io_uring_disabled`).
+//!
+//! plus two helpers for the files themselves: [`open_direct`] and [`dio_alignment`].
+//!
+//! ## The `io_uring` driver
+//!
+//! * **Callers submit.** [`Backend::submit`](uringcache_core::backend::Backend::submit) runs on
+//!   the caller's thread: under one mutex it turns each request into an SQE (recording the
+//!   operation in a slab whose key is the SQE's `user_data`), then makes *one* `io_uring_enter`
+//!   for the whole batch. No hand-off to another thread, no wake-up on the submit path.
+//! * **One driver thread reaps.** The thread `uringcache-uring` sleeps in `io_uring_enter` with
+//!   `GETEVENTS` until at least one completion is posted, then takes *every* CQE available, so
+//!   one wake serves a whole batch. Short transfers, `EINTR` and `EAGAIN` are continued right
+//!   there (a short read at end of file completes with the bytes read; a write that makes no
+//!   progress fails with `ENOSPC`), requests waiting for room are started, and the completions
+//!   run with the mutex released. When nothing is in flight the driver is blocked in the kernel:
+//!   an idle cache uses no CPU.
+//! * **Why one thread.** The completion queue has a single consumer by construction, so reaping
+//!   needs no lock; completions only flip page bits and wake wakers, which one thread does far
+//!   faster than a device completes I/O. Callers never wait for the driver to submit.
+//! * **Bounded in flight.** At most the completion queue's size (less one slot kept for the
+//!   shutdown wake-up) operations are in flight, so completions can never overflow; further
+//!   requests queue inside the backend and start as completions free room.
+//! * **Fixed buffers and files are optimisations.** The arena is registered as fixed buffers
+//!   (`READ_FIXED` / `WRITE_FIXED` when a request's frames are one run of memory, vectored I/O
+//!   otherwise); if registration is refused (`RLIMIT_MEMLOCK`), a warning is logged once and the
+//!   same frames are used unregistered. Files go in a sparse registered table, with plain
+//!   descriptors as the fallback.
+//! * **No SQPOLL by default.** A polling kernel thread saves the submit system call but keeps a
+//!   core busy; on the small machines this targets (2 cores) that costs more than it saves.
+//!   [`UringConfig::sqpoll`] turns it on.
+//! * **Shutdown** refuses new requests (their completions get an error that says so), waits for
+//!   every submitted operation to complete, wakes the driver with a NOP and joins it. Dropping
+//!   the backend does the same, so the kernel never writes into frames after the backend is
+//!   gone.
+//!
+//! * **Truncation** is `IORING_OP_FTRUNCATE` where the kernel's probe lists it (Linux 6.9+);
+//!   elsewhere it is an `ftruncate(2)` on the submitting thread, whose completion runs right
+//!   after `submit` (truncation is rare and touches metadata only).
+//!
+//! Completions run on the driver thread (or, for requests refused up front, on the submitting
+//! thread); they may submit more requests.
+//!
+//! ## The thread pool
+//!
+//! [`ThreadsBackend`] feeds a crossbeam channel to a few threads that block on it when idle and
+//! run each request to the end with the same short-transfer rules (`preadv` / `pwritev` with
+//! one iovec per run of frames when the frames are not adjacent in memory).
+
+#![deny(missing_docs)]
+
+mod common;
+mod direct;
+pub mod threads;
+pub mod uring;
+
+pub use direct::{dio_alignment, open_direct};
+pub use threads::ThreadsBackend;
+pub use uring::{UringBackend, UringConfig};

@@ -1,0 +1,271 @@
+//! The portable backend: blocking `pread` / `pwrite` / `preadv` / `pwritev` / `fsync` /
+//! `fdatasync` / `ftruncate` on a small pool of threads, for where `io_uring` is missing or
+//! refused.
+//!
+//! Requests go through one unbounded crossbeam channel; idle workers block on it (no
+//! spinning). Each worker runs a request to the end (continuing short transfers) and then calls
+//! its completion. `shutdown` closes the channel: the workers drain what was queued and exit,
+//! and are joined.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam::channel::{self, Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
+use slab::Slab;
+use uringcache_core::backend::{Backend, BackendStats, FileId, Op, Request};
+use uringcache_core::frames::FrameArena;
+use uringcache_core::page::FrameId;
+
+use crate::common::{
+    build_iovecs, check_rw, complete, shut_down_error, unknown_file_error, Counters, Kind,
+    Progress, Step, MAX_RETRIES,
+};
+
+const NAME: &str = "threads";
+
+struct Job {
+    fd: RawFd,
+    req: Request,
+}
+
+struct Inner {
+    arena: Arc<FrameArena>,
+    files: RwLock<Slab<RawFd>>,
+    counters: Counters,
+}
+
+/// The thread-pool backend. See the [module documentation](self).
+///
+/// Dropping it shuts it down (drains the queue and joins the workers).
+pub struct ThreadsBackend {
+    inner: Arc<Inner>,
+    tx: Mutex<Option<Sender<Job>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ThreadsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadsBackend")
+            .field("threads", &self.workers.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThreadsBackend {
+    /// Starts `threads` worker threads (at least one) named `uringcache-io-N`.
+    pub fn new(arena: Arc<FrameArena>, threads: usize) -> io::Result<ThreadsBackend> {
+        let inner = Arc::new(Inner {
+            arena,
+            files: RwLock::new(Slab::new()),
+            counters: Counters::default(),
+        });
+        let (tx, rx) = channel::unbounded::<Job>();
+        let mut workers = Vec::new();
+        for i in 0..threads.max(1) {
+            let rx: Receiver<Job> = rx.clone();
+            let inner = Arc::clone(&inner);
+            let spawned = thread::Builder::new()
+                .name(format!("uringcache-io-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        run(&inner, job);
+                    }
+                });
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    // Close the channel so the workers already started exit.
+                    drop(tx);
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot start an I/O worker thread: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(ThreadsBackend {
+            inner,
+            tx: Mutex::new(Some(tx)),
+            workers: Mutex::new(workers),
+        })
+    }
+}
+
+impl Backend for ThreadsBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn register(&self, fd: RawFd) -> io::Result<FileId> {
+        if fd < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot register file descriptor {fd}"),
+            ));
+        }
+        if self.tx.lock().is_none() {
+            return Err(shut_down_error(NAME));
+        }
+        let key = self.inner.files.write().insert(fd);
+        u32::try_from(key).map(FileId).map_err(|_| {
+            self.inner.files.write().remove(key);
+            io::Error::other("too many files registered")
+        })
+    }
+
+    fn unregister(&self, file: FileId) {
+        self.inner.files.write().try_remove(file.0 as usize);
+    }
+
+    fn submit(&self, batch: &mut Vec<Request>) {
+        let mut refused = Vec::new();
+        {
+            let files = self.inner.files.read();
+            let tx = self.tx.lock();
+            for req in batch.drain(..) {
+                let Some(tx) = tx.as_ref() else {
+                    refused.push((req, shut_down_error(NAME)));
+                    continue;
+                };
+                let Some(&fd) = files.get(req.file.0 as usize) else {
+                    let e = unknown_file_error(NAME, req.file);
+                    refused.push((req, e));
+                    continue;
+                };
+                if let Err(channel::SendError(job)) = tx.send(Job { fd, req }) {
+                    refused.push((job.req, shut_down_error(NAME)));
+                }
+            }
+        }
+        for (req, e) in refused {
+            complete(&self.inner.counters, Kind::of(&req.op), req.done, Err(e));
+        }
+    }
+
+    fn stats(&self) -> BackendStats {
+        self.inner.counters.snapshot()
+    }
+
+    fn shutdown(&self) {
+        // Closing the channel lets the workers drain what is queued, then exit.
+        drop(self.tx.lock().take());
+        let me = thread::current().id();
+        let workers: Vec<JoinHandle<()>> = std::mem::take(&mut *self.workers.lock());
+        for w in workers {
+            // A completion calling shutdown runs on a worker, which cannot join itself.
+            if w.thread().id() == me {
+                continue;
+            }
+            if w.join().is_err() {
+                tracing::error!("a uringcache I/O worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ThreadsBackend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(inner: &Inner, job: Job) {
+    let Job { fd, req } = job;
+    let kind = Kind::of(&req.op);
+    let result = match req.op {
+        Op::Read {
+            offset,
+            frames,
+            len,
+        } => rw(inner, fd, false, offset, &frames, len),
+        Op::Write {
+            offset,
+            frames,
+            len,
+        } => rw(inner, fd, true, offset, &frames, len),
+        Op::Fsync { datasync } => retry(inner, || {
+            // SAFETY: plain system calls on a descriptor the caller keeps open until
+            // `unregister`, which it calls only when no request is in flight.
+            unsafe {
+                if datasync {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            }
+        }),
+        Op::Truncate { len } => match libc::off_t::try_from(len) {
+            // SAFETY: as above.
+            Ok(len) => retry(inner, || unsafe { libc::ftruncate(fd, len) }),
+            Err(_) => Err(io::Error::from_raw_os_error(libc::EFBIG)),
+        },
+    };
+    complete(&inner.counters, kind, req.done, result);
+}
+
+/// Runs a system call returning 0 or -1, again on `EINTR` / `EAGAIN`.
+fn retry(inner: &Inner, mut call: impl FnMut() -> libc::c_int) -> io::Result<usize> {
+    let mut tries = 0;
+    loop {
+        inner.counters.submitted();
+        if call() == 0 {
+            return Ok(0);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) | Some(libc::EAGAIN) if tries < MAX_RETRIES => tries += 1,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// A whole read or write: one `pread`/`pwrite` when the remaining bytes are one run of memory,
+/// else `preadv`/`pwritev` with one iovec per run of frames; short transfers continue.
+fn rw(
+    inner: &Inner,
+    fd: RawFd,
+    write: bool,
+    offset: u64,
+    frames: &[FrameId],
+    len: usize,
+) -> io::Result<usize> {
+    check_rw(&inner.arena, offset, frames, len)?;
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut progress = Progress::new(write, len);
+    let mut iov: Vec<libc::iovec> = Vec::new();
+    loop {
+        build_iovecs(&inner.arena, frames, progress.done, len, &mut iov);
+        // `check_rw` bounded `offset + len` by `i64::MAX`.
+        let pos = (offset + progress.done as u64) as libc::off_t;
+        inner.counters.submitted();
+        // SAFETY: the iovecs cover frames of the arena that the request owns until its
+        // completion runs (Backend contract); the descriptor stays open meanwhile.
+        let n = unsafe {
+            match (write, iov.len()) {
+                (false, 1) => libc::pread(fd, iov[0].iov_base, iov[0].iov_len, pos),
+                (true, 1) => libc::pwrite(fd, iov[0].iov_base, iov[0].iov_len, pos),
+                (false, k) => libc::preadv(fd, iov.as_ptr(), k as libc::c_int, pos),
+                (true, k) => libc::pwritev(fd, iov.as_ptr(), k as libc::c_int, pos),
+            }
+        };
+        let res = if n < 0 {
+            -(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO) as i64)
+        } else {
+            n as i64
+        };
+        match progress.apply(res) {
+            Step::Again => continue,
+            Step::Done(result) => return result,
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! One open file's cached state: its mapping, its descriptor at the backend, and the read
+//! machinery that fills pages (`filemap_read_page`, `page_cache_ra_unbounded`, the completion
+//! half of `mpage_end_io`).
+//!
+//! An [`Inode`] is shared by every [`File`](crate::File) handle of the same file (same device
+//! and inode number) and by every I/O in flight on it, so that the descriptor stays open and the
+//! mapping alive until the last of them is gone.
+//!
+//! # Page life in the read path
+//!
+//! 1. A reader misses at index *i*. The readahead state machine gives a window; for each absent
+//!    page of it a frame is allocated (pinned once for the I/O, `LOCKED`), inserted into the
+//!    mapping (which pins it once more) and queued with the eviction policy. Runs of consecutive
+//!    pages become one device read each, and the whole window is submitted in one batch.
+//! 2. Everyone who wants a page that is `LOCKED` and not `UPTODATE` waits on it in the page
+//!    wait table: one device read however many tasks miss at once.
+//! 3. The completion zeroes whatever lies past end of file, sets `UPTODATE` (or `ERROR` with
+//!    the errno), clears `LOCKED`, wakes the waiters and drops the I/O's pin.
+//! 4. A waiter that finds `ERROR` returns the error; a later reader that finds a failed page
+//!    unlocked locks it and reads that one page again (the kernel's retry).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use uringcache_core::backend::{FileId, Op, Request};
+use uringcache_core::mapping::Mapping;
+use uringcache_core::page::{FrameId, PageDesc, PageState};
+use uringcache_core::readahead::Window;
+
+use crate::cache::CacheInner;
+use crate::stats::Counter;
+
+/// The cached state of one open file (`struct inode` + its `address_space`).
+pub(crate) struct Inode {
+    pub(crate) cache: Arc<CacheInner>,
+    pub(crate) mapping: Mapping,
+    pub(crate) file_id: FileId,
+    pub(crate) path: PathBuf,
+    key: (u64, u64),
+    fd: OwnedFd,
+}
+
+/// A pinned page of an inode; dropping it drops the pin (`put_page`).
+pub(crate) struct Pinned<'a> {
+    inode: &'a Inode,
+    frame: FrameId,
+}
+
+impl Pinned<'_> {
+    /// The page's bytes. The page is pinned and up to date.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the pin keeps the frame from being reused, and `Pinned` is only handed out
+        // for up-to-date pages, whose bytes nobody but a writer holding LOCKED changes.
+        unsafe { self.inode.cache.arena.frame(self.frame) }
+    }
+
+    fn desc(&self) -> &PageDesc {
+        self.inode.cache.pool.pages().get(self.frame)
+    }
+
+    /// Records a use of the page for the eviction policy (`mark_page_accessed`).
+    pub(crate) fn mark_accessed(&self) {
+        self.desc().mark_accessed();
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.inode.cache.put(self.frame);
+    }
+}
+
+/// What a reader asks of [`Inode::get_page`] besides the index.
+pub(crate) trait ReadaheadSource: Sync {
+    /// The window to read after a miss at `index` (`page_cache_sync_readahead`).
+    fn sync_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Window;
+    /// The window to start on reaching a Readahead mark at `index`
+    /// (`page_cache_async_readahead`).
+    fn async_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Option<Window>;
+    /// A read failed: shrink the windows (`shrink_readahead_size_eio`).
+    fn on_error(&self);
+}
+
+impl Inode {
+    pub(crate) fn new(
+        cache: Arc<CacheInner>,
+        id: u32,
+        key: (u64, u64),
+        fd: OwnedFd,
+        size: u64,
+        path: PathBuf,
+    ) -> io::Result<Inode> {
+        let file_id = cache.backend.register(fd.as_raw_fd()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot register {} with the backend: {e}", path.display()),
+            )
+        })?;
+        Ok(Inode {
+            cache,
+            mapping: Mapping::new(id, size),
+            file_id,
+            path,
+            key,
+            fd,
+        })
+    }
+
+    #[inline]
+    fn desc(&self, frame: FrameId) -> &PageDesc {
+        self.cache.pool.pages().get(frame)
+    }
+
+    /// Returns the page at `index` pinned and up to date if it is cached and ready, without
+    /// waiting or reading (`IOCB_NOWAIT`).
+    pub(crate) fn try_get_page(&self, index: u64) -> Option<Pinned<'_>> {
+        let frame = self.mapping.lookup(index, self.cache.pool.pages())?;
+        let page = Pinned { inode: self, frame };
+        let st = page.desc().state();
+        if st.has(PageState::UPTODATE) {
+            self.note_hit(&page, st);
+            Some(page)
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn note_hit(&self, page: &Pinned<'_>, st: PageState) {
+        self.cache.counters.add(Counter::Hits, 1);
+        if st.has(PageState::PREFETCHED)
+            && page
+                .desc()
+                .clear(PageState::PREFETCHED)
+                .has(PageState::PREFETCHED)
+        {
+            self.cache.counters.add(Counter::ReadaheadHits, 1);
+        }
+    }
+
+    /// Returns the page at `index` pinned and up to date, reading it (and a readahead window)
+    /// on a miss (`filemap_get_pages`). `req_pages` is how many pages the caller's request
+    /// still covers from `index`.
+    pub(crate) async fn get_page(
+        self: &Arc<Self>,
+        index: u64,
+        req_pages: u64,
+        ra: &dyn ReadaheadSource,
+    ) -> io::Result<Pinned<'_>> {
+        // Counted once per page access: a hit, a miss (we start the read) or a wait (somebody
+        // else's read is in flight).
+        let mut counted = false;
+        let mut count = |c: Counter| {
+            if !std::mem::replace(&mut counted, true) {
+                self.cache.counters.add(c, 1);
+            }
+        };
+        let mut waited = false;
+        loop {
+            let Some(frame) = self.mapping.lookup(index, self.cache.pool.pages()) else {
+                count(Counter::Misses);
+                let window = ra.sync_window(self, index, req_pages);
+                self.read_window(window, Some(index)).await?;
+                continue;
+            };
+            let page = Pinned { inode: self, frame };
+            let desc = page.desc();
+            let st = desc.state();
+            if st.has(PageState::READAHEAD)
+                && desc.clear(PageState::READAHEAD).has(PageState::READAHEAD)
+            {
+                if let Some(window) = ra.async_window(self, index, req_pages) {
+                    self.start_readahead(window);
+                }
+            }
+            if st.has(PageState::UPTODATE) {
+                count(Counter::Hits);
+                if st.has(PageState::PREFETCHED)
+                    && desc.clear(PageState::PREFETCHED).has(PageState::PREFETCHED)
+                {
+                    self.cache.counters.add(Counter::ReadaheadHits, 1);
+                }
+                return Ok(page);
+            }
+            if st.has(PageState::LOCKED) {
+                count(Counter::Waits);
+                self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
+                waited = true;
+                continue;
+            }
+            // Not up to date and unlocked: a read of it failed. A reader that waited for that
+            // read gets its error; any other reader reads this one page again.
+            if waited && st.has(PageState::ERROR) {
+                ra.on_error();
+                return Err(self.read_error(index, desc.errno()));
+            }
+            count(Counter::Misses);
+            if desc.try_lock() {
+                if desc.state().has(PageState::UPTODATE) {
+                    self.cache
+                        .waits
+                        .clear_and_wake(desc, frame, PageState::LOCKED);
+                    continue;
+                }
+                desc.pin(); // the I/O's own pin, dropped by the completion
+                let mut batch = Vec::with_capacity(1);
+                self.push_read(&mut batch, index, vec![frame]);
+                self.cache.backend.submit(&mut batch);
+            }
+            // Wait for the read (ours or another task's) on the next turn.
+        }
+    }
+
+    fn read_error(&self, index: u64, errno: i32) -> io::Error {
+        let os = io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno });
+        io::Error::new(
+            os.kind(),
+            format!(
+                "reading page {index} (offset {}) of {} failed: {os}",
+                index << self.cache.page_shift,
+                self.path.display()
+            ),
+        )
+    }
+
+    /// Starts reading `window` without waiting for anything (async readahead): pages that
+    /// cannot get a frame right now are skipped.
+    pub(crate) fn start_readahead(self: &Arc<Self>, window: Window) {
+        let mut reads = ReadBatch::default();
+        self.fill_run(window.start, window.end(), window.mark(), &mut reads);
+        self.submit(reads);
+    }
+
+    /// Reads the absent pages of `window` (`page_cache_ra_unbounded`). The page `demand`, if
+    /// given, is the one a reader needs: it waits for a frame if every frame is busy, while the
+    /// others are read only if a frame is free or evictable now. Returns the index after the
+    /// last page considered.
+    pub(crate) async fn read_window(
+        self: &Arc<Self>,
+        window: Window,
+        demand: Option<u64>,
+    ) -> io::Result<u64> {
+        let mut reads = ReadBatch::default();
+        let mut start = window.start;
+        if let Some(d) = demand {
+            if d == window.start && d < self.end_page() && !self.mapping.contains(d) {
+                // Nothing is gathered yet, so waiting here holds no locked page hostage.
+                let frame = self.cache.alloc().await?;
+                self.add_page(frame, d, window.mark(), false, &mut reads);
+                start = d + 1;
+            }
+        }
+        let end = self.fill_run(start, window.end(), window.mark(), &mut reads);
+        self.submit(reads);
+        Ok(end)
+    }
+
+    /// One past the last page of the file.
+    fn end_page(&self) -> u64 {
+        self.mapping.size().div_ceil(self.cache.page_size as u64)
+    }
+
+    /// Allocates, inserts and gathers reads for the absent pages in `start..end` (clamped to end
+    /// of file), marking `mark` with `READAHEAD`. Stops at the first page that cannot get a
+    /// frame without waiting. Returns the index where it stopped.
+    fn fill_run(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+        mark: Option<u64>,
+        reads: &mut ReadBatch,
+    ) -> u64 {
+        let end = end.min(self.end_page());
+        let mut i = start;
+        while i < end {
+            if !self.mapping.contains(i) {
+                let Some(frame) = self.cache.try_alloc() else {
+                    break;
+                };
+                self.add_page(frame, i, mark, true, reads);
+            }
+            i += 1;
+        }
+        i
+    }
+
+    /// Inserts a freshly allocated, locked `frame` at `index` and adds it to the batch
+    /// (`add_to_page_cache_lru` + gathering for `read_pages`).
+    fn add_page(
+        self: &Arc<Self>,
+        frame: FrameId,
+        index: u64,
+        mark: Option<u64>,
+        prefetch: bool,
+        reads: &mut ReadBatch,
+    ) {
+        let pool = &self.cache.pool;
+        if let Err(existing) = self.mapping.insert(index, frame, pool.pages()) {
+            // Another reader inserted it first: give our frame back, leave theirs alone.
+            self.cache.put(existing);
+            self.cache.put(frame);
+            return;
+        }
+        pool.lru_add(frame, self.mapping.id(), index);
+        let desc = self.desc(frame);
+        if prefetch {
+            desc.set(PageState::PREFETCHED);
+            self.cache.counters.add(Counter::ReadaheadPages, 1);
+        }
+        if mark == Some(index) {
+            desc.set(PageState::READAHEAD);
+        }
+        let contiguous = reads.run_start + reads.run.len() as u64 == index
+            && reads.run.len() < self.max_io_pages();
+        if !contiguous {
+            self.flush_run(reads);
+            reads.run_start = index;
+        }
+        reads.run.push(frame);
+    }
+
+    fn max_io_pages(&self) -> usize {
+        self.cache.ra_max_pages.max(1) as usize
+    }
+
+    fn flush_run(self: &Arc<Self>, reads: &mut ReadBatch) {
+        if !reads.run.is_empty() {
+            let frames = std::mem::take(&mut reads.run);
+            self.push_read(&mut reads.requests, reads.run_start, frames);
+        }
+    }
+
+    /// Submits everything gathered in `reads`, in one backend call.
+    fn submit(self: &Arc<Self>, mut reads: ReadBatch) {
+        self.flush_run(&mut reads);
+        if !reads.requests.is_empty() {
+            self.cache.backend.submit(&mut reads.requests);
+        }
+    }
+
+    /// Appends a read of `frames` (consecutive pages from `index`, locked, each with a pin for
+    /// the I/O) to `batch`.
+    fn push_read(self: &Arc<Self>, batch: &mut Vec<Request>, index: u64, frames: Vec<FrameId>) {
+        let this = self.clone();
+        let len = frames.len() * self.cache.page_size;
+        let done_frames = frames.clone();
+        batch.push(Request {
+            file: self.file_id,
+            op: Op::Read {
+                offset: index << self.cache.page_shift,
+                frames,
+                len,
+            },
+            done: Box::new(move |res| this.complete_read(&done_frames, res)),
+        });
+    }
+
+    /// The completion of a read (`mpage_end_io` → `folio_end_read`).
+    fn complete_read(&self, frames: &[FrameId], res: io::Result<usize>) {
+        let ps = self.cache.page_size;
+        match res {
+            Ok(n) => {
+                self.cache
+                    .counters
+                    .add(Counter::PagesRead, frames.len() as u64);
+                for (k, &frame) in frames.iter().enumerate() {
+                    let start = k * ps;
+                    if n < start + ps {
+                        let from = n.saturating_sub(start);
+                        // SAFETY: the page is LOCKED by this I/O, which owns its bytes until
+                        // it clears the bit below.
+                        unsafe { self.cache.arena.frame_mut(frame)[from..].fill(0) };
+                    }
+                    let desc = self.desc(frame);
+                    desc.clear(PageState::ERROR);
+                    desc.set(PageState::UPTODATE);
+                    self.cache
+                        .waits
+                        .clear_and_wake(desc, frame, PageState::LOCKED);
+                    self.cache.put(frame);
+                }
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                tracing::debug!(path = %self.path.display(), error = %e, pages = frames.len(), "read failed");
+                self.cache
+                    .counters
+                    .add(Counter::ReadErrors, frames.len() as u64);
+                for &frame in frames {
+                    let desc = self.desc(frame);
+                    desc.set_errno(errno);
+                    desc.set(PageState::ERROR);
+                    desc.clear(PageState::READAHEAD | PageState::PREFETCHED);
+                    self.cache
+                        .waits
+                        .clear_and_wake(desc, frame, PageState::LOCKED);
+                    self.cache.put(frame);
+                }
+            }
+        }
+    }
+
+    /// Waits until no page of `start..end` is locked (reads in flight have completed). Returns
+    /// the first read error found.
+    pub(crate) async fn wait_range(&self, start: u64, end: u64) -> io::Result<()> {
+        for (index, _) in self.mapping.range(start, end) {
+            let Some(frame) = self.mapping.lookup(index, self.cache.pool.pages()) else {
+                continue;
+            };
+            let page = Pinned { inode: self, frame };
+            let desc = page.desc();
+            self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
+            let st = desc.state();
+            if !st.has(PageState::UPTODATE) && st.has(PageState::ERROR) {
+                return Err(self.read_error(index, desc.errno()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every cached page (used when a handle opens the file with `truncate`). Only
+    /// pages that nobody pins go; the others are orphaned and freed at their last unpin.
+    pub(crate) fn drop_all_pages(&self) {
+        let pages = self.cache.pool.pages();
+        for (index, frame) in self.mapping.range(0, u64::MAX) {
+            if self.mapping.remove_if(index, frame, pages, |_| true) {
+                self.desc(frame).set(PageState::ORPHAN);
+                self.cache.put(frame);
+            }
+        }
+    }
+}
+
+/// Reads gathered for one submission: finished requests plus the run being extended.
+#[derive(Default)]
+struct ReadBatch {
+    requests: Vec<Request>,
+    run_start: u64,
+    run: Vec<FrameId>,
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        // No handle and no I/O refers to the inode any more: every page is pinned only by the
+        // mapping (PageRefs hold the inode too).
+        self.drop_all_pages();
+        self.cache.backend.unregister(self.file_id);
+        self.cache.remove_inode(self.mapping.id(), self.key);
+        let _ = &self.fd; // closed after the backend forgot it
+    }
+}

@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests: scratch files with known contents, caches of a
+//! given budget, and running one test body under several tokio runtime flavours.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A deterministic byte pattern that differs from page to page and within a page.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A scratch directory on the checkout's filesystem (ext4, where `O_DIRECT` works).
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("uringcache-test-")
+        .tempdir_in(std::env::temp_dir())
+        .expect("scratch dir")
+}
+
+/// Writes `len` pattern bytes to `dir/name` with std::fs and returns the path and contents.
+pub fn make_file(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let path = dir.join(name);
+    let data = pattern(len, seed);
+    std::fs::write(&path, &data).expect("write scratch file");
+    (path, data)
+}
+
+/// A cache of `frames` pages of 4 KiB.
+pub fn cache(frames: usize) -> uringcache::Cache {
+    uringcache::Cache::builder()
+        .memory_limit(frames * 4096)
+        .page_size(4096)
+        .build()
+        .expect("build cache")
+}
+
+/// Read-only open options.
+pub fn ro() -> uringcache::OpenOptions {
+    let mut o = uringcache::OpenOptions::new();
+    o.read(true);
+    o
+}
+
+/// Runs `body` on a current-thread runtime and on a multi-thread runtime.
+pub fn on_runtimes<F, Fut>(body: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body())
+        .expect("current-thread runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { tokio::spawn(body()).await.expect("task panicked") })
+        .expect("multi-thread runtime");
+}
