@@ -72,3 +72,25 @@ where
     rt.block_on(async { tokio::spawn(body()).await.expect("task panicked") })
         .expect("multi-thread runtime");
 }
+
+/// Asserts two byte strings are equal, reporting the first difference instead of both
+/// strings.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    panic!(
+        "{what}: {} bytes, expected {}; first difference at byte {first} (page {}): got {:?}, want {:?}",
+        got.len(),
+        want.len(),
+        first / 4096,
+        got.get(first..(first + 8).min(got.len())),
+        want.get(first..(first + 8).min(want.len())),
+    );
+}

@@ -257,8 +257,8 @@ mod tests {
         let mut frame_of = std::collections::HashMap::new();
         let mut next_free: Vec<FrameId> = (0..n as FrameId).rev().collect();
         let access = |index: u64,
-                          frame_of: &mut std::collections::HashMap<u64, FrameId>,
-                          next_free: &mut Vec<FrameId>| {
+                      frame_of: &mut std::collections::HashMap<u64, FrameId>,
+                      next_free: &mut Vec<FrameId>| {
             if let Some(&f) = frame_of.get(&index) {
                 if pages.get(f).owner() == 1 && pages.get(f).index() == index {
                     pages.get(f).mark_accessed();

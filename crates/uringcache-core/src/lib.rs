@@ -15,6 +15,7 @@
 //! | [`pool`] | `add_to_page_cache_lru`, reclaim | frame allocation: free list, then eviction |
 //! | [`readahead`] | `mm/readahead.c`, `file_ra_state` | the on-demand readahead state machine |
 //! | [`errseq`] | `errseq_t` (`lib/errseq.c`) | writeback error sequences and per-handle cursors |
+//! | [`writeback`] | `mm/page-writeback.c` | dirty thresholds, coalescing dirty runs, the tail block |
 //! | [`backend`] | `address_space_operations` | the trait the I/O layer implements |
 //!
 //! The async API that puts these together is the `uringcache` crate; the I/O layer is
@@ -31,3 +32,4 @@ pub mod page;
 pub mod pool;
 pub mod readahead;
 pub mod wait;
+pub mod writeback;

@@ -25,8 +25,10 @@
 //! * A frame is in at most one mapping at one index.
 //! * `size` only changes through [`Mapping::set_size`] / [`Mapping::extend_size`]; pages wholly
 //!   past it are removed by the caller (truncation) before a shrink is published.
-//! * The dirty set holds exactly the indices whose page has `DIRTY` set, maintained by whoever
-//!   sets or clears the bit, under the dirty set's own lock.
+//! * The dirty tag holds exactly the indices whose page has `DIRTY` set, and the writeback tag
+//!   those with `WRITEBACK` set; whoever sets or clears the bit updates the tag (under the tags'
+//!   own mutex, never taken on the hit path).
+//! * `wb_err` records every writeback error of the file (see `errseq`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -35,6 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 
+use crate::errseq::ErrSeq;
 use crate::page::{FrameId, PageDesc, PageTable};
 
 /// Number of shards of a mapping's index.
@@ -72,7 +75,15 @@ pub struct Mapping {
     shards: Box<[CachePadded<RwLock<Shard>>]>,
     size: CachePadded<AtomicU64>,
     pages: AtomicUsize,
-    dirty: Mutex<BTreeSet<u64>>,
+    tags: Mutex<Tags>,
+    wb_err: ErrSeq,
+}
+
+/// The xarray's tags: which pages are dirty and which are under writeback.
+#[derive(Debug, Default)]
+struct Tags {
+    dirty: BTreeSet<u64>,
+    writeback: BTreeSet<u64>,
 }
 
 impl Mapping {
@@ -83,7 +94,8 @@ impl Mapping {
             shards: (0..SHARDS).map(|_| Default::default()).collect(),
             size: CachePadded::new(AtomicU64::new(size)),
             pages: AtomicUsize::new(0),
-            dirty: Mutex::new(BTreeSet::new()),
+            tags: Mutex::new(Tags::default()),
+            wb_err: ErrSeq::new(),
         }
     }
 
@@ -202,27 +214,67 @@ impl Mapping {
     /// Marks `index` dirty in the dirty set (the xarray's dirty tag). Returns whether it was
     /// clean before.
     pub fn tag_dirty(&self, index: u64) -> bool {
-        self.dirty.lock().insert(index)
+        self.tags.lock().dirty.insert(index)
     }
 
     /// Removes `index` from the dirty set; returns whether it was there.
     pub fn untag_dirty(&self, index: u64) -> bool {
-        self.dirty.lock().remove(&index)
+        self.tags.lock().dirty.remove(&index)
+    }
+
+    /// Moves `index` from the dirty set to the writeback set (`clear_page_dirty_for_io` +
+    /// `set_page_writeback`); returns whether it was dirty.
+    pub fn start_writeback(&self, index: u64) -> bool {
+        let mut tags = self.tags.lock();
+        tags.writeback.insert(index);
+        tags.dirty.remove(&index)
+    }
+
+    /// Removes `index` from the writeback set (`end_page_writeback`).
+    pub fn end_writeback(&self, index: u64) {
+        self.tags.lock().writeback.remove(&index);
     }
 
     /// The dirty indices in `start..end`, in order (`find_get_pages_range_tag`), at most `max`.
     pub fn dirty_range(&self, start: u64, end: u64, max: usize) -> Vec<u64> {
-        self.dirty
+        if start >= end {
+            return Vec::new();
+        }
+        self.tags
             .lock()
+            .dirty
             .range(start..end)
             .take(max)
             .copied()
             .collect()
     }
 
+    /// The indices under writeback in `start..end`, in order.
+    pub fn writeback_range(&self, start: u64, end: u64) -> Vec<u64> {
+        if start >= end {
+            return Vec::new();
+        }
+        self.tags
+            .lock()
+            .writeback
+            .range(start..end)
+            .copied()
+            .collect()
+    }
+
     /// Number of dirty pages of this mapping.
     pub fn nr_dirty(&self) -> usize {
-        self.dirty.lock().len()
+        self.tags.lock().dirty.len()
+    }
+
+    /// Number of pages of this mapping under writeback.
+    pub fn nr_writeback(&self) -> usize {
+        self.tags.lock().writeback.len()
+    }
+
+    /// The mapping's writeback error sequence (`mapping->wb_err`).
+    pub fn wb_err(&self) -> &ErrSeq {
+        &self.wb_err
     }
 }
 
@@ -293,6 +345,13 @@ mod tests {
         assert_eq!(m.dirty_range(0, 100, 1), vec![1]);
         assert!(m.untag_dirty(4));
         assert_eq!(m.nr_dirty(), 2);
+        assert!(m.start_writeback(9));
+        assert!(!m.start_writeback(5), "5 was not dirty");
+        assert_eq!(m.dirty_range(0, 100, 10), vec![1]);
+        assert_eq!(m.writeback_range(0, 100), vec![5, 9]);
+        m.end_writeback(9);
+        m.end_writeback(5);
+        assert_eq!(m.nr_writeback(), 0);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! * [`ThreadsBackend`] runs blocking `pread` / `pwrite` / `fsync` calls on a few threads, for
 //!   where `io_uring` is missing or refused (seccomp, `kernel.io_uring_disabled`).
 //!
-//! plus two helpers for the files themselves: [`open_direct`] and [`dio_alignment`].
+//! plus two helpers for the files themselves: [`open_direct`] and [`dio_alignment`], and
+//! [`FaultBackend`], which wraps either to inject failures and delays in tests.
 //!
 //! ## The `io_uring` driver
 //!
@@ -58,9 +59,11 @@
 
 mod common;
 mod direct;
+pub mod fault;
 pub mod threads;
 pub mod uring;
 
 pub use direct::{dio_alignment, open_direct};
+pub use fault::FaultBackend;
 pub use threads::ThreadsBackend;
 pub use uring::{UringBackend, UringConfig};

@@ -20,6 +20,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use uringcache_core::backend::Backend as IoBackend;
@@ -28,10 +29,12 @@ use uringcache_core::frames::FrameArena;
 use uringcache_core::page::{FrameId, PageState, NO_OWNER};
 use uringcache_core::pool::FramePool;
 use uringcache_core::wait::{Event, WaitTable};
+use uringcache_core::writeback::DirtyLimits;
 
 use crate::file::{File, OpenOptions};
 use crate::inode::Inode;
 use crate::stats::{Counter, Counters, Stats};
+use crate::writeback::Flusher;
 
 /// Which I/O layer moves the bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,8 +49,12 @@ pub enum Backend {
     Threads,
 }
 
+/// A function that wraps the backend the cache would use (see
+/// [`CacheBuilder::wrap_backend`]).
+pub type BackendLayer = Arc<dyn Fn(Arc<dyn IoBackend>) -> Arc<dyn IoBackend> + Send + Sync>;
+
 /// Configures and builds a [`Cache`]; see [`Cache::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CacheBuilder {
     memory_limit: usize,
     page_size: usize,
@@ -56,6 +63,27 @@ pub struct CacheBuilder {
     uring_entries: u32,
     sqpoll: bool,
     threads: usize,
+    dirty_ratio: f64,
+    dirty_background_ratio: f64,
+    dirty_expire: Duration,
+    writeback_interval: Duration,
+    layer: Option<BackendLayer>,
+}
+
+impl std::fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("memory_limit", &self.memory_limit)
+            .field("page_size", &self.page_size)
+            .field("backend", &self.backend)
+            .field("readahead_max", &self.readahead_max)
+            .field("dirty_ratio", &self.dirty_ratio)
+            .field("dirty_background_ratio", &self.dirty_background_ratio)
+            .field("dirty_expire", &self.dirty_expire)
+            .field("writeback_interval", &self.writeback_interval)
+            .field("wrapped", &self.layer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for CacheBuilder {
@@ -68,6 +96,11 @@ impl Default for CacheBuilder {
             uring_entries: 256,
             sqpoll: false,
             threads: 4,
+            dirty_ratio: 0.20,
+            dirty_background_ratio: 0.10,
+            dirty_expire: Duration::from_secs(30),
+            writeback_interval: Duration::from_secs(5),
+            layer: None,
         }
     }
 }
@@ -118,6 +151,44 @@ impl CacheBuilder {
         self
     }
 
+    /// Fraction of the budget that may be dirty before writers wait for writeback
+    /// (`vm.dirty_ratio`; default 0.20).
+    pub fn dirty_ratio(&mut self, ratio: f64) -> &mut Self {
+        self.dirty_ratio = ratio;
+        self
+    }
+
+    /// Fraction of the budget dirty above which background writeback starts
+    /// (`vm.dirty_background_ratio`; default 0.10).
+    pub fn dirty_background_ratio(&mut self, ratio: f64) -> &mut Self {
+        self.dirty_background_ratio = ratio;
+        self
+    }
+
+    /// Age after which a dirty page is written back even below the thresholds
+    /// (`vm.dirty_expire_centisecs`; default 30 s).
+    pub fn dirty_expire(&mut self, age: Duration) -> &mut Self {
+        self.dirty_expire = age;
+        self
+    }
+
+    /// How often the writeback thread wakes to look for expired dirty pages
+    /// (`vm.dirty_writeback_centisecs`; default 5 s).
+    pub fn writeback_interval(&mut self, interval: Duration) -> &mut Self {
+        self.writeback_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Wraps the backend in another layer, e.g. `uringcache_uring::FaultBackend` to inject
+    /// failures in tests, or an instrumenting backend. The layer sees every request.
+    pub fn wrap_backend(
+        &mut self,
+        layer: impl Fn(Arc<dyn IoBackend>) -> Arc<dyn IoBackend> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.layer = Some(Arc::new(layer));
+        self
+    }
+
     /// Builds the cache: maps the frame arena and starts the backend.
     pub fn build(&self) -> io::Result<Cache> {
         let ps = self.page_size;
@@ -143,27 +214,48 @@ impl CacheBuilder {
             )));
         }
         let arena = Arc::new(FrameArena::new(frames, ps)?);
-        let backend = crate::backend::start(self, arena.clone())?;
+        let mut backend = crate::backend::start(self, arena.clone())?;
+        if let Some(layer) = &self.layer {
+            backend = layer(backend);
+        }
+        for (name, r) in [
+            ("dirty_ratio", self.dirty_ratio),
+            ("dirty_background_ratio", self.dirty_background_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(invalid(format!(
+                    "{name} {r} is not a fraction between 0 and 1"
+                )));
+            }
+        }
         let ra_max_pages = ((self.readahead_max / ps).min(frames / 4)).max(1) as u64;
-        Ok(Cache {
-            inner: Arc::new(CacheInner {
-                arena,
-                pool: FramePool::new(frames),
-                waits: WaitTable::new(),
-                backend,
-                inodes: RwLock::new(HashMap::new()),
-                by_key: Mutex::new(HashMap::new()),
-                next_id: AtomicU32::new(0),
-                page_size: ps,
-                page_shift: ps.trailing_zeros(),
-                ra_max_pages,
-                counters: Counters::default(),
-                frame_event: Event::new(),
-                alloc_waiters: AtomicUsize::new(0),
-                user_pins: AtomicUsize::new(0),
-                shut_down: AtomicBool::new(false),
-            }),
-        })
+        let inner = Arc::new(CacheInner {
+            arena,
+            pool: FramePool::new(frames),
+            waits: WaitTable::new(),
+            backend,
+            inodes: RwLock::new(HashMap::new()),
+            by_key: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(0),
+            page_size: ps,
+            page_shift: ps.trailing_zeros(),
+            ra_max_pages,
+            counters: Counters::default(),
+            frame_event: Event::new(),
+            alloc_waiters: AtomicUsize::new(0),
+            user_pins: AtomicUsize::new(0),
+            shut_down: AtomicBool::new(false),
+            limits: DirtyLimits::new(frames, self.dirty_background_ratio, self.dirty_ratio),
+            nr_dirty: AtomicUsize::new(0),
+            nr_writeback: AtomicUsize::new(0),
+            dirty_event: Event::new(),
+            dirty_inodes: Mutex::new(HashMap::new()),
+            flusher: Flusher::new(self.writeback_interval),
+            clock: Instant::now(),
+            dirty_expire_ms: self.dirty_expire.as_millis() as u64,
+        });
+        inner.flusher.spawn(Arc::downgrade(&inner))?;
+        Ok(Cache { inner })
     }
 
     pub(crate) fn backend_choice(&self) -> Backend {
@@ -210,7 +302,7 @@ impl Cache {
     /// Opens `path` through the cache, with `std::fs::OpenOptions`-like `options`. Two opens of
     /// one file share its cached pages.
     pub async fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> io::Result<File> {
-        File::open(&self.inner, path.as_ref(), options)
+        File::open(&self.inner, path.as_ref(), options).await
     }
 
     /// A snapshot of the counters.
@@ -223,17 +315,39 @@ impl Cache {
         self.inner.page_size
     }
 
-    /// Stops the cache: further operations fail, and the backend stops once every submitted
-    /// I/O has completed.
+    /// Writes back every dirty page of every open file, waits for it, truncates each file on
+    /// disk to its length and flushes it (`sync_all`), then stops the cache: further operations
+    /// fail, and the backend stops once every submitted I/O has completed. Returns the first
+    /// error met; pages that failed stay dirty and the error names the file.
     pub async fn shutdown(&self) -> io::Result<()> {
+        let mut first_err = None;
+        for inode in self.inner.open_inodes() {
+            if let Err(e) = inode
+                .sync(crate::writeback::SyncKind::All, inode.cache_cursor())
+                .await
+            {
+                tracing::error!(path = %inode.path.display(), error = %e, "shutdown: sync failed");
+                first_err.get_or_insert(e);
+            }
+        }
         self.inner.shut_down.store(true, Ordering::Release);
+        self.inner.flusher.stop();
         self.inner.backend.shutdown();
-        Ok(())
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
 /// (device, inode number): what makes two opens the same file.
 type InodeKey = (u64, u64);
+
+impl Drop for CacheInner {
+    fn drop(&mut self) {
+        self.flusher.stop();
+    }
+}
 
 /// Decrements a waiter count when the waiting future completes or is dropped.
 struct WaiterGuard<'a>(&'a AtomicUsize);
@@ -265,9 +379,38 @@ pub(crate) struct CacheInner {
     /// Frames pinned by long-lived page handles (they do not unpin by themselves).
     pub(crate) user_pins: AtomicUsize,
     shut_down: AtomicBool,
+    /// Background threshold and hard limit on dirty pages.
+    pub(crate) limits: DirtyLimits,
+    /// Dirty pages in the whole cache.
+    pub(crate) nr_dirty: AtomicUsize,
+    /// Pages under writeback in the whole cache.
+    pub(crate) nr_writeback: AtomicUsize,
+    /// Notified when writeback completes (dirty count may have dropped, syncs may proceed).
+    pub(crate) dirty_event: Event,
+    /// Inodes with dirty or writeback pages, held strongly so that their pages are written
+    /// even after the last handle is dropped (`bdi->wb.b_dirty`).
+    pub(crate) dirty_inodes: Mutex<HashMap<u32, Arc<Inode>>>,
+    /// The writeback thread.
+    pub(crate) flusher: Flusher,
+    clock: Instant,
+    pub(crate) dirty_expire_ms: u64,
 }
 
 impl CacheInner {
+    /// Milliseconds since the cache was built (the clock of `dirtied_at`).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Every inode currently open or holding dirty pages.
+    pub(crate) fn open_inodes(&self) -> Vec<Arc<Inode>> {
+        self.inodes
+            .read()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .collect()
+    }
+
     pub(crate) fn check_open(&self) -> io::Result<()> {
         if self.shut_down.load(Ordering::Acquire) {
             Err(io::Error::other("the cache has been shut down"))
@@ -349,9 +492,24 @@ impl CacheInner {
         }
     }
 
-    /// Allocates a frame, evicting if needed. `None` when every frame is busy right now.
+    /// Allocates a frame, evicting if needed. `None` when every frame is busy right now; if
+    /// dirty pages stood in the way, background writeback is started so that they become
+    /// evictable.
     pub(crate) fn try_alloc(&self) -> Option<FrameId> {
-        self.pool.alloc(|f| self.try_evict(f)).ok()
+        match self.pool.alloc(|f| self.try_evict(f)) {
+            Ok(f) => Some(f),
+            Err(scan) => {
+                if scan.dirty > 0 {
+                    self.flusher.kick(true);
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether allocations wait for frames (writeback completions then notify them).
+    pub(crate) fn has_alloc_waiters(&self) -> bool {
+        self.alloc_waiters.load(Ordering::SeqCst) > 0
     }
 
     /// Allocates a frame, waiting while every frame is busy (`__alloc_pages` with reclaim).
@@ -413,6 +571,15 @@ impl CacheInner {
             evictions: c.get(Counter::Evictions),
             read_errors: c.get(Counter::ReadErrors),
             alloc_waits: c.get(Counter::AllocWaits),
+            dirty_pages: self.nr_dirty.load(Ordering::Relaxed),
+            writeback_pages: self.nr_writeback.load(Ordering::Relaxed),
+            pages_written: c.get(Counter::PagesWritten),
+            write_requests: c.get(Counter::WriteRequests),
+            write_errors: c.get(Counter::WriteErrors),
+            flushes: c.get(Counter::Flushes),
+            flush_errors: c.get(Counter::FlushErrors),
+            syncs: c.get(Counter::Syncs),
+            throttle_waits: c.get(Counter::ThrottleWaits),
             device_reads: b.reads,
             device_read_bytes: b.read_bytes,
             device_writes: b.writes,

@@ -22,8 +22,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use uringcache_core::readahead::{self, Advice, Window};
 
+use uringcache_core::errseq::ErrCursor;
+
 use crate::cache::{invalid, CacheInner};
 use crate::inode::{Inode, ReadaheadSource};
+use crate::writeback::SyncKind;
 
 /// How to open a file; mirrors `std::fs::OpenOptions`.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +82,8 @@ struct Handle {
     ra: Mutex<readahead::State>,
     /// Byte position just after this handle's previous read (`file_ra_state.prev_pos`).
     prev_pos: AtomicU64,
+    /// This handle's position in the file's writeback error sequence (`f_wb_err`).
+    wb_cursor: ErrCursor,
 }
 
 impl std::fmt::Debug for File {
@@ -119,7 +124,7 @@ fn with_path(path: &Path, e: io::Error) -> io::Error {
 }
 
 impl File {
-    pub(crate) fn open(
+    pub(crate) async fn open(
         cache: &Arc<CacheInner>,
         path: &Path,
         options: &OpenOptions,
@@ -174,34 +179,52 @@ impl File {
             None => cache.add_inode(key, |id| {
                 // The inode's own descriptor serves every handle: read-write when the file
                 // allows it, whatever this first handle asked for.
-                let io_fd = if read && write {
-                    fd.try_clone()?
+                let (io_fd, writable) = if read && write {
+                    (fd.try_clone()?, true)
                 } else {
-                    uringcache_uring::open_direct(path, true, true, false, false)
-                        .or_else(|_| fd.try_clone())?
+                    match uringcache_uring::open_direct(path, true, true, false, false) {
+                        Ok(rw) => (rw, true),
+                        Err(_) => (fd.try_clone()?, write),
+                    }
                 };
                 Inode::new(
                     cache.clone(),
                     id,
                     key,
                     io_fd,
+                    writable,
+                    align.max(1) as usize,
                     meta.len(),
                     path.to_path_buf(),
                 )
             })?,
         };
+        if write && !inode.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "cannot open {} for writing: the cache holds it through a read-only \
+                     descriptor (its permissions changed since it was first opened); close \
+                     every handle and reopen",
+                    path.display()
+                ),
+            ));
+        }
         if truncate {
-            inode.drop_all_pages();
+            // O_TRUNC already cut the file on disk; drop what the cache still holds.
             inode.mapping.set_size(0);
+            inode.truncate_pages(0).await;
+            inode.wb.disk_size.store(0, Ordering::Release);
         }
         let ra = readahead::State::new(cache.ra_max_pages);
         Ok(File {
             handle: Arc::new(Handle {
-                inode,
                 read,
                 write,
                 ra: Mutex::new(ra),
                 prev_pos: AtomicU64::new(0),
+                wb_cursor: inode.mapping.wb_err().sample(),
+                inode,
             }),
         })
     }
@@ -378,5 +401,99 @@ impl File {
     /// readahead window, `Random` turns readahead off, `Normal` restores the default.
     pub fn advise(&self, advice: Advice) {
         self.handle.ra.lock().set_advice(advice);
+    }
+
+    fn check_write(&self, len: usize, offset: u64) -> io::Result<u64> {
+        self.cache().check_open()?;
+        if !self.handle.write {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} was opened without write access",
+                    self.inode().path.display()
+                ),
+            ));
+        }
+        offset.checked_add(len as u64).ok_or_else(|| {
+            invalid(format!(
+                "a write of {len} bytes at offset {offset} overflows the largest file offset"
+            ))
+        })
+    }
+
+    /// Writes all of `buf` at `offset` into the cache and returns its length. The bytes are
+    /// visible to every handle's reads at once and reach the device later, by background
+    /// writeback or a `sync_*` call. A partial page of existing data is read first; a whole
+    /// page is not. Writing past the end extends the file; the gap reads as zeros.
+    pub async fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.check_write(buf.len(), offset)?;
+        self.inode().write_at(buf, offset).await?;
+        Ok(buf.len())
+    }
+
+    /// Writes all of `buf` at `offset`; see [`write_at`](Self::write_at), which never writes
+    /// less than asked without an error.
+    pub async fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset).await.map(|_| ())
+    }
+
+    /// Writes back the dirty pages of `offset .. offset + len` and waits for them
+    /// (`sync_file_range` with wait, `filemap_write_and_wait_range`). Does not flush the
+    /// device's cache: use [`sync_data`](Self::sync_data) for durability. Reports a writeback
+    /// error of this file that this handle has not seen yet.
+    pub async fn sync_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.cache().check_open()?;
+        let end = offset.checked_add(len).ok_or_else(|| {
+            invalid(format!(
+                "sync_range of {len} bytes at offset {offset} overflows the largest file offset"
+            ))
+        })?;
+        self.inode()
+            .sync(SyncKind::Range(offset, end), &self.handle.wb_cursor)
+            .await
+    }
+
+    /// Makes the file's data durable (`fdatasync`): writes back every dirty page, waits, cuts
+    /// the on-disk length back to [`len`](Self::len) if the tail block overshot it, and
+    /// flushes (a full flush when the length changed since the last one). Concurrent syncs
+    /// share flushes. An error is returned once to every handle open when it happened; pages
+    /// that failed stay dirty and the next sync writes them again.
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.cache().check_open()?;
+        self.inode()
+            .sync(SyncKind::Data, &self.handle.wb_cursor)
+            .await
+    }
+
+    /// Makes the file's data and metadata durable (`fsync`); see [`sync_data`](Self::sync_data).
+    /// After it returns `Ok`, the file on disk has exactly [`len`](Self::len) bytes.
+    pub async fn sync_all(&self) -> io::Result<()> {
+        self.cache().check_open()?;
+        self.inode()
+            .sync(SyncKind::All, &self.handle.wb_cursor)
+            .await
+    }
+
+    /// Sets the file's length. Shrinking drops cached pages past the end (waiting for their
+    /// writeback; their unsynced changes are discarded), zeroes the rest of the last page and
+    /// cuts the file on disk; growing extends it with zeros.
+    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check_write(0, len)?;
+        self.inode().set_len(len).await
+    }
+
+    /// Drops the clean cached pages of `offset .. offset + len` (pages partly in the range
+    /// included); dirty, pinned and locked pages stay. The next read of them goes to the
+    /// device.
+    pub async fn invalidate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.cache().check_open()?;
+        let end = offset.checked_add(len).ok_or_else(|| {
+            invalid(format!(
+                "invalidate of {len} bytes at offset {offset} overflows the largest file offset"
+            ))
+        })?;
+        let ps = self.cache().page_size as u64;
+        self.inode().invalidate(offset / ps, end.div_ceil(ps));
+        Ok(())
     }
 }

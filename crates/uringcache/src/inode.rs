@@ -22,6 +22,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use uringcache_core::backend::{FileId, Op, Request};
@@ -31,6 +32,7 @@ use uringcache_core::readahead::Window;
 
 use crate::cache::CacheInner;
 use crate::stats::Counter;
+use crate::writeback::InodeWriteback;
 
 /// The cached state of one open file (`struct inode` + its `address_space`).
 pub(crate) struct Inode {
@@ -40,6 +42,14 @@ pub(crate) struct Inode {
     pub(crate) path: PathBuf,
     key: (u64, u64),
     fd: OwnedFd,
+    /// Direct-I/O alignment of the file (offsets and lengths of device I/O).
+    pub(crate) dio_align: usize,
+    /// Whether the descriptor was opened for writing.
+    pub(crate) writable: bool,
+    /// Writeback state: on-disk size, group-commit flushes, poisoning.
+    pub(crate) wb: InodeWriteback,
+    /// Whether the inode is in the cache's list of inodes with dirty pages.
+    pub(crate) in_dirty_list: AtomicBool,
 }
 
 /// A pinned page of an inode; dropping it drops the pin (`put_page`).
@@ -58,6 +68,13 @@ impl Pinned<'_> {
 
     fn desc(&self) -> &PageDesc {
         self.inode.cache.pool.pages().get(self.frame)
+    }
+
+    /// The frame, keeping the pin (the caller takes over dropping it).
+    pub(crate) fn into_frame(self) -> FrameId {
+        let frame = self.frame;
+        std::mem::forget(self);
+        frame
     }
 
     /// Records a use of the page for the eviction policy (`mark_page_accessed`).
@@ -84,11 +101,14 @@ pub(crate) trait ReadaheadSource: Sync {
 }
 
 impl Inode {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cache: Arc<CacheInner>,
         id: u32,
         key: (u64, u64),
         fd: OwnedFd,
+        writable: bool,
+        dio_align: usize,
         size: u64,
         path: PathBuf,
     ) -> io::Result<Inode> {
@@ -98,13 +118,19 @@ impl Inode {
                 format!("cannot register {} with the backend: {e}", path.display()),
             )
         })?;
+        let mapping = Mapping::new(id, size);
+        let wb = InodeWriteback::new(size, mapping.wb_err().sample());
         Ok(Inode {
             cache,
-            mapping: Mapping::new(id, size),
+            mapping,
             file_id,
             path,
             key,
             fd,
+            dio_align,
+            writable,
+            wb,
+            in_dirty_list: AtomicBool::new(false),
         })
     }
 
@@ -163,6 +189,8 @@ impl Inode {
                 count(Counter::Misses);
                 let window = ra.sync_window(self, index, req_pages);
                 self.read_window(window, Some(index)).await?;
+                // Whoever started (or lost the race to start) the read gets its outcome.
+                waited = true;
                 continue;
             };
             let page = Pinned { inode: self, frame };
@@ -190,8 +218,8 @@ impl Inode {
                 waited = true;
                 continue;
             }
-            // Not up to date and unlocked: a read of it failed. A reader that waited for that
-            // read gets its error; any other reader reads this one page again.
+            // Not up to date and unlocked: a read of it failed. A reader that started or waited
+            // for that read gets its error; any other reader reads this one page again.
             if waited && st.has(PageState::ERROR) {
                 ra.on_error();
                 return Err(self.read_error(index, desc.errno()));
@@ -209,6 +237,7 @@ impl Inode {
                 self.push_read(&mut batch, index, vec![frame]);
                 self.cache.backend.submit(&mut batch);
             }
+            waited = true;
             // Wait for the read (ours or another task's) on the next turn.
         }
     }

@@ -49,9 +49,12 @@ mod cache;
 mod file;
 mod inode;
 mod stats;
+mod util;
+mod write;
+mod writeback;
 
 pub use backend::BACKEND_ENV;
-pub use cache::{Backend, Cache, CacheBuilder};
+pub use cache::{Backend, BackendLayer, Cache, CacheBuilder};
 pub use file::{File, OpenOptions};
 pub use stats::Stats;
 pub use uringcache_core::readahead::Advice;

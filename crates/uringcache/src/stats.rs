@@ -26,9 +26,16 @@ pub(crate) enum Counter {
     Evictions,
     ReadErrors,
     AllocWaits,
+    PagesWritten,
+    WriteRequests,
+    WriteErrors,
+    Flushes,
+    FlushErrors,
+    Syncs,
+    ThrottleWaits,
 }
 
-const COUNTERS: usize = Counter::AllocWaits as usize + 1;
+const COUNTERS: usize = Counter::ThrottleWaits as usize + 1;
 
 #[derive(Default)]
 struct Shard([AtomicU64; COUNTERS]);
@@ -102,6 +109,24 @@ pub struct Stats {
     pub read_errors: u64,
     /// Times an allocation had to wait because every frame was busy.
     pub alloc_waits: u64,
+    /// Pages dirty now.
+    pub dirty_pages: usize,
+    /// Pages under writeback now.
+    pub writeback_pages: usize,
+    /// Pages written back to the device.
+    pub pages_written: u64,
+    /// Write requests those pages took (adjacent dirty pages share one request).
+    pub write_requests: u64,
+    /// Write requests that failed (their pages stayed dirty).
+    pub write_errors: u64,
+    /// Flushes (`fsync` / `fdatasync`) issued; concurrent syncs share them.
+    pub flushes: u64,
+    /// Flushes that failed.
+    pub flush_errors: u64,
+    /// `sync_*` calls.
+    pub syncs: u64,
+    /// Times a writer waited because too many pages were dirty.
+    pub throttle_waits: u64,
     /// Read requests completed by the device (one request may fill many pages).
     pub device_reads: u64,
     /// Bytes read from the device.
@@ -150,6 +175,21 @@ impl fmt::Display for Stats {
             f,
             "pages read {} (readahead {}, used {}), read errors {}",
             self.pages_read, self.readahead_pages, self.readahead_hits, self.read_errors
+        )?;
+        writeln!(
+            f,
+            "dirty {} writeback {}, pages written {} in {} requests, write errors {}, throttled {}",
+            self.dirty_pages,
+            self.writeback_pages,
+            self.pages_written,
+            self.write_requests,
+            self.write_errors,
+            self.throttle_waits
+        )?;
+        writeln!(
+            f,
+            "syncs {} sharing {} flushes, flush errors {}",
+            self.syncs, self.flushes, self.flush_errors
         )?;
         write!(
             f,

@@ -1,0 +1,206 @@
+//! A fault-injecting backend for tests: wraps any [`Backend`] and fails, or holds back,
+//! chosen requests.
+//!
+//! Rules are matched in the order they were added against each submitted request's kind (and
+//! optionally file); the first rule with uses left applies:
+//!
+//! * [`Fault::Fail`] completes the request at once with an OS error (`EIO`, `ENOSPC`, …)
+//!   without running it — for writes this is exactly what a failing device looks like to the
+//!   cache: nothing written, an error back;
+//! * [`Fault::Hold`] keeps the request out of the device until [`FaultBackend::release`], which
+//!   forwards held requests (in submission order or reversed) — for delayed and reordered
+//!   completions, and for completions that arrive after their future was dropped.
+//!
+//! The backend keeps every contract of [`Backend`]: each completion runs exactly once.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use uringcache_core::backend::{Backend, BackendStats, FileId, Op, Request};
+
+/// Which requests a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Reads.
+    Read,
+    /// Writes.
+    Write,
+    /// Flushes (`fsync` / `fdatasync`).
+    Fsync,
+    /// Truncations.
+    Truncate,
+    /// Every request.
+    Any,
+}
+
+impl OpKind {
+    fn matches(self, op: &Op) -> bool {
+        matches!(
+            (self, op),
+            (OpKind::Any, _)
+                | (OpKind::Read, Op::Read { .. })
+                | (OpKind::Write, Op::Write { .. })
+                | (OpKind::Fsync, Op::Fsync { .. })
+                | (OpKind::Truncate, Op::Truncate { .. })
+        )
+    }
+}
+
+/// What a rule does to a matching request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Complete it with this OS error number, without running it.
+    Fail(i32),
+    /// Hold it until [`FaultBackend::release`].
+    Hold,
+}
+
+#[derive(Debug)]
+struct Rule {
+    kind: OpKind,
+    file: Option<FileId>,
+    fault: Fault,
+    /// Uses left; `None` for a rule that never runs out.
+    uses: Option<u32>,
+}
+
+/// A [`Backend`] that injects faults into another; see the module docs.
+pub struct FaultBackend {
+    inner: Arc<dyn Backend>,
+    rules: Mutex<Vec<Rule>>,
+    held: Mutex<VecDeque<Request>>,
+    injected: Mutex<u64>,
+}
+
+impl std::fmt::Debug for FaultBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultBackend")
+            .field("inner", &self.inner.name())
+            .field("rules", &*self.rules.lock())
+            .field("held", &self.held.lock().len())
+            .finish()
+    }
+}
+
+impl FaultBackend {
+    /// Wraps `inner`, with no rule yet (every request passes through).
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        FaultBackend {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            held: Mutex::new(VecDeque::new()),
+            injected: Mutex::new(0),
+        }
+    }
+
+    /// Applies `fault` to the next `times` requests of `kind` (`None`: to all of them, until
+    /// [`clear`](Self::clear)).
+    pub fn inject(&self, kind: OpKind, fault: Fault, times: Option<u32>) {
+        self.rules.lock().push(Rule {
+            kind,
+            file: None,
+            fault,
+            uses: times,
+        });
+    }
+
+    /// Like [`inject`](Self::inject), for requests on one file only.
+    pub fn inject_file(&self, file: FileId, kind: OpKind, fault: Fault, times: Option<u32>) {
+        self.rules.lock().push(Rule {
+            kind,
+            file: Some(file),
+            fault,
+            uses: times,
+        });
+    }
+
+    /// Removes every rule (held requests stay held until released).
+    pub fn clear(&self) {
+        self.rules.lock().clear();
+    }
+
+    /// Requests currently held.
+    pub fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// Faults injected so far (failed or held requests).
+    pub fn injected(&self) -> u64 {
+        *self.injected.lock()
+    }
+
+    /// Forwards every held request to the inner backend (through the remaining `Fail` rules),
+    /// oldest first, or newest first with `reverse` (completions then arrive out of order).
+    pub fn release(&self, reverse: bool) {
+        let mut held: Vec<Request> = self.held.lock().drain(..).collect();
+        if reverse {
+            held.reverse();
+        }
+        let mut pass = Vec::new();
+        for req in held {
+            match self.rule_for(&req, false) {
+                Some(Fault::Fail(errno)) => (req.done)(Err(io::Error::from_raw_os_error(errno))),
+                _ => pass.push(req),
+            }
+        }
+        if !pass.is_empty() {
+            self.inner.submit(&mut pass);
+        }
+    }
+
+    /// The fault for `req`, consuming one use of the rule; `Hold` rules only when `holds`.
+    fn rule_for(&self, req: &Request, holds: bool) -> Option<Fault> {
+        let mut rules = self.rules.lock();
+        let rule = rules.iter_mut().find(|r| {
+            r.kind.matches(&req.op)
+                && r.file.is_none_or(|f| f == req.file)
+                && r.uses != Some(0)
+                && (holds || r.fault != Fault::Hold)
+        })?;
+        if let Some(n) = &mut rule.uses {
+            *n -= 1;
+        }
+        *self.injected.lock() += 1;
+        Some(rule.fault)
+    }
+}
+
+impl Backend for FaultBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn register(&self, fd: RawFd) -> io::Result<FileId> {
+        self.inner.register(fd)
+    }
+
+    fn unregister(&self, file: FileId) {
+        self.inner.unregister(file);
+    }
+
+    fn submit(&self, batch: &mut Vec<Request>) {
+        let mut pass = Vec::with_capacity(batch.len());
+        for req in batch.drain(..) {
+            match self.rule_for(&req, true) {
+                None => pass.push(req),
+                Some(Fault::Fail(errno)) => (req.done)(Err(io::Error::from_raw_os_error(errno))),
+                Some(Fault::Hold) => self.held.lock().push_back(req),
+            }
+        }
+        if !pass.is_empty() {
+            self.inner.submit(&mut pass);
+        }
+    }
+
+    fn stats(&self) -> BackendStats {
+        self.inner.stats()
+    }
+
+    fn shutdown(&self) {
+        self.release(false);
+        self.inner.shutdown();
+    }
+}

@@ -1,0 +1,614 @@
+//! Writeback: from dirty pages to durable bytes (`mm/page-writeback.c`, `fs/fs-writeback.c`,
+//! `filemap_write_and_wait_range`, `vfs_fsync_range`).
+//!
+//! * **Starting writeback** ([`Inode::write_pages`], `write_cache_pages`): a dirty page is
+//!   locked, moved from `DIRTY` to `WRITEBACK` (and from the mapping's dirty tag to its
+//!   writeback tag), unlocked, and gathered with its neighbours into one `O_DIRECT` write per run
+//!   of consecutive pages. The page holding end of file is written up to the end rounded up to
+//!   the direct-I/O alignment (the tail block is written whole).
+//! * **Stable pages**: a writer waits for `WRITEBACK` to clear before it changes a page, so the
+//!   bytes on their way to the device never change under the device's feet; a page dirtied
+//!   again after its writeback started is simply dirty again, and is written again.
+//! * **Completion**: success clears `WRITEBACK`; failure puts the page back to `DIRTY` (never
+//!   clean), records the errno in the mapping's error sequence and clears `WRITEBACK`. Either
+//!   way waiters on the page and throttled writers are woken.
+//! * **The flusher** ([`Flusher`]): one thread per cache, asleep on a condition variable; woken
+//!   every `writeback_interval` to write pages older than `dirty_expire`, or at once when the
+//!   dirty count passes the background threshold or eviction finds only dirty pages.
+//! * **Sync** ([`Inode::sync`]): the dirty pages of the range at the moment of the call are the
+//!   ones to write (the TOWRITE tag, so writers that keep dirtying cannot starve a sync); then
+//!   every page of the range under writeback is waited for; then, for `sync_data`/`sync_all`,
+//!   the on-disk length is cut back to `len()` if the tail block overshot it, and the file is
+//!   flushed. Concurrent syncs of a file share flushes (group commit, [`Inode::flush`]).
+//! * **Errors**: each handle's cursor into the mapping's error sequence makes the next sync of
+//!   every handle open at the time report a writeback error once. A failed flush poisons the
+//!   inode: data written before it may not be durable, so no later sync of it ever reports
+//!   success until every handle is closed and the file reopened.
+
+use std::io;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use uringcache_core::backend::{Op, Request};
+use uringcache_core::errseq::ErrCursor;
+use uringcache_core::page::{FrameId, PageState};
+use uringcache_core::wait::Event;
+use uringcache_core::writeback::tail_len;
+
+use crate::cache::CacheInner;
+use crate::inode::Inode;
+use crate::stats::Counter;
+use crate::util::{block_on, OneShot};
+
+/// What a sync covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// Write back and wait on a byte range; no flush (`filemap_write_and_wait_range`).
+    Range(u64, u64),
+    /// Everything, then a data flush (`fdatasync`; a full one if the length changed).
+    Data,
+    /// Everything, then a full flush (`fsync`).
+    All,
+}
+
+/// Per-inode writeback state: what is on disk, and the group-commit flush sequence.
+#[derive(Debug)]
+pub(crate) struct InodeWriteback {
+    /// The file's length on disk as far as the cache knows (writes of the tail block may make
+    /// it longer than `len()` until the next sync cuts it back).
+    pub(crate) disk_size: AtomicU64,
+    /// `len()` at the last successful full flush.
+    synced_size: AtomicU64,
+    flush: Mutex<FlushGen>,
+    flush_done: Event,
+    /// The errno of a failed flush; once set, every later sync fails.
+    poisoned: AtomicI32,
+    /// The cache's own cursor (for `Cache::shutdown`).
+    pub(crate) cache_cursor: ErrCursor,
+}
+
+#[derive(Debug, Default)]
+struct FlushGen {
+    /// Flushes started so far (the generation of the newest).
+    started: u64,
+    /// Generation of the newest completed flush.
+    done: u64,
+    /// Generation of the newest completed full (not data-only) flush.
+    done_full: u64,
+    /// A flush is in flight.
+    running: bool,
+    /// A waiter needs the next flush to be a full one.
+    want_full: bool,
+}
+
+impl InodeWriteback {
+    pub(crate) fn new(size: u64, cache_cursor: ErrCursor) -> Self {
+        InodeWriteback {
+            disk_size: AtomicU64::new(size),
+            synced_size: AtomicU64::new(size),
+            flush: Mutex::new(FlushGen::default()),
+            flush_done: Event::new(),
+            poisoned: AtomicI32::new(0),
+            cache_cursor,
+        }
+    }
+}
+
+/// Writes gathered for one submission.
+#[derive(Default)]
+struct WriteBatch {
+    requests: Vec<Request>,
+    run_start: u64,
+    run: Vec<FrameId>,
+    run_bytes: usize,
+    /// The run ends with a partial (tail) page and cannot be extended.
+    run_closed: bool,
+}
+
+impl Inode {
+    /// The cache's cursor into this file's error sequence.
+    pub(crate) fn cache_cursor(&self) -> &ErrCursor {
+        &self.wb.cache_cursor
+    }
+
+    /// Starts writeback of the dirty pages in `indices` (sorted) without waiting
+    /// (`write_cache_pages`). With `older_than`, only pages dirtied at or before that time
+    /// (cache clock, ms) are written. Returns how many pages were submitted and which pages
+    /// were busy (locked, or already under writeback) and were skipped.
+    pub(crate) fn write_pages(
+        self: &Arc<Self>,
+        indices: &[u64],
+        older_than: Option<u64>,
+    ) -> (usize, Vec<u64>) {
+        let cache = &self.cache;
+        let pages = cache.pool.pages();
+        let ps = cache.page_size;
+        let mut batch = WriteBatch::default();
+        let mut busy = Vec::new();
+        let mut submitted = 0;
+        for &index in indices {
+            let Some(frame) = self.mapping.lookup(index, pages) else {
+                continue;
+            };
+            let desc = pages.get(frame);
+            if !desc.try_lock() {
+                busy.push(index);
+                cache.put(frame);
+                continue;
+            }
+            let st = desc.state();
+            let skip = if !st.has(PageState::DIRTY) || st.has(PageState::ORPHAN) {
+                Some(false)
+            } else if st.has(PageState::WRITEBACK) {
+                Some(true)
+            } else if older_than.is_some_and(|t| desc.dirtied_at() > t) {
+                Some(false)
+            } else {
+                None
+            };
+            if let Some(is_busy) = skip {
+                if is_busy {
+                    busy.push(index);
+                }
+                cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+                cache.put(frame);
+                continue;
+            }
+            // Read the size under the page lock: a writer extends it before unlocking, so it
+            // covers every byte of this page that was written.
+            let len = tail_len(index, ps, self.mapping.size(), self.dio_align);
+            // clear_page_dirty_for_io + set_page_writeback, under the page lock.
+            desc.set(PageState::WRITEBACK);
+            desc.clear(PageState::DIRTY);
+            self.mapping.start_writeback(index);
+            cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+            cache.nr_writeback.fetch_add(1, Ordering::AcqRel);
+            cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+            if len == 0 {
+                // Wholly past end of file (a truncation is dropping it): nothing to write.
+                self.finish_writeback(index, frame, None);
+                continue;
+            }
+            let contiguous = !batch.run.is_empty()
+                && !batch.run_closed
+                && batch.run_start + batch.run.len() as u64 == index
+                && batch.run.len() < self.max_write_pages();
+            if !contiguous {
+                self.flush_write_run(&mut batch);
+                batch.run_start = index;
+            }
+            batch.run.push(frame); // the lookup's pin now belongs to the write
+            batch.run_bytes += len;
+            batch.run_closed = len < ps;
+            submitted += 1;
+        }
+        self.flush_write_run(&mut batch);
+        if !batch.requests.is_empty() {
+            cache.backend.submit(&mut batch.requests);
+        }
+        (submitted, busy)
+    }
+
+    fn max_write_pages(&self) -> usize {
+        // As large as the largest read window: big writes reach the device's bandwidth.
+        self.cache.ra_max_pages.max(1) as usize
+    }
+
+    fn flush_write_run(self: &Arc<Self>, batch: &mut WriteBatch) {
+        if batch.run.is_empty() {
+            return;
+        }
+        let frames = std::mem::take(&mut batch.run);
+        let len = std::mem::take(&mut batch.run_bytes);
+        batch.run_closed = false;
+        let first = batch.run_start;
+        let offset = first << self.cache.page_shift;
+        let this = self.clone();
+        let done_frames = frames.clone();
+        batch.requests.push(Request {
+            file: self.file_id,
+            op: Op::Write {
+                offset,
+                frames,
+                len,
+            },
+            done: Box::new(move |res| this.complete_write(first, offset, len, &done_frames, res)),
+        });
+    }
+
+    /// The completion of a write (`end_page_writeback`, `mapping_set_error`).
+    fn complete_write(
+        self: &Arc<Self>,
+        first: u64,
+        offset: u64,
+        len: usize,
+        frames: &[FrameId],
+        res: io::Result<usize>,
+    ) {
+        let cache = &self.cache;
+        let errno = match &res {
+            Ok(_) => {
+                self.wb
+                    .disk_size
+                    .fetch_max(offset + len as u64, Ordering::AcqRel);
+                cache
+                    .counters
+                    .add(Counter::PagesWritten, frames.len() as u64);
+                cache.counters.add(Counter::WriteRequests, 1);
+                None
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                tracing::warn!(
+                    path = %self.path.display(), offset, len, error = %e,
+                    "writeback failed; the pages stay dirty"
+                );
+                cache.counters.add(Counter::WriteErrors, 1);
+                Some(errno)
+            }
+        };
+        for (k, &frame) in frames.iter().enumerate() {
+            self.finish_writeback(first + k as u64, frame, errno);
+        }
+        if let Some(errno) = errno {
+            self.mapping.wb_err().set(errno);
+        }
+        cache.dirty_event.notify_all();
+        if cache.has_alloc_waiters() {
+            cache.frame_event.notify_all();
+        }
+    }
+
+    /// Ends writeback of one page; on failure the page goes back to dirty first.
+    fn finish_writeback(self: &Arc<Self>, index: u64, frame: FrameId, errno: Option<i32>) {
+        let cache = &self.cache;
+        let desc = cache.pool.pages().get(frame);
+        if let Some(errno) = errno {
+            desc.set_errno(errno);
+            desc.set(PageState::ERROR);
+            if !desc.state().has(PageState::ORPHAN) {
+                self.redirty(desc, index);
+            }
+        } else {
+            desc.clear(PageState::ERROR);
+        }
+        self.mapping.end_writeback(index);
+        cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
+        cache
+            .waits
+            .clear_and_wake(desc, frame, PageState::WRITEBACK);
+        cache.put(frame);
+    }
+
+    /// Marks a page dirty (`set_page_dirty` → `__mark_inode_dirty`): tags it, counts it and
+    /// makes sure the flusher knows the inode. Returns whether the page was clean.
+    pub(crate) fn redirty(
+        self: &Arc<Self>,
+        desc: &uringcache_core::page::PageDesc,
+        index: u64,
+    ) -> bool {
+        if desc.set(PageState::DIRTY).has(PageState::DIRTY) {
+            return false;
+        }
+        let cache = &self.cache;
+        desc.set_dirtied_at(cache.now_ms());
+        self.mapping.tag_dirty(index);
+        cache.nr_dirty.fetch_add(1, Ordering::AcqRel);
+        if !self.in_dirty_list.swap(true, Ordering::AcqRel) {
+            cache
+                .dirty_inodes
+                .lock()
+                .insert(self.mapping.id(), self.clone());
+        }
+        if cache.nr_dirty.load(Ordering::Relaxed) > cache.limits.background {
+            cache.flusher.kick(false);
+        }
+        true
+    }
+
+    /// Waits until the page at `index`, if cached, is neither locked nor under writeback.
+    async fn wait_idle(&self, index: u64) {
+        let pages = self.cache.pool.pages();
+        let Some(frame) = self.mapping.lookup(index, pages) else {
+            return;
+        };
+        let desc = pages.get(frame);
+        self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
+        self.cache
+            .waits
+            .wait(desc, frame, PageState::WRITEBACK)
+            .await;
+        self.cache.put(frame);
+    }
+
+    /// Writes back the dirty pages of pages `start..end` and waits for them and for every
+    /// write already in flight there (`filemap_write_and_wait_range`).
+    pub(crate) async fn write_and_wait(self: &Arc<Self>, start: u64, end: u64) {
+        let targets = self.mapping.dirty_range(start, end, usize::MAX);
+        let in_flight = self.mapping.writeback_range(start, end);
+        let mut pending = targets.clone();
+        while !pending.is_empty() {
+            let (_, busy) = self.write_pages(&pending, None);
+            for &index in &busy {
+                self.wait_idle(index).await;
+            }
+            pending = busy;
+        }
+        for &index in targets.iter().chain(in_flight.iter()) {
+            self.wait_idle(index).await;
+        }
+    }
+
+    /// Cuts (or extends) the file on disk to `len` bytes and waits (`ftruncate`).
+    pub(crate) async fn truncate_disk(&self, len: u64) -> io::Result<()> {
+        let (cell, done) = OneShot::new();
+        self.cache.backend.submit(&mut vec![Request {
+            file: self.file_id,
+            op: Op::Truncate { len },
+            done,
+        }]);
+        cell.wait().await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot set the length of {} to {len} bytes: {e}",
+                    self.path.display()
+                ),
+            )
+        })?;
+        self.wb.disk_size.store(len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Flushes the file to stable storage, sharing the flush with concurrent callers (group
+    /// commit): the call returns after a flush that *started* after the call began has
+    /// completed, and at most one flush per file is in flight.
+    pub(crate) async fn flush(self: &Arc<Self>, full: bool) {
+        let need = {
+            let mut f = self.wb.flush.lock();
+            f.want_full |= full;
+            f.started + 1
+        };
+        loop {
+            let ticket = self.wb.flush_done.listen();
+            let start = {
+                let mut f = self.wb.flush.lock();
+                let done = if full { f.done_full } else { f.done };
+                if done >= need {
+                    return;
+                }
+                if f.running {
+                    None
+                } else {
+                    f.running = true;
+                    f.started += 1;
+                    let full = std::mem::take(&mut f.want_full) || full;
+                    Some((f.started, full))
+                }
+            };
+            if let Some((generation, full)) = start {
+                self.start_flush(generation, full);
+            }
+            ticket.await;
+        }
+    }
+
+    /// Submits flush `generation`; its completion (not the caller, who may go away) records
+    /// the outcome and wakes every waiter.
+    fn start_flush(self: &Arc<Self>, generation: u64, full: bool) {
+        let this = self.clone();
+        self.cache.counters.add(Counter::Flushes, 1);
+        self.cache.backend.submit(&mut vec![Request {
+            file: self.file_id,
+            op: Op::Fsync { datasync: !full },
+            done: Box::new(move |res| {
+                if let Err(e) = &res {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    tracing::error!(path = %this.path.display(), error = %e, "flush failed");
+                    this.cache.counters.add(Counter::FlushErrors, 1);
+                    this.wb.poisoned.store(errno, Ordering::Release);
+                    this.mapping.wb_err().set(errno);
+                }
+                {
+                    let mut f = this.wb.flush.lock();
+                    f.running = false;
+                    f.done = generation;
+                    if full {
+                        f.done_full = generation;
+                    }
+                }
+                this.wb.flush_done.notify_all();
+            }),
+        }]);
+    }
+
+    /// `sync_range` / `sync_data` / `sync_all` for a handle whose error cursor is `cursor`.
+    pub(crate) async fn sync(
+        self: &Arc<Self>,
+        kind: SyncKind,
+        cursor: &ErrCursor,
+    ) -> io::Result<()> {
+        self.cache.counters.add(Counter::Syncs, 1);
+        let shift = self.cache.page_shift;
+        let (start, end) = match kind {
+            SyncKind::Range(s, e) => (s >> shift, e.div_ceil(1 << shift)),
+            SyncKind::Data | SyncKind::All => (0, u64::MAX),
+        };
+        self.write_and_wait(start, end).await;
+        if !matches!(kind, SyncKind::Range(..)) {
+            let size = self.mapping.size();
+            if self.wb.disk_size.load(Ordering::Acquire) != size {
+                if let Err(e) = self.truncate_disk(size).await {
+                    self.mapping.wb_err().check_and_advance(cursor);
+                    return Err(e);
+                }
+            }
+            let full = kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
+            self.flush(full).await;
+            if full && self.wb.poisoned.load(Ordering::Acquire) == 0 {
+                self.wb.synced_size.store(size, Ordering::Release);
+            }
+        }
+        if let Some(errno) = self.mapping.wb_err().check_and_advance(cursor) {
+            return Err(self.sync_error("writing back", errno));
+        }
+        let poisoned = self.wb.poisoned.load(Ordering::Acquire);
+        if poisoned != 0 && !matches!(kind, SyncKind::Range(..)) {
+            return Err(self.sync_error(
+                "an earlier flush failed, so data written before it may not be durable; reopen the file after checking it; flushing",
+                poisoned,
+            ));
+        }
+        Ok(())
+    }
+
+    fn sync_error(&self, what: &str, errno: i32) -> io::Error {
+        let os = io::Error::from_raw_os_error(errno);
+        io::Error::new(
+            os.kind(),
+            format!("{what} {} failed: {os}", self.path.display()),
+        )
+    }
+
+    /// Writes back pages of this inode (the flusher's `writeback_sb_inodes` for one inode):
+    /// all dirty pages, or those dirtied at or before `older_than`. Returns pages submitted.
+    pub(crate) fn write_back(self: &Arc<Self>, older_than: Option<u64>) -> usize {
+        let dirty = self.mapping.dirty_range(0, u64::MAX, usize::MAX);
+        self.write_pages(&dirty, older_than).0
+    }
+}
+
+/// The per-cache writeback thread (the kernel's flusher, `wb_workfn`).
+pub(crate) struct Flusher {
+    shared: Arc<FlusherShared>,
+}
+
+struct FlusherShared {
+    cmd: Mutex<FlusherCmd>,
+    wake: Condvar,
+    interval: Duration,
+}
+
+#[derive(Default)]
+struct FlusherCmd {
+    kicked: bool,
+    all: bool,
+    stop: bool,
+}
+
+impl Flusher {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Flusher {
+            shared: Arc::new(FlusherShared {
+                cmd: Mutex::new(FlusherCmd::default()),
+                wake: Condvar::new(),
+                interval,
+            }),
+        }
+    }
+
+    /// Starts the thread. It holds only a weak reference to the cache and exits when the cache
+    /// is gone or [`stop`](Self::stop) is called.
+    pub(crate) fn spawn(&self, cache: Weak<CacheInner>) -> io::Result<()> {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("uringcache-wb".into())
+            .spawn(move || flusher_main(&shared, &cache))
+            .map(|_| ())
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot start the writeback thread: {e}"))
+            })
+    }
+
+    /// Wakes the thread for a pass now; `all` writes every dirty page, not only expired ones.
+    pub(crate) fn kick(&self, all: bool) {
+        let mut cmd = self.shared.cmd.lock();
+        if cmd.kicked && (cmd.all || !all) {
+            return;
+        }
+        cmd.kicked = true;
+        cmd.all |= all;
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops the thread after its current pass.
+    pub(crate) fn stop(&self) {
+        self.shared.cmd.lock().stop = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+fn flusher_main(shared: &FlusherShared, cache: &Weak<CacheInner>) {
+    loop {
+        let all = {
+            let mut cmd = shared.cmd.lock();
+            if !cmd.kicked && !cmd.stop {
+                shared.wake.wait_for(&mut cmd, shared.interval);
+            }
+            if cmd.stop {
+                return;
+            }
+            cmd.kicked = false;
+            std::mem::take(&mut cmd.all)
+        };
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        cache.writeback_pass(all);
+    }
+}
+
+impl CacheInner {
+    /// Most pages under writeback at once from the flusher; beyond it the flusher waits for
+    /// completions (the device queue is full anyway).
+    fn max_writeback_pages(&self) -> usize {
+        (self.pool.frames() / 4).max(64)
+    }
+
+    /// One flusher pass (`wb_writeback`): writes every inode's expired dirty pages, or all of
+    /// them when above the background threshold or asked to, then forgets inodes that are
+    /// clean.
+    pub(crate) fn writeback_pass(&self, all: bool) {
+        let over = self.nr_dirty.load(Ordering::Acquire) > self.limits.background;
+        let older_than = if all || over {
+            None
+        } else {
+            Some(self.now_ms().saturating_sub(self.dirty_expire_ms))
+        };
+        let inodes: Vec<Arc<Inode>> = self.dirty_inodes.lock().values().cloned().collect();
+        for inode in &inodes {
+            inode.write_back(older_than);
+            while self.nr_writeback.load(Ordering::Acquire) > self.max_writeback_pages() {
+                let ticket = self.dirty_event.listen();
+                if self.nr_writeback.load(Ordering::Acquire) <= self.max_writeback_pages() {
+                    break;
+                }
+                block_on(ticket);
+            }
+        }
+        drop(inodes);
+        self.prune_dirty_inodes();
+    }
+
+    /// Drops the flusher's references to inodes with no dirty page and no writeback.
+    fn prune_dirty_inodes(&self) {
+        let mut gone = Vec::new();
+        {
+            let mut list = self.dirty_inodes.lock();
+            list.retain(|_, inode| {
+                inode.in_dirty_list.store(false, Ordering::Release);
+                let clean = inode.mapping.nr_dirty() == 0 && inode.mapping.nr_writeback() == 0;
+                if !clean {
+                    inode.in_dirty_list.store(true, Ordering::Release);
+                } else {
+                    gone.push(inode.clone());
+                }
+                !clean
+            });
+        }
+        // Dropped outside the lock: the last reference to an inode may drop it.
+        drop(gone);
+    }
+}

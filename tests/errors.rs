@@ -1,0 +1,212 @@
+//! Failures at the device, injected with `FaultBackend`: nothing cached wrong, nothing lost,
+//! every error reported — once to every handle open when it happened.
+
+mod common;
+
+use std::io;
+use std::sync::{Arc, OnceLock};
+
+use common::{make_file, on_runtimes, pattern, scratch_dir};
+use uringcache::{Advice, Cache, OpenOptions};
+use uringcache_uring::fault::{Fault, OpKind};
+use uringcache_uring::FaultBackend;
+
+fn faulty_cache(frames: usize) -> (Cache, Arc<FaultBackend>) {
+    let slot = Arc::new(OnceLock::new());
+    let s = slot.clone();
+    let cache = Cache::builder()
+        .memory_limit(frames * 4096)
+        .wrap_backend(move |inner| {
+            let f = Arc::new(FaultBackend::new(inner));
+            let _ = s.set(f.clone());
+            f
+        })
+        .build()
+        .unwrap();
+    let fault = slot.get().unwrap().clone();
+    (cache, fault)
+}
+
+fn rw() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).create(true);
+    o
+}
+
+#[test]
+fn a_read_error_is_returned_and_the_next_read_retries() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let (path, data) = make_file(dir.path(), "r", 64 << 10, 1);
+        let (cache, fault) = faulty_cache(64);
+        let f = cache.open(&path, &common::ro()).await?;
+        fault.inject(OpKind::Read, Fault::Fail(libc::EIO), Some(1));
+        let mut buf = vec![0u8; 4096];
+        let err = f.read_at(&mut buf, 8192).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), None, "wrapped with context: {err}");
+        assert!(err.to_string().contains("page 2"), "names the page: {err}");
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        assert!(cache.stats().read_errors >= 1);
+        // The fault is used up: the next read goes to the device again and is right.
+        f.read_exact_at(&mut buf, 8192).await?;
+        common::assert_bytes(&buf, &data[8192..12288], "after the retry");
+        Ok(())
+    });
+}
+
+#[test]
+fn every_waiter_of_a_failed_read_gets_the_error() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = scratch_dir();
+        let (path, data) = make_file(dir.path(), "w", 64 << 10, 2);
+        let (cache, fault) = faulty_cache(64);
+        let f = cache.open(&path, &common::ro()).await.unwrap();
+        f.advise(Advice::Random);
+        fault.inject(OpKind::Read, Fault::Hold, Some(1));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 100];
+                    f.read_at(&mut buf, 4096).await.map(|_| buf)
+                })
+            })
+            .collect();
+        // Wait (by yielding, not sleeping) until all 16 are on the page.
+        while {
+            let s = cache.stats();
+            s.misses + s.waits < 16
+        } {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(fault.held(), 1, "one device read for sixteen readers");
+        fault.inject(OpKind::Read, Fault::Fail(libc::EIO), Some(1));
+        fault.release(false);
+        for t in tasks {
+            let err = t.await.unwrap().unwrap_err();
+            assert!(err.to_string().contains("Input/output error"), "{err}");
+        }
+        let mut buf = vec![0u8; 100];
+        f.read_exact_at(&mut buf, 4096).await.unwrap();
+        common::assert_bytes(&buf, &data[4096..4196], "retried read");
+    });
+}
+
+#[test]
+fn a_write_error_keeps_pages_dirty_and_reaches_every_handle_once() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let path = dir.path().join("w");
+        let (cache, fault) = faulty_cache(64);
+        let a = cache.open(&path, &rw()).await?;
+        let b = cache.open(&path, &rw()).await?;
+        let data = pattern(10_000, 3);
+        a.write_all_at(&data, 0).await?;
+        fault.inject(OpKind::Write, Fault::Fail(libc::EIO), None);
+        let err = a.sync_data().await.unwrap_err();
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        let s = cache.stats();
+        assert!(s.dirty_pages >= 3, "failed pages stay dirty: {s}");
+        assert!(s.write_errors >= 1, "{s}");
+        // The bytes are still readable from the cache, never lost or cleaned.
+        let mut buf = vec![0u8; 10_000];
+        a.read_exact_at(&mut buf, 0).await?;
+        common::assert_bytes(&buf, &data, "cached after the failure");
+        fault.clear();
+        // b was open when the error happened: it hears of it once.
+        let c = cache.open(&path, &rw()).await?; // opened after: does not
+        let err = b.sync_data().await.unwrap_err();
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        b.sync_data().await?;
+        c.sync_data().await?;
+        // a already heard; its next sync writes the pages again and succeeds.
+        a.sync_all().await?;
+        common::assert_bytes(&std::fs::read(&path)?, &data, "on disk after the retry");
+        assert_eq!(cache.stats().dirty_pages, 0);
+        Ok(())
+    });
+}
+
+#[test]
+fn enospc_is_reported_as_storage_full() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let path = dir.path().join("full");
+        let (cache, fault) = faulty_cache(64);
+        let f = cache.open(&path, &rw()).await?;
+        f.write_all_at(&[1u8; 8192], 0).await?;
+        fault.inject(OpKind::Write, Fault::Fail(libc::ENOSPC), Some(1));
+        let err = f.sync_all().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        f.sync_all().await?;
+        assert_eq!(std::fs::read(&path)?, vec![1u8; 8192]);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_failed_flush_is_never_turned_into_success() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let path = dir.path().join("fs");
+        let (cache, fault) = faulty_cache(64);
+        let a = cache.open(&path, &rw()).await?;
+        let b = cache.open(&path, &rw()).await?;
+        a.write_all_at(&[2u8; 5000], 0).await?;
+        fault.inject(OpKind::Fsync, Fault::Fail(libc::EIO), Some(1));
+        assert!(a.sync_data().await.is_err());
+        assert!(cache.stats().flush_errors == 1);
+        // The device may have lost what it acknowledged before the failed flush: no sync of
+        // this file reports success any more, on any handle.
+        for _ in 0..2 {
+            let err = a.sync_all().await.unwrap_err();
+            assert!(err.to_string().contains("earlier flush failed"), "{err}");
+            assert!(b.sync_data().await.is_err());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_completion_after_its_future_was_dropped_is_harmless() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let (path, data) = make_file(dir.path(), "drop", 64 << 10, 4);
+        let (cache, fault) = faulty_cache(16);
+        let f = cache.open(&path, &common::ro()).await?;
+        fault.inject(OpKind::Read, Fault::Hold, None);
+        {
+            let mut buf = vec![0u8; 4096];
+            let read = f.read_at(&mut buf, 0);
+            // Poll it once (it submits and waits), then drop it.
+            let r = futures_poll_once(read).await;
+            assert!(r.is_none(), "the read is held");
+        }
+        assert!(fault.held() >= 1);
+        fault.clear();
+        fault.release(true); // completes into frames the cache still owns
+        let mut buf = vec![0u8; 64 << 10];
+        f.read_exact_at(&mut buf, 0).await?;
+        common::assert_bytes(&buf, &data, "after the orphaned completion");
+        Ok(())
+    });
+}
+
+/// Polls a future once; `Some` if it finished.
+async fn futures_poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
