@@ -362,3 +362,42 @@ fn shutdown_stops_the_cache() {
         Ok(())
     });
 }
+
+#[test]
+fn a_sequential_scan_ramps_its_window_as_the_kernel_does() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let (path, _) = make_file(dir.path(), "ramp", 8 << 20, 13);
+        let cache = cache(4096); // room for 2 MiB windows (max 512 pages)
+        let file = cache.open(&path, &ro()).await?;
+        let mut buf = vec![0u8; 4096];
+        let mut seen = 0;
+        let mut steps = Vec::new();
+        for page in 0..2048u64 {
+            file.read_exact_at(&mut buf, page * 4096).await?;
+            let ra = cache.stats().readahead_pages;
+            if ra != seen {
+                steps.push((page, ra - seen));
+                seen = ra;
+            }
+        }
+        // Initial window 4 pages (the demanded one plus 3), the mark one page in; then each
+        // mark starts the next window: x4 while small, x2, then the 512-page maximum, the
+        // last one cut at end of file.
+        assert_eq!(
+            steps,
+            vec![
+                (0, 3),
+                (1, 16),
+                (4, 64),
+                (20, 128),
+                (84, 256),
+                (212, 512),
+                (468, 512),
+                (980, 512),
+                (1492, 44)
+            ]
+        );
+        Ok(())
+    });
+}

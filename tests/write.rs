@@ -458,3 +458,28 @@ fn writers_are_throttled_at_the_dirty_limit() {
         Ok(())
     });
 }
+
+#[test]
+fn dropping_a_cache_without_shutdown_keeps_synced_data_and_does_not_hang() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let path = dir.path().join("drop");
+        let synced = pattern(50_000, 31);
+        {
+            let cache = Cache::builder()
+                .memory_limit(64 * 4096)
+                .dirty_expire(std::time::Duration::from_millis(1))
+                .writeback_interval(std::time::Duration::from_millis(10))
+                .build()?;
+            let f = cache.open(&path, &rw()).await?;
+            f.write_all_at(&synced, 0).await?;
+            f.sync_data().await?;
+            f.write_all_at(&[9u8; 1000], 60_000).await?; // dirty, never synced
+            drop(f);
+            drop(cache);
+        }
+        let disk = on_disk(&path);
+        common::assert_bytes(&disk[..synced.len()], &synced, "synced bytes after drop");
+        Ok(())
+    });
+}
