@@ -16,7 +16,7 @@
 //! * The counter only grows; a cursor never passes the current value.
 //! * A handle opened after an error does not report it (its sample already includes it).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU64, Ordering};
 
 /// The error sequence of one mapping.
 #[derive(Debug, Default)]
@@ -86,7 +86,7 @@ impl ErrSeq {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

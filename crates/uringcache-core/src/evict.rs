@@ -40,7 +40,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::mapping::IndexHasher;
 use crate::page::{FrameId, PageTable};
@@ -208,7 +208,7 @@ fn requeue(q: &mut Queues, entry: Entry, from_small: bool) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::page::PageState;

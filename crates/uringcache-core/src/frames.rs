@@ -172,7 +172,7 @@ impl Drop for FrameArena {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

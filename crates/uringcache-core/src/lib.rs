@@ -31,5 +31,9 @@ pub mod mapping;
 pub mod page;
 pub mod pool;
 pub mod readahead;
+mod sync;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
 pub mod wait;
 pub mod writeback;

@@ -32,16 +32,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{Mutex, RwLock};
 
 use crate::errseq::ErrSeq;
+use crate::sync::{Mutex, RwLock};
 use crate::page::{FrameId, PageDesc, PageTable};
 
-/// Number of shards of a mapping's index.
+/// Number of shards of a mapping's index (2 under the model checker, to keep it small).
+#[cfg(not(loom))]
 pub const SHARDS: usize = 32;
+/// Number of shards of a mapping's index (2 under the model checker, to keep it small).
+#[cfg(loom)]
+pub const SHARDS: usize = 2;
 
 /// A multiplicative hasher for page indices (they are already well distributed integers).
 #[derive(Default, Clone, Copy)]
@@ -278,7 +282,7 @@ impl Mapping {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::page::PageState;

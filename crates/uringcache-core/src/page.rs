@@ -22,7 +22,7 @@
 //!
 //! Everything here is plain atomics: no locks, no allocation.
 
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 /// Index of a frame in the arena and of its descriptor in the [`PageTable`].
 pub type FrameId = u32;
@@ -351,7 +351,7 @@ impl PageTable {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

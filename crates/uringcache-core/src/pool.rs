@@ -16,9 +16,9 @@
 //!   way a mapped frame returns to the free list, besides eviction handing it straight to a new
 //!   owner.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::evict::{ghost_key, EvictScan, Policy, Verdict};
 use crate::page::{FrameId, PageState, PageTable};
@@ -132,7 +132,7 @@ impl FramePool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::mapping::Mapping;

@@ -410,7 +410,7 @@ fn next_miss(index: u64, max: u64, cached: &impl Fn(u64) -> bool) -> Option<u64>
     (first..=last).find(|&i| !cached(i))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::collections::BTreeSet;

@@ -88,7 +88,7 @@ pub fn tail_len(index: u64, page_size: usize, size: u64, align: usize) -> usize 
     in_file.next_multiple_of(align.max(1)).min(page_size)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
