@@ -1,0 +1,280 @@
+//! Command-line flags (hand-rolled: a dozen flags do not need a parser crate) and the run's
+//! configuration derived from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::workloads::Workload;
+
+/// The usage text printed by `--help` and after a bad flag.
+pub const USAGE: &str = "\
+uringcache-bench: uringcache against the kernel page cache and peer libraries
+
+USAGE: cargo run --release -p uringcache-bench -- [FLAGS]
+
+FLAGS:
+  --quick              small files and few operations (about a minute; CI smoke run,
+                       asserts nothing about speed)
+  --workload NAME      run only these workloads (repeatable, or a comma list):
+                       hit, hit-page, seq-cold, rand-cold, zipf, scan, all
+  --contender NAME     run only contenders whose id or name contains NAME (repeatable,
+                       or a comma list); the kernel pread baseline always runs
+  --size BYTES         the cold file of seq-cold and rand-cold (default 2G, quick 128M)
+  --hit-size BYTES     the cached file of hit and hit-page (default 256M, quick 32M)
+  --budget BYTES       uringcache's memory budget for seq-cold, rand-cold, zipf and scan
+                       (default 64M); zipf's file is 4x and scan's file 2x this budget
+  --rounds N           rounds of each workload, contenders alternated in each (default 3,
+                       quick 2)
+  --seed N             seed of every random offset and trace (default 1)
+  --dir PATH           scratch directory (default: a fresh directory under /tmp, removed at
+                       exit); the harness's own files in it are removed at exit
+  --json FILE          write machine-readable results to FILE and an SVG chart of the
+                       ratios beside it (FILE with the extension .svg)
+  -h, --help           this text
+
+BYTES accept the suffixes K, M, G, T (powers of 1024), e.g. 2G, 128M, 65536.
+";
+
+/// Everything one run needs to know, after flags and defaults.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Config {
+    /// `--quick` was given.
+    pub quick: bool,
+    /// Workloads to run, in the order they run.
+    pub workloads: Vec<Workload>,
+    /// Contender filters (substrings); empty: all.
+    pub contenders: Vec<String>,
+    /// The cold file's size (seq-cold, rand-cold).
+    pub size: u64,
+    /// The cached file's size (hit, hit-page).
+    pub hit_size: u64,
+    /// uringcache's budget for the cold, zipf and scan workloads.
+    pub budget: u64,
+    /// Rounds per workload.
+    pub rounds: usize,
+    /// Base seed of the random offsets and traces.
+    pub seed: u64,
+    /// Scratch directory given with `--dir`, if any.
+    pub dir: Option<PathBuf>,
+    /// Where to write JSON (and the SVG beside it).
+    pub json: Option<PathBuf>,
+    /// Upper bound on reads per task in `hit` (the deadline usually stops it first).
+    pub hit_ops: usize,
+    /// Timed reads of `rand-cold` per round (fixed: no deadline).
+    pub rand_ops: usize,
+    /// Timed reads of `zipf` per round; as many again warm the caches first.
+    pub zipf_ops: usize,
+    /// How long one contender's timed section of `hit` may run before it stops early.
+    #[serde(serialize_with = "secs")]
+    pub hit_time: Duration,
+    /// The same bound for `zipf` (it stops the uncached contenders early).
+    #[serde(serialize_with = "secs")]
+    pub zipf_time: Duration,
+    /// A contender's turn taking longer than this is reported as failed (its threads are
+    /// left behind) and the run goes on.
+    #[serde(serialize_with = "secs")]
+    pub turn_timeout: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Parses `2G`, `128M`, `64k`, `4096`, `1.5G` (binary multiples) into bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some(c @ ('k' | 'K' | 'm' | 'M' | 'g' | 'G' | 't' | 'T')) => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                _ => 40,
+            };
+            (&t[..t.len() - 1], 1u64 << shift)
+        }
+        _ => (t, 1),
+    };
+    let bad = || format!("{text:?} is not a size in bytes (examples: 2G, 128M, 65536)");
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(bad);
+    }
+    let f: f64 = num.parse().map_err(|_| bad())?;
+    if !(f.is_finite() && f >= 0.0) {
+        return Err(bad());
+    }
+    Ok((f * mult as f64) as u64)
+}
+
+fn parse_list(value: &str, out: &mut Vec<String>) {
+    out.extend(
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    );
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Parses the process's arguments. `Err` carries the message to print (usage on `--help`).
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
+    let mut quick = false;
+    let mut workloads: Vec<String> = Vec::new();
+    let mut contenders: Vec<String> = Vec::new();
+    let mut size = None;
+    let mut hit_size = None;
+    let mut budget = None;
+    let mut rounds = None;
+    let mut seed = 1u64;
+    let mut dir = None;
+    let mut json = None;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value\n\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            "--quick" => quick = true,
+            "--workload" | "--workloads" => parse_list(&value(&flag)?, &mut workloads),
+            "--contender" | "--contenders" => parse_list(&value(&flag)?, &mut contenders),
+            "--size" => size = Some(parse_bytes(&value(&flag)?)?),
+            "--hit-size" => hit_size = Some(parse_bytes(&value(&flag)?)?),
+            "--budget" => budget = Some(parse_bytes(&value(&flag)?)?),
+            "--rounds" => {
+                let v = value(&flag)?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--rounds {v:?}: not a number"))?;
+                if n == 0 {
+                    return Err("--rounds must be at least 1".into());
+                }
+                rounds = Some(n);
+            }
+            "--seed" => {
+                let v = value(&flag)?;
+                seed = v
+                    .parse()
+                    .map_err(|_| format!("--seed {v:?}: not a number"))?;
+            }
+            "--dir" => dir = Some(PathBuf::from(value(&flag)?)),
+            "--json" => json = Some(PathBuf::from(value(&flag)?)),
+            other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
+        }
+    }
+    let workloads = if workloads.is_empty() || workloads.iter().any(|w| w == "all") {
+        Workload::ALL.to_vec()
+    } else {
+        let mut chosen = Vec::new();
+        for name in &workloads {
+            let w = Workload::from_name(name).ok_or_else(|| {
+                format!(
+                    "unknown workload {name:?}; known: {}",
+                    Workload::ALL.map(|w| w.name()).join(", ")
+                )
+            })?;
+            if !chosen.contains(&w) {
+                chosen.push(w);
+            }
+        }
+        // Run in the canonical order whatever the order on the command line.
+        Workload::ALL
+            .iter()
+            .copied()
+            .filter(|w| chosen.contains(w))
+            .collect()
+    };
+    // Files are written in 1 MiB chunks and read in 128 KiB requests: round to whole MiBs.
+    let round_mib = |name: &str, v: u64| -> Result<u64, String> {
+        if v < 4 * MIB {
+            return Err(format!("{name} must be at least 4M"));
+        }
+        Ok(v / MIB * MIB)
+    };
+    let size = round_mib(
+        "--size",
+        size.unwrap_or(if quick { 128 * MIB } else { 2 << 30 }),
+    )?;
+    let hit_size = round_mib(
+        "--hit-size",
+        hit_size.unwrap_or(if quick { 32 * MIB } else { 256 * MIB }),
+    )?;
+    let budget = round_mib("--budget", budget.unwrap_or(64 * MIB))?;
+    Ok(Config {
+        quick,
+        workloads,
+        contenders,
+        size,
+        hit_size,
+        budget,
+        rounds: rounds.unwrap_or(if quick { 2 } else { 3 }),
+        seed,
+        dir,
+        json,
+        hit_ops: if quick { 500_000 } else { 2_000_000 },
+        rand_ops: if quick { 4_000 } else { 20_000 },
+        zipf_ops: if quick { 10_000 } else { 50_000 },
+        hit_time: Duration::from_millis(if quick { 250 } else { 1500 }),
+        zipf_time: Duration::from_millis(if quick { 1000 } else { 3000 }),
+        turn_timeout: Duration::from_secs(if quick { 60 } else { 180 }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert_eq!(parse_bytes("128M"), Ok(128 << 20));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = [
+            "--quick",
+            "--workload",
+            "zipf,hit",
+            "--workload=scan",
+            "--size",
+            "64M",
+            "--rounds",
+            "1",
+            "--json",
+            "/tmp/x.json",
+        ];
+        let c = parse(args.iter().map(|s| s.to_string())).unwrap();
+        assert!(c.quick);
+        assert_eq!(
+            c.workloads,
+            vec![Workload::Hit, Workload::Zipf, Workload::Scan]
+        );
+        assert_eq!(c.size, 64 << 20);
+        assert_eq!(c.rounds, 1);
+        assert_eq!(c.json, Some(PathBuf::from("/tmp/x.json")));
+        assert!(parse(["--workload", "nope"].iter().map(|s| s.to_string())).is_err());
+        assert!(parse(["--bogus"].iter().map(|s| s.to_string())).is_err());
+        assert!(parse(["--size"].iter().map(|s| s.to_string())).is_err());
+    }
+}

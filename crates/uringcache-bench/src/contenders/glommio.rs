@@ -1,0 +1,170 @@
+//! glommio 0.9: `DmaFile` (`O_DIRECT` through glommio's own `io_uring` rings; no cache).
+//! Sequential jobs use `DmaStreamReader` (read-ahead of a few buffers); random jobs use
+//! `DmaFile::read_at`. Thread-per-core like tokio-uring: one executor per core at most, the
+//! tasks dealt out between them. Every buffer glommio returns is copied into the caller's
+//! buffer, as the other contenders deliver their bytes.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::io::{DmaFile, DmaStreamReaderBuilder};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::{runtime_threads, Contender};
+use crate::data::check;
+use crate::measure::{run_gated, strided, Deadline, Gate, Outcome, Sample};
+use crate::workloads::{Access, Job};
+
+/// glommio's `DmaFile` and `DmaStreamReader`.
+pub struct Glommio;
+
+/// Read-ahead buffers of the stream reader.
+const STREAM_READ_AHEAD: usize = 4;
+
+fn gerr<T>(e: glommio::GlommioError<T>) -> io::Error {
+    io::Error::from(e)
+}
+
+fn short(got: usize, want: usize, off: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("short read: {got} of {want} bytes at {off}"),
+    )
+}
+
+/// One task's random reads.
+async fn task(
+    file: Rc<DmaFile>,
+    offsets: Arc<Vec<u64>>,
+    g: usize,
+    n: usize,
+    size: usize,
+    deadline: Option<Duration>,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; size];
+    let deadline = Deadline::after(deadline);
+    let mut ops = 0;
+    for (k, off) in strided(&offsets, g, n).enumerate() {
+        let r = file.read_at(off, size).await.map_err(gerr)?;
+        if r.len() < size {
+            return Err(short(r.len(), size, off));
+        }
+        buf.copy_from_slice(&r[..size]);
+        check(&buf, off)?;
+        ops += 1;
+        if deadline.expired_at(k) {
+            break;
+        }
+    }
+    Ok(ops)
+}
+
+/// The whole file through a stream reader, one buffer of `job.size` at a time.
+async fn stream(job: &Job, gate: &mut Gate<'_>) -> io::Result<u64> {
+    let file = DmaFile::open(&job.path).await.map_err(gerr)?;
+    let mut buf = vec![0u8; job.size];
+    gate.ready();
+    let mut reader = DmaStreamReaderBuilder::new(file)
+        .with_buffer_size(job.size)
+        .with_read_ahead(STREAM_READ_AHEAD)
+        .build();
+    let mut ops = 0;
+    for &off in job.offsets.iter() {
+        let r = reader
+            .get_buffer_aligned(job.size as u64)
+            .await
+            .map_err(gerr)?;
+        if r.len() < job.size {
+            return Err(short(r.len(), job.size, off));
+        }
+        buf.copy_from_slice(&r[..job.size]);
+        check(&buf, off)?;
+        ops += 1;
+    }
+    gate.done();
+    reader.close().await.map_err(gerr)?;
+    Ok(ops)
+}
+
+/// Executor `t` of `threads`: its tasks' random reads.
+async fn random(job: &Job, t: usize, threads: usize, gate: &mut Gate<'_>) -> io::Result<u64> {
+    let file = Rc::new(DmaFile::open(&job.path).await.map_err(gerr)?);
+    gate.ready();
+    let n = job.tasks;
+    let handles: Vec<_> = (t..n)
+        .step_by(threads)
+        .map(|g| {
+            glommio::spawn_local(task(
+                file.clone(),
+                job.offsets.clone(),
+                g,
+                n,
+                job.size,
+                job.deadline,
+            ))
+        })
+        .collect();
+    let mut ops = 0;
+    let mut first_err = None;
+    for h in handles {
+        match h.await {
+            Ok(k) => ops += k,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    gate.done();
+    if let Ok(f) = Rc::try_unwrap(file) {
+        f.close().await.map_err(gerr)?;
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(ops),
+    }
+}
+
+impl Contender for Glommio {
+    fn id(&self) -> &'static str {
+        "glommio"
+    }
+
+    fn name(&self) -> &'static str {
+        "glommio (DMA, O_DIRECT)"
+    }
+
+    fn kernel_cached(&self) -> bool {
+        false
+    }
+
+    fn reads(&self, job: &Job) -> Outcome {
+        let sequential = job.access == Access::Sequential && job.tasks == 1;
+        let threads = if sequential {
+            1
+        } else {
+            runtime_threads(job.tasks)
+        };
+        let (ops, m) = run_gated(threads, |t, gate| {
+            let ex = LocalExecutorBuilder::new(Placement::Unbound)
+                .name("bench-glommio")
+                .make()
+                .map_err(|e| io::Error::other(format!("glommio executor: {e}")))?;
+            ex.run(async {
+                if sequential {
+                    stream(job, gate).await
+                } else {
+                    random(job, t, threads, gate).await
+                }
+            })
+        })?;
+        let note = if sequential {
+            format!("no cache; DmaStreamReader, {STREAM_READ_AHEAD} buffers read ahead")
+        } else {
+            let per = job.tasks.div_ceil(threads);
+            format!("no cache; DmaFile::read_at, {threads} executor(s) x {per} task(s)")
+        };
+        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+    }
+}

@@ -1,0 +1,157 @@
+//! The kernel's page cache: `pread` (the baseline every ratio is taken against) and
+//! `preadv2(RWF_DONTCACHE)`, buffered I/O whose pages leave the cache once read.
+//!
+//! One thread per read in flight, each with its own descriptor (as a thread pool would have).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use super::Contender;
+use crate::data::{check, fadvise};
+use crate::measure::{run_gated, strided, Deadline, Miss, Outcome, Sample};
+use crate::workloads::{Access, Job, ScanJob, Workload};
+
+/// `std::fs::File::read_at` (`pread`) through the kernel's page cache.
+pub struct Pread;
+
+/// `preadv2` with `RWF_DONTCACHE` (Linux 6.14+): the kernel's uncached buffered reads.
+pub struct DontCache;
+
+/// `RWF_DONTCACHE` (`include/uapi/linux/fs.h`); defined here too so the harness builds
+/// against a libc that lacks it.
+const RWF_DONTCACHE: libc::c_int = 0x80;
+
+#[derive(Clone, Copy)]
+enum How {
+    Pread,
+    DontCache,
+}
+
+fn preadv2_dontcache(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over a live, exclusively borrowed buffer.
+    let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, off as libc::off_t, RWF_DONTCACHE) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Reads `buf.len()` bytes at `off` (looping over short reads); an error at end of file.
+fn read_full(f: &File, buf: &mut [u8], off: u64, how: How) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let pos = off + done as u64;
+        let n = match how {
+            How::Pread => f.read_at(&mut buf[done..], pos)?,
+            How::DontCache => preadv2_dontcache(f, &mut buf[done..], pos)?,
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("end of file at {pos}"),
+            ));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// `job.tasks` threads, each with its own descriptor, reading its share of the offsets.
+fn thread_reads(job: &Job, how: How, warm_up: bool) -> Outcome {
+    let n = job.tasks;
+    let (ops, m) = run_gated(n, |i, gate| {
+        let f = File::open(&job.path)?;
+        if job.access == Access::Random {
+            fadvise(&f, libc::POSIX_FADV_RANDOM)?;
+        }
+        let mut buf = vec![0u8; job.size];
+        if warm_up {
+            for off in strided(&job.warmup, i, n) {
+                read_full(&f, &mut buf, off, how)?;
+            }
+        }
+        gate.ready();
+        let deadline = Deadline::after(job.deadline);
+        let mut ops = 0u64;
+        for (k, off) in strided(&job.offsets, i, n).enumerate() {
+            read_full(&f, &mut buf, off, how)?;
+            check(&buf, off)?;
+            ops += 1;
+            if deadline.expired_at(k) {
+                break;
+            }
+        }
+        gate.done();
+        Ok(ops)
+    })?;
+    Ok(Sample::reads(ops.iter().sum(), job.size, m))
+}
+
+impl Contender for Pread {
+    fn id(&self) -> &'static str {
+        "kernel-pread"
+    }
+
+    fn name(&self) -> &'static str {
+        "kernel pread"
+    }
+
+    fn applies_to(&self, _: Workload) -> bool {
+        true
+    }
+
+    fn reads(&self, job: &Job) -> Outcome {
+        thread_reads(job, How::Pread, true)
+    }
+
+    /// The kernel has no zero-copy page API for `pread` users: its copying read is the
+    /// baseline of the zero-copy rows.
+    fn page_reads(&self, job: &Job) -> Outcome {
+        self.reads(job)
+            .map(|s| s.with_note("copies: the baseline for zero-copy APIs"))
+    }
+
+    fn scan(&self, _: &ScanJob) -> Outcome {
+        Err(Miss::NotApplicable(
+            "the kernel's cache has no budget: it takes any free memory (GiBs here), so a \
+             scan of 2x the budget evicts nothing, and its per-read hits cannot be observed \
+             without mincore"
+                .into(),
+        ))
+    }
+}
+
+impl Contender for DontCache {
+    fn id(&self) -> &'static str {
+        "kernel-dontcache"
+    }
+
+    fn name(&self) -> &'static str {
+        "kernel preadv2 RWF_DONTCACHE"
+    }
+
+    fn reads(&self, job: &Job) -> Outcome {
+        // Probe once: a kernel or filesystem without it answers EOPNOTSUPP (or EINVAL on
+        // kernels that do not know the flag).
+        let f = File::open(&job.path)?;
+        let mut probe = vec![0u8; 4096];
+        if let Err(e) = preadv2_dontcache(&f, &mut probe, 0) {
+            return match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Err(Miss::Unsupported(format!(
+                    "unsupported by this kernel: preadv2(RWF_DONTCACHE) fails with {e}"
+                ))),
+                _ => Err(e.into()),
+            };
+        }
+        drop(f);
+        thread_reads(job, How::DontCache, false)
+            .map(|s| s.with_note("pages this read brings in leave the cache after it"))
+    }
+}

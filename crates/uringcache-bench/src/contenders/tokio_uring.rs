@@ -1,0 +1,158 @@
+//! `tokio-uring` 0.5: `File::read_at` through `io_uring`, either through the kernel's page
+//! cache (buffered) or with `O_DIRECT` (4 KiB-aligned buffers, no cache at all).
+//!
+//! tokio-uring is thread-per-core: each runtime (`tokio_uring::start`) runs on its own thread.
+//! Reads in flight are tasks; with more tasks than cores, one runtime per core and the tasks
+//! dealt out between them.
+
+use std::fs::File;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{runtime_threads, Contender};
+use crate::data::{check, fadvise, open_direct, AlignedBuf};
+use crate::measure::{run_gated, strided, Deadline, Outcome, Sample};
+use crate::workloads::{Access, Job};
+
+/// tokio-uring reads, buffered or `O_DIRECT`.
+pub struct TokioUring {
+    /// `O_DIRECT` (no cache) rather than buffered.
+    pub direct: bool,
+}
+
+/// One read of `buf.len()` bytes at `off`; the buffer comes back either way.
+async fn read_one(
+    file: &tokio_uring::fs::File,
+    buf: AlignedBuf,
+    off: u64,
+) -> (io::Result<()>, AlignedBuf) {
+    let size = buf.len();
+    let (res, buf) = file.read_at(buf, off).await;
+    let res = match res {
+        Ok(n) if n == size => check(&buf, off),
+        Ok(n) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("short read: {n} of {size} bytes at {off}"),
+        )),
+        Err(e) => Err(e),
+    };
+    (res, buf)
+}
+
+/// One task's share of the offsets.
+async fn task(
+    file: Rc<tokio_uring::fs::File>,
+    offsets: Arc<Vec<u64>>,
+    g: usize,
+    n: usize,
+    size: usize,
+    deadline: Option<Duration>,
+) -> io::Result<u64> {
+    let mut buf = AlignedBuf::new(size);
+    let deadline = Deadline::after(deadline);
+    let mut ops = 0;
+    for (k, off) in strided(&offsets, g, n).enumerate() {
+        let (res, b) = read_one(&file, buf, off).await;
+        buf = b;
+        res?;
+        ops += 1;
+        if deadline.expired_at(k) {
+            break;
+        }
+    }
+    Ok(ops)
+}
+
+impl Contender for TokioUring {
+    fn id(&self) -> &'static str {
+        if self.direct {
+            "tokio-uring-direct"
+        } else {
+            "tokio-uring"
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.direct {
+            "tokio-uring (O_DIRECT)"
+        } else {
+            "tokio-uring (buffered)"
+        }
+    }
+
+    fn kernel_cached(&self) -> bool {
+        !self.direct
+    }
+
+    fn reads(&self, job: &Job) -> Outcome {
+        let threads = runtime_threads(job.tasks);
+        let n = job.tasks;
+        let direct = self.direct;
+        let (ops, m) = run_gated(threads, |t, gate| {
+            tokio_uring::start(async {
+                let std_file = if direct {
+                    open_direct(&job.path)?
+                } else {
+                    let f = File::open(&job.path)?;
+                    if job.access == Access::Random {
+                        fadvise(&f, libc::POSIX_FADV_RANDOM)?;
+                    }
+                    f
+                };
+                let file = Rc::new(tokio_uring::fs::File::from_std(std_file));
+                if !direct {
+                    let mut buf = AlignedBuf::new(job.size);
+                    for off in strided(&job.warmup, t, threads) {
+                        let (res, b) = read_one(&file, buf, off).await;
+                        buf = b;
+                        res?;
+                    }
+                }
+                gate.ready();
+                let handles: Vec<_> = (t..n)
+                    .step_by(threads)
+                    .map(|g| {
+                        tokio_uring::spawn(task(
+                            file.clone(),
+                            job.offsets.clone(),
+                            g,
+                            n,
+                            job.size,
+                            job.deadline,
+                        ))
+                    })
+                    .collect();
+                let mut ops = 0;
+                let mut first_err = None;
+                for h in handles {
+                    match h.await {
+                        Ok(Ok(k)) => ops += k,
+                        Ok(Err(e)) => {
+                            first_err.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(io::Error::other(e));
+                        }
+                    }
+                }
+                gate.done();
+                if let Ok(f) = Rc::try_unwrap(file) {
+                    f.close().await?;
+                }
+                match first_err {
+                    Some(e) => Err(e),
+                    None => Ok(ops),
+                }
+            })
+        })?;
+        let per = n.div_ceil(threads);
+        let note = if direct {
+            format!("no cache; {threads} runtime(s) x {per} task(s)")
+        } else {
+            format!("{threads} runtime(s) x {per} task(s)")
+        };
+        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+    }
+}

@@ -1,0 +1,452 @@
+//! # uringcache-bench: uringcache against the kernel page cache and its peers
+//!
+//! `cargo run --release -p uringcache-bench [-- --quick] [-- --json FILE]` writes its own
+//! scratch files, runs every workload against every contender in one process, and prints a
+//! markdown table: workload | contender | median | min–max | ratio vs kernel | CPU s/GiB | notes.
+//! `--help` lists the flags.
+//!
+//! ## Contenders
+//!
+//! * **kernel pread** — `std::os::unix::fs::FileExt::read_at` through the kernel's page cache:
+//!   the baseline of every ratio. One thread per read in flight.
+//! * **kernel preadv2 RWF_DONTCACHE** — the kernel's uncached buffered reads (Linux 6.14+).
+//!   Where the kernel refuses the flag the row says "unsupported by this kernel".
+//! * **mmap** (memmap2) — copies out of a shared mapping (in place for `hit-page`).
+//! * **tokio::fs** — seek + read, each a closure on tokio's blocking pool.
+//! * **tokio-uring**, buffered and `O_DIRECT` — `File::read_at`; one runtime per core.
+//! * **glommio** — `DmaStreamReader` for sequential reads, `DmaFile::read_at` for random ones
+//!   (`O_DIRECT`, no cache); one executor per core.
+//! * **uringcache**, `io_uring` and thread-pool backends — a fresh `Cache` every turn, one
+//!   handle per task on a tokio multi-thread runtime with 2 workers.
+//! * **LRU model** — a simulated LRU of the budget's size, the floor of the `scan` workload.
+//!
+//! ## Method
+//!
+//! * **Same work for everyone.** Every offset and trace comes from a seeded RNG (`--seed`): in
+//!   a round, every contender reads exactly the same offsets in the same order, task `i` of
+//!   `n` taking every `n`-th one. Every 4 KiB block of a scratch file starts with its block
+//!   number, and every read is checked: a contender that returns the wrong bytes fails its row.
+//! * **Alternation.** For each case the contenders take turns, A B C … A B C …, for `--rounds`
+//!   rounds, so that drift of the machine (the host's cache, other tenants) hits everyone
+//!   alike. A row reports the median of its rounds with the min–max beside it, and the ratio of
+//!   its median to the kernel `pread` median of the same case.
+//! * **Cold and warm.** Before every turn of a cold case the harness drops the kernel's copy of
+//!   the files (`posix_fadvise(POSIX_FADV_DONTNEED)`; a row notes it if more than 1 % stayed
+//!   resident, checked with `mincore`), and uringcache starts with a fresh cache. At the start
+//!   of the run every cold file is read once with `O_DIRECT` — the virtual disk sits on a host
+//!   cache, which is then equally warm for every contender — and the run says so. Before every
+//!   turn of a warm case the harness reads the file whole through the kernel cache; caches of
+//!   the contenders' own (uringcache, the mmap page tables) are filled before their clock starts.
+//! * **What is timed.** Only the reads: files are opened, runtimes and caches built, threads
+//!   started and warm-up reads made before the clock starts (worker threads meet at a barrier,
+//!   then the clock runs until all of them are done). Wall time and CPU time
+//!   (`getrusage(RUSAGE_SELF)`, user + system of every thread of the process — runtimes'
+//!   workers, io_uring's io-wq workers, the cache's backend) are taken around that section
+//!   only; CPU s/GiB is that CPU time over the bytes delivered.
+//! * **Failures are rows.** A contender's error, wrong byte or panic ends up in its row; a turn
+//!   running longer than a timeout is reported as failed and the run goes on. A turn that
+//!   leaves threads running behind it (which would disturb the next contender's CPU figures)
+//!   is noted in its row.
+//!
+//! ## Workloads
+//!
+//! * `hit` — 4 KiB random reads of a wholly cached file (`--hit-size`, 256 MiB; uringcache's
+//!   budget 1.25x the file), 1 and 2 threads/tasks, ops/s. Each turn runs at most 1.5 s (its
+//!   reads counted). The uringcache target is 3x the kernel: a hit without a system call.
+//! * `hit-page` — the same through a zero-copy page API: `mmap` reads the page in place, the
+//!   kernel row copies (its baseline); uringcache's `File::page()` does not exist yet, so its
+//!   rows say "not available yet".
+//! * `seq-cold` — 128 KiB sequential reads of a whole cold file (`--size`, 2 GiB), one reader,
+//!   uringcache budget `--budget` (64 MiB), MB/s. Target 1.0x the kernel.
+//! * `rand-cold` — a fixed count of random 4 KiB reads of the cold file, 1 and 32 in flight
+//!   (kernel: 1 / 32 threads; uringcache: 1 / 32 tasks with `Advice::Random`; every contender
+//!   gets its random-access hint: `POSIX_FADV_RANDOM`, `MADV_RANDOM`), ops/s. Target 1.0x the
+//!   kernel's 32 threads.
+//! * `zipf` — Zipf(0.99) 4 KiB reads over a file 4x the budget, hot blocks scattered over the
+//!   file, one reader: as many untimed warm-up reads as timed ones, from cold. ops/s, and the
+//!   hit ratio where the contender can tell (uringcache's `Stats`; the kernel's cache is not
+//!   bounded by the budget and takes the whole file).
+//! * `scan` — scan resistance: the hit ratio of a hot set (10 % of the budget, uniform reads)
+//!   before, during and after one sequential scan of a file 2x the budget, with one hot read
+//!   per 256 KiB scanned. uringcache observes hits with `try_read_at`; a plain LRU of the same
+//!   size replays the same trace as the floor. The kernel has no budget here: its row is n/a.
+//!
+//! ## Output
+//!
+//! The table on stdout; a progress bar on stderr when it is a terminal (a line per turn
+//! otherwise). With `--json FILE`: every sample of every round as JSON, and an SVG chart of
+//! the ratios per case beside it (`FILE` with the extension `.svg`).
+
+mod args;
+mod contenders;
+mod data;
+mod measure;
+mod report;
+mod workloads;
+
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::Config;
+use crate::contenders::Contender;
+use crate::measure::{panic_message, Miss, Outcome};
+use crate::report::Row;
+use crate::workloads::{human, Case, Files, Prep, Task, Workload};
+
+fn main() {
+    let cfg = match args::parse(std::env::args().skip(1)) {
+        Ok(cfg) => cfg,
+        Err(msg) if msg == args::USAGE => {
+            print!("{msg}");
+            return;
+        }
+        Err(msg) => {
+            eprintln!("uringcache-bench: {msg}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&cfg) {
+        eprintln!("uringcache-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Progress on stderr: a bar on a terminal, one line per turn otherwise.
+struct Progress {
+    bar: ProgressBar,
+    lines: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        if io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            Progress { bar, lines: false }
+        } else {
+            Progress {
+                bar: ProgressBar::hidden(),
+                lines: true,
+            }
+        }
+    }
+
+    /// A line on stderr that does not tear the bar.
+    fn log(&self, msg: &str) {
+        if self.lines {
+            eprintln!("{msg}");
+        } else {
+            self.bar.println(msg);
+        }
+    }
+
+    /// Prints to stdout without tearing the bar.
+    fn out(&self, msg: &str) {
+        self.bar.suspend(|| println!("{msg}"));
+    }
+}
+
+/// The whole run.
+fn run(cfg: &Config) -> io::Result<()> {
+    let started = Instant::now();
+    let load_start = load_average();
+    let all = contenders::all();
+    let chosen: Vec<Arc<dyn Contender>> = all
+        .into_iter()
+        .filter(|c| {
+            c.id() == contenders::BASELINE
+                || cfg.contenders.is_empty()
+                || cfg.contenders.iter().any(|f| {
+                    c.id().contains(f.as_str())
+                        || c.name().to_lowercase().contains(&f.to_lowercase())
+                })
+        })
+        .collect();
+
+    let mut scratch = data::Scratch::new(cfg.dir.as_deref())?;
+    let mut setup: Vec<String> = Vec::new();
+    let uses = |w: Workload| cfg.workloads.contains(&w);
+    let mut files = Files::default();
+    let mut cold_files: Vec<PathBuf> = Vec::new();
+    let mut make = |name: &str, size: u64, cold: bool, setup: &mut Vec<String>| {
+        eprintln!("writing {name} ({}) …", human(size));
+        let (p, rate) = scratch.create(name, size)?;
+        setup.push(format!(
+            "wrote {} ({}) at {rate:.0} MB/s (plain writes + fsync)",
+            p.display(),
+            human(size)
+        ));
+        if cold {
+            cold_files.push(p.clone());
+        }
+        io::Result::Ok(Some(p))
+    };
+    if uses(Workload::Hit) || uses(Workload::HitPage) {
+        files.hit = make("hit.dat", cfg.hit_size, false, &mut setup)?;
+    }
+    if uses(Workload::SeqCold) || uses(Workload::RandCold) {
+        files.big = make("cold.dat", cfg.size, true, &mut setup)?;
+    }
+    if uses(Workload::Zipf) {
+        files.zipf = make("zipf.dat", workloads::zipf_len(cfg), true, &mut setup)?;
+    }
+    if uses(Workload::Scan) {
+        files.hot = make("scan-hot.dat", workloads::hot_len(cfg), true, &mut setup)?;
+        files.scan = make("scan.dat", workloads::scan_len(cfg), true, &mut setup)?;
+    }
+    for p in &cold_files {
+        eprintln!("reading {} once with O_DIRECT …", p.display());
+        let rate = data::read_direct(p)?;
+        data::drop_kernel_cache(p)?;
+        setup.push(format!(
+            "read {} once with O_DIRECT at {rate:.0} MB/s, so the host cache under the virtual disk is equally warm for every contender",
+            p.display()
+        ));
+    }
+
+    let cases = workloads::cases(cfg, &files);
+    let total: usize = cases
+        .iter()
+        .map(|c| cfg.rounds * chosen.iter().filter(|k| k.applies_to(c.workload)).count())
+        .sum();
+    let progress = Progress::new(total as u64);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut timeouts = 0;
+    let mut step = 0;
+    for case in &cases {
+        let who: Vec<&Arc<dyn Contender>> = chosen
+            .iter()
+            .filter(|k| k.applies_to(case.workload))
+            .collect();
+        let first = rows.len();
+        for k in &who {
+            rows.push(Row::new(
+                case.workload,
+                &case.name,
+                case.unit,
+                case.target,
+                k.id(),
+                k.name(),
+            ));
+        }
+        for round in 0..cfg.rounds {
+            let task = (case.make)(round as u64);
+            for (j, k) in who.iter().enumerate() {
+                step += 1;
+                let label = format!(
+                    "{} · round {}/{} · {}",
+                    case.name,
+                    round + 1,
+                    cfg.rounds,
+                    k.name()
+                );
+                progress.bar.set_message(label.clone());
+                let row = &mut rows[first + j];
+                match prepare(case, k.kernel_cached()) {
+                    Ok(Some(note)) => row.prep_notes.push(note),
+                    Ok(None) => {}
+                    Err(e) => row
+                        .prep_notes
+                        .push(format!("preparing the cache state failed: {e}")),
+                }
+                let threads_before = thread_count();
+                let outcome = run_turn(k, &task, cfg.turn_timeout);
+                if let Some(left) = threads_left_behind(threads_before) {
+                    row.prep_notes.push(format!(
+                        "left {left} thread(s) running after its turn (they may disturb later turns)"
+                    ));
+                }
+                if matches!(&outcome, Err(Miss::Failed(m)) if m.starts_with("timed out")) {
+                    timeouts += 1;
+                }
+                let shown = match &outcome {
+                    Ok(s) => report::fmt_value(case.unit, report::value(case.unit, s)),
+                    Err(m) => report::miss_text(m),
+                };
+                if progress.lines {
+                    progress.log(&format!("[{step}/{total}] {label}: {shown}"));
+                }
+                match outcome {
+                    Ok(s) => row.samples.push(s),
+                    Err(m) => row.misses.push(m),
+                }
+                progress.bar.inc(1);
+            }
+        }
+    }
+    progress.bar.finish_and_clear();
+    report::finish(&mut rows, contenders::BASELINE);
+
+    // The report.
+    let mut text = String::new();
+    text.push_str(&format!(
+        "# uringcache-bench{}\n\n",
+        if cfg.quick { " (--quick)" } else { "" }
+    ));
+    text.push_str(&format!(
+        "- machine: Linux {}, {} CPUs; load average {load_start} at the start, {} at the end (other processes share the CPUs); {} round(s) per case, contenders alternated; seed {}\n",
+        kernel_release(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        cfg.rounds,
+        cfg.seed
+    ));
+    for s in &setup {
+        text.push_str(&format!("- {s}\n"));
+    }
+    for c in &cases {
+        text.push_str(&format!(
+            "- **{}** ({}): {}\n",
+            c.name,
+            match c.prep {
+                Prep::Warm => "warm",
+                Prep::Cold => "cold: kernel copy dropped before every turn",
+            },
+            c.about
+        ));
+    }
+    if timeouts > 0 {
+        text.push_str(&format!(
+            "- WARNING: {timeouts} turn(s) timed out; their threads were left running and may have disturbed later turns\n"
+        ));
+    }
+    text.push('\n');
+    text.push_str(&report::table(&rows));
+    text.push_str(&format!(
+        "\nratio: median over the kernel pread median of the same case; CPU s/GiB: user + system CPU of the whole process in the timed section per GiB delivered. Run took {:.0} s.\n",
+        started.elapsed().as_secs_f64()
+    ));
+    progress.out(&text);
+
+    if let Some(json) = &cfg.json {
+        let doc = serde_json::json!({
+            "config": cfg,
+            "kernel": kernel_release(),
+            "load_average": { "start": load_start, "end": load_average() },
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "setup": setup,
+            "cases": cases.iter().map(|c| serde_json::json!({
+                "workload": c.workload,
+                "case": c.name,
+                "unit": c.unit,
+                "target": c.target,
+                "prep": c.prep,
+                "about": c.about,
+            })).collect::<Vec<_>>(),
+            "rows": rows,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        report::write_json(json, &doc)?;
+        let svg = json.with_extension("svg");
+        report::write_svg(&svg, &rows)?;
+        eprintln!("wrote {} and {}", json.display(), svg.display());
+    }
+    Ok(())
+}
+
+/// Sets the kernel cache state of `case`'s files before a turn of a contender (filled for a
+/// warm case if the contender reads through it; dropped for a cold case, whoever runs);
+/// returns a note if the state could not be reached (pages that stayed resident).
+fn prepare(case: &Case, kernel_cached: bool) -> io::Result<Option<String>> {
+    let mut notes = Vec::new();
+    for f in &case.files {
+        match case.prep {
+            Prep::Warm if kernel_cached => data::warm_kernel_cache(f)?,
+            Prep::Warm => {}
+            Prep::Cold => {
+                data::drop_kernel_cache(f)?;
+                let left = data::resident_fraction(f)?;
+                if left > 0.01 {
+                    notes.push(format!(
+                        "{:.0} % of {} stayed in the kernel cache after the drop",
+                        left * 100.0,
+                        file_name(f)
+                    ));
+                }
+            }
+        }
+    }
+    Ok((!notes.is_empty()).then(|| notes.join(", ")))
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+}
+
+/// Threads of this process now (`/proc/self/task`).
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// Waits up to a second for the threads a turn started to end; returns how many did not.
+fn threads_left_behind(before: usize) -> Option<usize> {
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        let now = thread_count();
+        if now <= before {
+            return None;
+        }
+        if Instant::now() >= until {
+            return Some(now - before);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs one turn on its own thread, so that a panic or a hang fails the row, not the run.
+fn run_turn(k: &Arc<dyn Contender>, task: &Task, timeout: Duration) -> Outcome {
+    let (tx, rx) = mpsc::channel();
+    let (k2, task2) = (k.clone(), task.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("turn-{}", k.id()))
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &task2 {
+                Task::Reads(j) => k2.reads(j),
+                Task::Pages(j) => k2.page_reads(j),
+                Task::Scan(s) => k2.scan(s),
+            }));
+            let _ = tx.send(r.unwrap_or_else(|p| Err(Miss::Failed(panic_message(&*p)))));
+        });
+    let handle = match spawned {
+        Ok(h) => h,
+        Err(e) => return Err(Miss::Failed(format!("could not start the turn: {e}"))),
+    };
+    match rx.recv_timeout(timeout) {
+        Ok(r) => {
+            let _ = handle.join();
+            r
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(Miss::Failed(format!(
+            "timed out after {} s (its threads were left running)",
+            timeout.as_secs()
+        ))),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(Miss::Failed("the turn's thread died".into()))
+        }
+    }
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}

@@ -1,0 +1,236 @@
+//! Measuring one turn: wall time and CPU time (`getrusage(RUSAGE_SELF)`) around the timed
+//! section only, a start/finish gate so that worker threads set up before the clock starts, and
+//! the result types a contender returns.
+
+use std::io;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// What one timed turn of one contender produced.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    /// Reads completed in the timed section.
+    pub ops: u64,
+    /// Bytes delivered to the caller in the timed section.
+    pub bytes: u64,
+    /// Wall seconds of the timed section.
+    pub secs: f64,
+    /// CPU seconds (user + system, every thread of the process) of the timed section.
+    pub cpu_secs: f64,
+    /// The cache's own hit ratio over the timed section, where the contender can tell.
+    pub hit_ratio: Option<f64>,
+    /// Hot-set hit ratios before, during and after a scan (`scan` only).
+    pub phases: Option<[f64; 3]>,
+    /// Anything a reader of the table should know about this turn.
+    pub note: Option<String>,
+}
+
+impl Sample {
+    /// A throughput sample from a count of reads of `size` bytes and a meter reading.
+    pub fn reads(ops: u64, size: usize, m: Measured) -> Sample {
+        Sample {
+            ops,
+            bytes: ops * size as u64,
+            secs: m.secs,
+            cpu_secs: m.cpu_secs,
+            ..Sample::default()
+        }
+    }
+
+    /// Attaches a note.
+    pub fn with_note(mut self, note: impl Into<String>) -> Sample {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+/// Why a contender produced no sample.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "kebab-case")]
+pub enum Miss {
+    /// The workload means nothing for this contender (the reason says why).
+    NotApplicable(String),
+    /// The kernel refused the feature the contender is made of.
+    Unsupported(String),
+    /// The API the workload needs does not exist yet.
+    NotYet(String),
+    /// It failed: an error, a panic, a wrong byte, or a timeout.
+    Failed(String),
+}
+
+impl From<io::Error> for Miss {
+    fn from(e: io::Error) -> Miss {
+        Miss::Failed(e.to_string())
+    }
+}
+
+/// A contender's result for one turn.
+pub type Outcome = Result<Sample, Miss>;
+
+/// Wall and CPU time of a timed section.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// Wall seconds.
+    pub secs: f64,
+    /// User + system CPU seconds of the whole process.
+    pub cpu_secs: f64,
+}
+
+/// A running clock: wall time and process CPU time at its start.
+pub struct Meter {
+    start: Instant,
+    cpu: f64,
+}
+
+/// User + system CPU seconds of every thread of this process so far.
+pub fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+impl Meter {
+    /// Starts the clocks.
+    pub fn start() -> Meter {
+        let cpu = process_cpu_secs();
+        Meter {
+            start: Instant::now(),
+            cpu,
+        }
+    }
+
+    /// Reads the clocks.
+    pub fn stop(self) -> Measured {
+        let secs = self.start.elapsed().as_secs_f64();
+        Measured {
+            secs,
+            cpu_secs: (process_cpu_secs() - self.cpu).max(0.0),
+        }
+    }
+}
+
+/// Start and finish barriers shared by `n` workers and the measuring thread.
+struct Barriers {
+    start: Barrier,
+    finish: Barrier,
+}
+
+/// One worker's side of the gate: call [`ready`](Gate::ready) when set up, [`done`](Gate::done)
+/// when the timed work is over. Dropping it (an early error, a panic) passes both barriers, so
+/// the other workers and the measuring thread never wait forever.
+pub struct Gate<'a> {
+    barriers: &'a Barriers,
+    ready: bool,
+    done: bool,
+}
+
+impl Gate<'_> {
+    /// Set-up is over; waits until every worker is, then the clock runs.
+    pub fn ready(&mut self) {
+        if !self.ready {
+            self.ready = true;
+            self.barriers.start.wait();
+        }
+    }
+
+    /// The timed work is over; waits for every worker, then the clock stops.
+    pub fn done(&mut self) {
+        self.ready();
+        if !self.done {
+            self.done = true;
+            self.barriers.finish.wait();
+        }
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// Runs `body(i, gate)` on `n` scoped threads and measures from the moment all of them called
+/// `gate.ready()` to the moment all called `gate.done()`. Returns each thread's result in
+/// order (the first error wins) and the measurement.
+pub fn run_gated<T: Send>(
+    n: usize,
+    body: impl Fn(usize, &mut Gate<'_>) -> io::Result<T> + Sync,
+) -> io::Result<(Vec<T>, Measured)> {
+    let barriers = Barriers {
+        start: Barrier::new(n + 1),
+        finish: Barrier::new(n + 1),
+    };
+    let (results, measured) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let barriers = &barriers;
+                let body = &body;
+                std::thread::Builder::new()
+                    .name(format!("bench-worker-{i}"))
+                    .spawn_scoped(s, move || {
+                        let mut gate = Gate {
+                            barriers,
+                            ready: false,
+                            done: false,
+                        };
+                        body(i, &mut gate)
+                    })
+                    .expect("spawn a worker thread")
+            })
+            .collect();
+        barriers.start.wait();
+        let meter = Meter::start();
+        barriers.finish.wait();
+        let measured = meter.stop();
+        let results: Vec<io::Result<T>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|p| Err(io::Error::other(panic_message(&*p))))
+            })
+            .collect();
+        (results, measured)
+    });
+    let results = results.into_iter().collect::<io::Result<Vec<T>>>()?;
+    Ok((results, measured))
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_string()
+    }
+}
+
+/// A deadline that workers check every few hundred reads.
+#[derive(Clone, Copy)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// Starts now; `None` never expires.
+    pub fn after(d: Option<Duration>) -> Deadline {
+        Deadline(d.map(|d| Instant::now() + d))
+    }
+
+    /// Whether the `k`-th read (counting from 0) should be the last: checks the clock every
+    /// 256 reads only, so the check costs nothing measurable.
+    #[inline]
+    pub fn expired_at(&self, k: usize) -> bool {
+        match self.0 {
+            Some(t) => k % 256 == 255 && Instant::now() >= t,
+            None => false,
+        }
+    }
+}
+
+/// The offsets worker `i` of `n` reads: every `n`-th, starting at `i`, so that any number of
+/// workers read the same set.
+pub fn strided(offsets: &[u64], i: usize, n: usize) -> impl Iterator<Item = u64> + '_ {
+    offsets.iter().skip(i).step_by(n.max(1)).copied()
+}

@@ -1,0 +1,504 @@
+//! Results: per (case, contender) the samples of every round, their median and spread, the
+//! ratio to the kernel, CPU per GiB; printed as a markdown table, written as JSON and as an
+//! SVG chart of the ratios.
+
+use std::io;
+use std::path::Path;
+
+use crate::measure::{Miss, Sample};
+use crate::workloads::{Unit, Workload};
+
+/// Every round's result of one contender in one case.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// The workload.
+    pub workload: Workload,
+    /// The case name.
+    pub case: String,
+    /// The contender's id.
+    pub contender_id: &'static str,
+    /// The contender's name.
+    pub contender: &'static str,
+    /// The unit of `median`, `min`, `max`.
+    pub unit: Unit,
+    /// uringcache's target ratio in this case, if any.
+    pub target: Option<f64>,
+    /// The successful rounds.
+    pub samples: Vec<Sample>,
+    /// The rounds that produced no sample, and why.
+    pub misses: Vec<Miss>,
+    /// Harness notes (a kernel cache that would not drop, threads left running).
+    pub prep_notes: Vec<String>,
+    /// Median over successful rounds.
+    pub median: Option<f64>,
+    /// Smallest.
+    pub min: Option<f64>,
+    /// Largest.
+    pub max: Option<f64>,
+    /// `median` over the kernel `pread` row's median in the same case.
+    pub ratio: Option<f64>,
+    /// Median CPU seconds (whole process, user + system) per GiB delivered.
+    pub cpu_s_per_gib: Option<f64>,
+    /// Median cache hit ratio, where the contender reports one.
+    pub hit_ratio: Option<f64>,
+    /// Median hot-set hit ratios before / during / after the scan.
+    pub phases: Option<[f64; 3]>,
+    /// `ok`, `partial` (some rounds failed), `n/a`, `unsupported`, `not-yet`, `failed`.
+    pub status: &'static str,
+    /// The notes column.
+    pub notes: String,
+}
+
+impl Row {
+    /// An empty row.
+    pub fn new(
+        workload: Workload,
+        case: &str,
+        unit: Unit,
+        target: Option<f64>,
+        id: &'static str,
+        name: &'static str,
+    ) -> Row {
+        Row {
+            workload,
+            case: case.to_string(),
+            contender_id: id,
+            contender: name,
+            unit,
+            target,
+            samples: Vec::new(),
+            misses: Vec::new(),
+            prep_notes: Vec::new(),
+            median: None,
+            min: None,
+            max: None,
+            ratio: None,
+            cpu_s_per_gib: None,
+            hit_ratio: None,
+            phases: None,
+            status: "failed",
+            notes: String::new(),
+        }
+    }
+
+    /// One sample's figure in the row's unit.
+    pub fn value(&self, s: &Sample) -> f64 {
+        value(self.unit, s)
+    }
+}
+
+/// A sample's figure in `unit`.
+pub fn value(unit: Unit, s: &Sample) -> f64 {
+    let secs = s.secs.max(1e-9);
+    match unit {
+        Unit::OpsPerSec => s.ops as f64 / secs,
+        Unit::MBps => s.bytes as f64 / secs / 1e6,
+        Unit::HitRatio => s.phases.map_or(0.0, |p| p[1]),
+    }
+}
+
+/// The median of `v` (mean of the middle two for an even count).
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// How a miss reads in the table.
+pub fn miss_text(m: &Miss) -> String {
+    match m {
+        Miss::NotApplicable(r) => format!("n/a: {r}"),
+        Miss::Unsupported(r) | Miss::NotYet(r) => r.clone(),
+        Miss::Failed(r) => format!("failed: {r}"),
+    }
+}
+
+/// Fills the derived fields of every row: medians, ratios, status and notes.
+pub fn finish(rows: &mut [Row], baseline: &str) {
+    for r in rows.iter_mut() {
+        let vals: Vec<f64> = r.samples.iter().map(|s| r.value(s)).collect();
+        r.median = median(vals.clone());
+        r.min = vals.iter().copied().reduce(f64::min);
+        r.max = vals.iter().copied().reduce(f64::max);
+        r.cpu_s_per_gib = median(
+            r.samples
+                .iter()
+                .filter(|s| s.bytes > 0 && s.cpu_secs > 0.0)
+                .map(|s| s.cpu_secs / (s.bytes as f64 / (1u64 << 30) as f64))
+                .collect(),
+        );
+        r.hit_ratio = median(r.samples.iter().filter_map(|s| s.hit_ratio).collect());
+        let phases: Vec<[f64; 3]> = r.samples.iter().filter_map(|s| s.phases).collect();
+        if !phases.is_empty() {
+            let m = |i: usize| median(phases.iter().map(|p| p[i]).collect()).unwrap_or(0.0);
+            r.phases = Some([m(0), m(1), m(2)]);
+        }
+    }
+    // Ratios against the baseline of the same case.
+    let bases: Vec<(String, Option<f64>)> = rows
+        .iter()
+        .filter(|r| r.contender_id == baseline)
+        .map(|r| (r.case.clone(), r.median))
+        .collect();
+    for r in rows.iter_mut() {
+        if r.unit == Unit::HitRatio {
+            continue;
+        }
+        let base = bases
+            .iter()
+            .find(|(c, _)| *c == r.case)
+            .and_then(|(_, m)| *m);
+        if let (Some(m), Some(b)) = (r.median, base) {
+            if b > 0.0 {
+                r.ratio = Some(m / b);
+            }
+        }
+    }
+    for r in rows.iter_mut() {
+        let mut notes: Vec<String> = Vec::new();
+        let rounds = r.samples.len() + r.misses.len();
+        r.status = if !r.samples.is_empty() {
+            if r.misses.is_empty() {
+                "ok"
+            } else {
+                "partial"
+            }
+        } else {
+            match r.misses.first() {
+                Some(Miss::NotApplicable(_)) => "n/a",
+                Some(Miss::Unsupported(_)) => "unsupported",
+                Some(Miss::NotYet(_)) => "not-yet",
+                _ => "failed",
+            }
+        };
+        if r.samples.is_empty() {
+            if let Some(m) = r.misses.first() {
+                let mut text = miss_text(m);
+                if matches!(m, Miss::Failed(_)) && rounds > 1 {
+                    text = format!("{text} (all {rounds} rounds)");
+                }
+                notes.push(text);
+            }
+        } else if let Some(m) = r.misses.first() {
+            notes.push(format!(
+                "{} of {rounds} rounds failed: {}",
+                r.misses.len(),
+                miss_text(m)
+            ));
+        }
+        if let Some(h) = r.hit_ratio {
+            notes.push(format!("hit ratio {:.1} %", h * 100.0));
+        }
+        if let (Some(t), Some(ratio)) = (r.target, r.ratio) {
+            if r.contender_id.starts_with("uringcache") {
+                let verdict = if ratio >= t { "met" } else { "missed" };
+                notes.push(format!("target >= {t:.1}x: {verdict}"));
+            }
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for s in &r.samples {
+            if let Some(n) = s.note.as_deref() {
+                if !seen.contains(&n) {
+                    seen.push(n);
+                }
+            }
+        }
+        notes.extend(seen.into_iter().map(String::from));
+        let mut prep = r.prep_notes.clone();
+        prep.dedup();
+        notes.extend(prep);
+        r.notes = notes.join("; ");
+    }
+}
+
+/// A figure with its unit, to three significant digits or so.
+pub fn fmt_value(unit: Unit, v: f64) -> String {
+    match unit {
+        Unit::OpsPerSec => {
+            if v >= 1e6 {
+                format!("{:.2} M ops/s", v / 1e6)
+            } else if v >= 1e3 {
+                format!("{:.1} k ops/s", v / 1e3)
+            } else {
+                format!("{v:.0} ops/s")
+            }
+        }
+        Unit::MBps => format!("{v:.0} MB/s"),
+        Unit::HitRatio => format!("{:.1} %", v * 100.0),
+    }
+}
+
+fn fmt_range(unit: Unit, lo: f64, hi: f64) -> String {
+    match unit {
+        Unit::OpsPerSec => {
+            let (d, suffix) = if hi >= 1e6 {
+                (1e6, "M")
+            } else if hi >= 1e3 {
+                (1e3, "k")
+            } else {
+                (1.0, "")
+            };
+            let prec = if d == 1e6 { 2 } else { 1 };
+            format!("{:.*}–{:.*} {suffix}", prec, lo / d, prec, hi / d)
+        }
+        Unit::MBps => format!("{lo:.0}–{hi:.0}"),
+        Unit::HitRatio => format!("{:.1}–{:.1} %", lo * 100.0, hi * 100.0),
+    }
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| workload | contender | median | min–max | ratio vs kernel | CPU s/GiB | notes |\n",
+    );
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    for r in rows {
+        let (median, range) = match (r.median, r.min, r.max) {
+            (Some(m), Some(lo), Some(hi)) => {
+                if r.unit == Unit::HitRatio {
+                    let p = r.phases.unwrap_or([0.0; 3]);
+                    (
+                        format!(
+                            "before {:.1} % · during {:.1} % · after {:.1} %",
+                            p[0] * 100.0,
+                            p[1] * 100.0,
+                            p[2] * 100.0
+                        ),
+                        format!("during: {}", fmt_range(r.unit, lo, hi)),
+                    )
+                } else {
+                    (fmt_value(r.unit, m), fmt_range(r.unit, lo, hi))
+                }
+            }
+            _ => ("—".to_string(), "—".to_string()),
+        };
+        let ratio = match r.ratio {
+            Some(x) => format!("{x:.2}x"),
+            None if r.unit == Unit::HitRatio => "n/a".to_string(),
+            None => "—".to_string(),
+        };
+        let cpu = r
+            .cpu_s_per_gib
+            .map_or("—".to_string(), |c| format!("{c:.3}"));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(&r.case),
+            cell(r.contender),
+            median,
+            range,
+            ratio,
+            cpu,
+            cell(&r.notes)
+        ));
+    }
+    out
+}
+
+/// Writes the JSON report.
+pub fn write_json(path: &Path, doc: &serde_json::Value) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(doc).map_err(io::Error::other)?;
+    std::fs::write(path, text + "\n")
+}
+
+/// Writes an SVG chart: per case, one horizontal bar per contender, its ratio to the kernel on
+/// a log axis, with the kernel (1.0x) and the target marked.
+pub fn write_svg(path: &Path, rows: &[Row]) -> io::Result<()> {
+    use plotters::prelude::*;
+
+    let mut cases: Vec<(&str, Option<f64>)> = Vec::new();
+    for r in rows {
+        if r.unit != Unit::HitRatio && !cases.iter().any(|(c, _)| *c == r.case) {
+            cases.push((&r.case, r.target));
+        }
+    }
+    if cases.is_empty() {
+        return Ok(());
+    }
+    let panel_rows: Vec<Vec<&Row>> = cases
+        .iter()
+        .map(|(c, _)| rows.iter().filter(|r| r.case == *c).collect())
+        .collect();
+    let heights: Vec<u32> = panel_rows
+        .iter()
+        .map(|rs| 70 + 22 * rs.len() as u32)
+        .collect();
+    let total: u32 = heights.iter().sum();
+    let width = 1000u32;
+    let ratios = rows.iter().filter_map(|r| r.ratio);
+    let xmax = ratios.clone().fold(10.0f64, f64::max) * 1.5;
+    let xmin = ratios.fold(0.1f64, f64::min).max(1e-4) / 1.5;
+    let err = |e: &dyn std::fmt::Display| io::Error::other(format!("SVG chart: {e}"));
+
+    let root = SVGBackend::new(path, (width, total)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut breaks = Vec::new();
+    let mut acc = 0;
+    for h in &heights[..heights.len() - 1] {
+        acc += *h as i32;
+        breaks.push(acc);
+    }
+    let areas = root.split_by_breakpoints(Vec::<i32>::new(), breaks);
+    for ((area, (case, target)), rs) in areas.iter().zip(&cases).zip(&panel_rows) {
+        let n = rs.len();
+        let labels: Vec<String> = rs
+            .iter()
+            .map(|r| match r.ratio {
+                Some(_) => r.contender.to_string(),
+                None => format!("{} ({})", r.contender, r.status),
+            })
+            .collect();
+        let title = match target {
+            Some(t) => format!("{case}: ratio vs kernel pread (uringcache target {t:.1}x)"),
+            None => format!("{case}: ratio vs kernel pread"),
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 16))
+            .margin(6)
+            .x_label_area_size(24)
+            .y_label_area_size(260)
+            .build_cartesian_2d((xmin..xmax).log_scale(), (0..n).into_segmented())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|v: &SegmentValue<usize>| match v {
+                SegmentValue::CenterOf(i) if *i < n => labels[n - 1 - *i].clone(),
+                _ => String::new(),
+            })
+            .x_label_formatter(&|x: &f64| format!("{x}x"))
+            .draw()
+            .map_err(|e| err(&e))?;
+        // The first row (the kernel) at the top.
+        let slot = |i: usize| n - 1 - i;
+        chart
+            .draw_series(rs.iter().enumerate().filter_map(|(i, r)| {
+                let x = r.ratio?;
+                let i = slot(i);
+                let color = if r.contender_id.starts_with("uringcache") {
+                    RGBColor(0xd9, 0x5f, 0x02)
+                } else if r.contender_id == crate::contenders::BASELINE {
+                    RGBColor(0x55, 0x55, 0x55)
+                } else {
+                    RGBColor(0x1b, 0x9e, 0x77)
+                };
+                Some(Rectangle::new(
+                    [
+                        (xmin, SegmentValue::Exact(i)),
+                        (x.max(xmin), SegmentValue::Exact(i + 1)),
+                    ],
+                    color.filled(),
+                ))
+            }))
+            .map_err(|e| err(&e))?;
+        // White outlines keep neighbouring bars apart.
+        chart
+            .draw_series(rs.iter().enumerate().filter_map(|(i, r)| {
+                let x = r.ratio?;
+                let i = slot(i);
+                Some(Rectangle::new(
+                    [
+                        (xmin, SegmentValue::Exact(i)),
+                        (x.max(xmin), SegmentValue::Exact(i + 1)),
+                    ],
+                    WHITE.stroke_width(3),
+                ))
+            }))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(rs.iter().enumerate().filter_map(|(i, r)| {
+                let x = r.ratio?;
+                Some(Text::new(
+                    format!(" {x:.2}x"),
+                    (x.max(xmin), SegmentValue::CenterOf(slot(i))),
+                    ("sans-serif", 12),
+                ))
+            }))
+            .map_err(|e| err(&e))?;
+        let mut lines = vec![(1.0, BLACK)];
+        if let Some(t) = target {
+            lines.push((*t, RED));
+        }
+        for (x, color) in lines {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, SegmentValue::Exact(0)), (x, SegmentValue::Exact(n))],
+                    color.stroke_width(1),
+                )))
+                .map_err(|e| err(&e))?;
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+    }
+
+    #[test]
+    fn rows_get_ratios_and_notes() {
+        let s = |ops| Sample {
+            ops,
+            bytes: ops * 4096,
+            secs: 1.0,
+            cpu_secs: 0.5,
+            ..Sample::default()
+        };
+        let mut base = Row::new(
+            Workload::Hit,
+            "hit",
+            Unit::OpsPerSec,
+            Some(3.0),
+            "kernel-pread",
+            "k",
+        );
+        base.samples = vec![s(100), s(120), s(110)];
+        let mut uc = Row::new(
+            Workload::Hit,
+            "hit",
+            Unit::OpsPerSec,
+            Some(3.0),
+            "uringcache-uring",
+            "u",
+        );
+        uc.samples = vec![s(330), s(340)];
+        uc.misses = vec![Miss::Failed("boom".into())];
+        let mut na = Row::new(Workload::Hit, "hit", Unit::OpsPerSec, None, "x", "x");
+        na.misses = vec![Miss::Unsupported("unsupported by this kernel".into())];
+        let mut rows = vec![base, uc, na];
+        finish(&mut rows, "kernel-pread");
+        assert_eq!(rows[0].median, Some(110.0));
+        assert!((rows[1].ratio.unwrap() - 335.0 / 110.0).abs() < 1e-9);
+        assert_eq!(rows[1].status, "partial");
+        assert!(
+            rows[1].notes.contains("target >= 3.0x: met"),
+            "{}",
+            rows[1].notes
+        );
+        assert!(rows[1].notes.contains("1 of 3 rounds failed"));
+        assert_eq!(rows[2].status, "unsupported");
+        let t = table(&rows);
+        assert!(t.contains("unsupported by this kernel"));
+        assert!(t.contains("3.05x"), "{t}");
+    }
+}

@@ -1,0 +1,449 @@
+//! The workloads: what each one reads, in which cache state, and how its result is counted.
+//!
+//! A workload becomes one or more [`Case`]s (one per concurrency level). For each round a case
+//! makes a [`Task`] — the same offsets for every contender in that round — and each contender
+//! runs it with one small function of the [`Contender`](crate::contenders::Contender) trait.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::args::Config;
+use crate::data::{self, Step, BLOCK};
+
+/// A workload, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// 4 KiB random reads of a wholly cached file.
+    Hit,
+    /// The same through a zero-copy page API.
+    HitPage,
+    /// 128 KiB sequential reads of a cold file.
+    SeqCold,
+    /// 4 KiB random reads of a cold file, 1 and 32 in flight.
+    RandCold,
+    /// Zipf(0.99) 4 KiB reads over a file 4x the budget.
+    Zipf,
+    /// Hot-set hit ratio before, during and after a scan of 2x the budget.
+    Scan,
+}
+
+impl Workload {
+    /// Every workload, in the order a run runs them.
+    pub const ALL: [Workload; 6] = [
+        Workload::Hit,
+        Workload::HitPage,
+        Workload::SeqCold,
+        Workload::RandCold,
+        Workload::Zipf,
+        Workload::Scan,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Hit => "hit",
+            Workload::HitPage => "hit-page",
+            Workload::SeqCold => "seq-cold",
+            Workload::RandCold => "rand-cold",
+            Workload::Zipf => "zipf",
+            Workload::Scan => "scan",
+        }
+    }
+
+    /// The workload called `name`.
+    pub fn from_name(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// How a case's figure is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Unit {
+    /// Reads per second.
+    #[serde(rename = "ops/s")]
+    OpsPerSec,
+    /// Megabytes (10^6) per second.
+    #[serde(rename = "MB/s")]
+    MBps,
+    /// Hot-set hit ratio during the scan (before and after ride along).
+    #[serde(rename = "hit ratio")]
+    HitRatio,
+}
+
+/// The kernel page cache's state the harness sets before every contender's turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prep {
+    /// The files are read whole through the kernel cache (cached); contenders with a cache of
+    /// their own fill it before their timed section.
+    Warm,
+    /// The kernel's copy is dropped (`POSIX_FADV_DONTNEED`); caches of contenders are fresh.
+    Cold,
+}
+
+/// How a job's reads are laid out, as a hint contenders may pass on (`posix_fadvise`,
+/// `madvise`, [`uringcache::Advice`], a stream reader).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// From start to end.
+    Sequential,
+    /// Anywhere.
+    Random,
+}
+
+/// One turn's reads: every contender gets the same job in a round.
+#[derive(Debug)]
+pub struct Job {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length.
+    pub file_len: u64,
+    /// Bytes per read.
+    pub size: usize,
+    /// Timed reads, in order; task `i` of `n` takes every `n`-th from `i`.
+    pub offsets: Arc<Vec<u64>>,
+    /// Untimed reads made before the timed ones (fill the caches); contenders without a cache
+    /// skip them.
+    pub warmup: Arc<Vec<u64>>,
+    /// Reads in flight: threads or tasks.
+    pub tasks: usize,
+    /// The access pattern.
+    pub access: Access,
+    /// Whether the file is to be wholly cached before the timed section.
+    pub warm: bool,
+    /// uringcache's memory budget.
+    pub budget: usize,
+    /// Stop the timed section early (reads counted) after this long.
+    pub deadline: Option<Duration>,
+}
+
+/// One turn of the scan-resistance workload.
+#[derive(Debug)]
+pub struct ScanJob {
+    /// The hot-set file (10 % of the budget).
+    pub hot_path: PathBuf,
+    /// The scanned file (2x the budget).
+    pub scan_path: PathBuf,
+    /// Bytes per scan read.
+    pub scan_read: usize,
+    /// uringcache's memory budget (and the LRU model's capacity).
+    pub budget: usize,
+    /// The accesses, in order.
+    pub trace: Arc<Vec<Step>>,
+}
+
+/// What one turn runs.
+#[derive(Clone, Debug)]
+pub enum Task {
+    /// Reads copied into the caller's buffer.
+    Reads(Arc<Job>),
+    /// Reads through a zero-copy page API.
+    Pages(Arc<Job>),
+    /// The scan-resistance trace.
+    Scan(Arc<ScanJob>),
+}
+
+/// One row group of the table: a workload at one concurrency level.
+pub struct Case {
+    /// The workload.
+    pub workload: Workload,
+    /// The name in the table, e.g. `rand-cold, 32 in flight`.
+    pub name: String,
+    /// How its figure is counted.
+    pub unit: Unit,
+    /// uringcache's target as a ratio to the kernel, if the issue sets one.
+    pub target: Option<f64>,
+    /// The kernel cache state set before each turn.
+    pub prep: Prep,
+    /// The files whose kernel cache state is set.
+    pub files: Vec<PathBuf>,
+    /// What the case measures, one line for the report.
+    pub about: String,
+    /// Makes round `r`'s task (offsets seeded by the run's seed, the case and the round).
+    pub make: Box<dyn Fn(u64) -> Task>,
+}
+
+/// The files the chosen workloads need, once written.
+#[derive(Default, Clone)]
+pub struct Files {
+    /// The cached file (hit, hit-page).
+    pub hit: Option<PathBuf>,
+    /// The cold file (seq-cold, rand-cold).
+    pub big: Option<PathBuf>,
+    /// The zipf file (4x budget).
+    pub zipf: Option<PathBuf>,
+    /// The scan's hot-set file (10 % of budget).
+    pub hot: Option<PathBuf>,
+    /// The scanned file (2x budget).
+    pub scan: Option<PathBuf>,
+}
+
+/// Size of the zipf file.
+pub fn zipf_len(cfg: &Config) -> u64 {
+    cfg.budget * 4
+}
+
+/// Size of the scan's hot-set file: 10 % of the budget, in whole blocks.
+pub fn hot_len(cfg: &Config) -> u64 {
+    (cfg.budget / 10 / BLOCK as u64).max(1) * BLOCK as u64
+}
+
+/// Size of the scanned file.
+pub fn scan_len(cfg: &Config) -> u64 {
+    cfg.budget * 2
+}
+
+/// Reads in flight of `rand-cold`.
+pub const RAND_DEPTHS: [usize; 2] = [1, 32];
+/// Tasks of `hit`.
+pub const HIT_TASKS: [usize; 2] = [1, 2];
+/// Bytes per sequential read.
+pub const SEQ_READ: usize = 128 << 10;
+/// Zipf exponent.
+pub const ZIPF_S: f64 = 0.99;
+
+fn seed_of(cfg: &Config, case: &str, round: u64) -> u64 {
+    // FNV-1a of the case name: stable across runs and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in case.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h ^ cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ round
+}
+
+/// The cases of the chosen workloads over `files`.
+pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
+    let mut out = Vec::new();
+    let budget = cfg.budget as usize;
+    for &w in &cfg.workloads {
+        match w {
+            Workload::Hit | Workload::HitPage => {
+                let path = files.hit.clone().expect("the hit file");
+                let len = cfg.hit_size;
+                // Big enough to hold the file with room to spare.
+                let hit_budget = (len + len / 4) as usize;
+                let tasks: &[usize] = if w == Workload::Hit { &HIT_TASKS } else { &[1] };
+                for &n in tasks {
+                    let name = format!("{}, {n} task{}", w.name(), if n == 1 { "" } else { "s" });
+                    let (cfg2, name2, path2) = (cfg.clone(), name.clone(), path.clone());
+                    out.push(Case {
+                        workload: w,
+                        unit: Unit::OpsPerSec,
+                        target: (w == Workload::Hit).then_some(3.0),
+                        prep: Prep::Warm,
+                        files: vec![path.clone()],
+                        about: if w == Workload::Hit {
+                            format!(
+                                "4 KiB random reads of a wholly cached {} file, {n} thread(s)/task(s), at most {:.1} s each",
+                                human(len),
+                                cfg.hit_time.as_secs_f64()
+                            )
+                        } else {
+                            "the same through a zero-copy page API (no copy into a buffer)"
+                                .to_string()
+                        },
+                        make: Box::new(move |r| {
+                            let job = Arc::new(Job {
+                                path: path2.clone(),
+                                file_len: len,
+                                size: BLOCK,
+                                offsets: Arc::new(data::uniform_offsets(
+                                    seed_of(&cfg2, &name2, r),
+                                    len,
+                                    BLOCK,
+                                    cfg2.hit_ops * n,
+                                )),
+                                warmup: Arc::new(Vec::new()),
+                                tasks: n,
+                                access: Access::Random,
+                                warm: true,
+                                budget: hit_budget,
+                                deadline: Some(cfg2.hit_time),
+                            });
+                            if w == Workload::Hit {
+                                Task::Reads(job)
+                            } else {
+                                Task::Pages(job)
+                            }
+                        }),
+                        name,
+                    });
+                }
+            }
+            Workload::SeqCold => {
+                let path = files.big.clone().expect("the cold file");
+                let len = cfg.size;
+                let path2 = path.clone();
+                out.push(Case {
+                    workload: w,
+                    name: w.name().to_string(),
+                    unit: Unit::MBps,
+                    target: Some(1.0),
+                    prep: Prep::Cold,
+                    files: vec![path.clone()],
+                    about: format!(
+                        "128 KiB sequential reads of a cold {} file, one reader; uringcache budget {}",
+                        human(len),
+                        human(cfg.budget)
+                    ),
+                    make: Box::new(move |_| {
+                        Task::Reads(Arc::new(Job {
+                            path: path2.clone(),
+                            file_len: len,
+                            size: SEQ_READ,
+                            offsets: Arc::new(data::sequential_offsets(len, SEQ_READ)),
+                            warmup: Arc::new(Vec::new()),
+                            tasks: 1,
+                            access: Access::Sequential,
+                            warm: false,
+                            budget,
+                            deadline: None,
+                        }))
+                    }),
+                });
+            }
+            Workload::RandCold => {
+                let path = files.big.clone().expect("the cold file");
+                let len = cfg.size;
+                for &n in &RAND_DEPTHS {
+                    let name = format!("{}, {n} in flight", w.name());
+                    let (cfg2, name2, path2) = (cfg.clone(), name.clone(), path.clone());
+                    out.push(Case {
+                        workload: w,
+                        unit: Unit::OpsPerSec,
+                        target: (n == 32).then_some(1.0),
+                        prep: Prep::Cold,
+                        files: vec![path.clone()],
+                        about: format!(
+                            "{} random 4 KiB reads of a cold {} file, {n} in flight (kernel: {n} thread(s)); random-access hints for all",
+                            cfg.rand_ops,
+                            human(len)
+                        ),
+                        make: Box::new(move |r| {
+                            Task::Reads(Arc::new(Job {
+                                path: path2.clone(),
+                                file_len: len,
+                                size: BLOCK,
+                                offsets: Arc::new(data::uniform_offsets(
+                                    seed_of(&cfg2, &name2, r),
+                                    len,
+                                    BLOCK,
+                                    cfg2.rand_ops,
+                                )),
+                                warmup: Arc::new(Vec::new()),
+                                tasks: n,
+                                access: Access::Random,
+                                warm: false,
+                                budget,
+                                deadline: None,
+                            }))
+                        }),
+                        name,
+                    });
+                }
+            }
+            Workload::Zipf => {
+                let path = files.zipf.clone().expect("the zipf file");
+                let len = zipf_len(cfg);
+                let (cfg2, path2) = (cfg.clone(), path.clone());
+                out.push(Case {
+                    workload: w,
+                    name: w.name().to_string(),
+                    unit: Unit::OpsPerSec,
+                    target: None,
+                    prep: Prep::Cold,
+                    files: vec![path.clone()],
+                    about: format!(
+                        "Zipf({ZIPF_S}) 4 KiB reads over a {} file (4x the {} budget), one reader: {} warm-up reads, then {} timed (at most {:.1} s)",
+                        human(len),
+                        human(cfg.budget),
+                        cfg.zipf_ops,
+                        cfg.zipf_ops,
+                        cfg.zipf_time.as_secs_f64()
+                    ),
+                    make: Box::new(move |r| {
+                        let mut all = data::zipf_offsets(
+                            seed_of(&cfg2, "zipf", r),
+                            len,
+                            ZIPF_S,
+                            cfg2.zipf_ops * 2,
+                        );
+                        let timed = all.split_off(cfg2.zipf_ops);
+                        Task::Reads(Arc::new(Job {
+                            path: path2.clone(),
+                            file_len: len,
+                            size: BLOCK,
+                            offsets: Arc::new(timed),
+                            warmup: Arc::new(all),
+                            tasks: 1,
+                            access: Access::Random,
+                            warm: false,
+                            budget,
+                            deadline: Some(cfg2.zipf_time),
+                        }))
+                    }),
+                });
+            }
+            Workload::Scan => {
+                let hot = files.hot.clone().expect("the hot file");
+                let scan = files.scan.clone().expect("the scan file");
+                let hot_blocks = hot_len(cfg) / BLOCK as u64;
+                let slen = scan_len(cfg);
+                let (cfg2, hot2, scan2) = (cfg.clone(), hot.clone(), scan.clone());
+                out.push(Case {
+                    workload: w,
+                    name: w.name().to_string(),
+                    unit: Unit::HitRatio,
+                    target: None,
+                    prep: Prep::Cold,
+                    files: vec![hot.clone(), scan.clone()],
+                    about: format!(
+                        "hot-set hit ratio (uniform 4 KiB reads of a {} hot file, 10 % of the budget) before / during / after one 128 KiB sequential scan of a {} file (2x the budget), one hot read per {} KiB scanned",
+                        human(hot_len(cfg)),
+                        human(slen),
+                        data::SCAN_BYTES_PER_HOT_READ >> 10
+                    ),
+                    make: Box::new(move |r| {
+                        Task::Scan(Arc::new(ScanJob {
+                            hot_path: hot2.clone(),
+                            scan_path: scan2.clone(),
+                            scan_read: SEQ_READ,
+                            budget,
+                            trace: Arc::new(data::scan_trace(
+                                seed_of(&cfg2, "scan", r),
+                                hot_blocks,
+                                slen,
+                                SEQ_READ,
+                            )),
+                        }))
+                    }),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `2 GiB`, `128 MiB`, `6.4 MiB`.
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes >= 1 << 30 {
+        trim(b / (1u64 << 30) as f64, "GiB")
+    } else if bytes >= 1 << 20 {
+        trim(b / (1u64 << 20) as f64, "MiB")
+    } else if bytes >= 1 << 10 {
+        trim(b / 1024.0, "KiB")
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn trim(v: f64, unit: &str) -> String {
+    if (v - v.round()).abs() < 0.05 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
