@@ -16,13 +16,18 @@ FLAGS:
   --quick              small files and few operations (about a minute; CI smoke run,
                        asserts nothing about speed)
   --workload NAME      run only these workloads (repeatable, or a comma list):
-                       hit, hit-page, seq-cold, rand-cold, zipf, scan, all
+                       hit, hit-page, seq-cold, rand-cold, zipf, scan, seq-write,
+                       rand-write-sync, all
   --contender NAME     run only contenders whose id or name contains NAME (repeatable,
                        or a comma list); the kernel pread baseline always runs
   --size BYTES         the cold file of seq-cold and rand-cold (default 2G, quick 128M)
   --hit-size BYTES     the cached file of hit and hit-page (default 256M, quick 32M)
-  --budget BYTES       uringcache's memory budget for seq-cold, rand-cold, zipf and scan
-                       (default 64M); zipf's file is 4x and scan's file 2x this budget
+  --write-size BYTES   the new file seq-write writes (default 1G, quick 64M)
+  --sync-size BYTES    the preallocated file rand-write-sync overwrites (default 256M,
+                       quick 32M)
+  --budget BYTES       uringcache's memory budget for seq-cold, rand-cold, zipf, scan and
+                       the write workloads (default 64M); zipf's file is 4x and scan's
+                       file 2x this budget
   --rounds N           rounds of each workload, contenders alternated in each (default 3,
                        quick 2)
   --seed N             seed of every random offset and trace (default 1)
@@ -48,7 +53,11 @@ pub struct Config {
     pub size: u64,
     /// The cached file's size (hit, hit-page).
     pub hit_size: u64,
-    /// uringcache's budget for the cold, zipf and scan workloads.
+    /// The new file's size (seq-write).
+    pub write_size: u64,
+    /// The overwritten file's size (rand-write-sync).
+    pub sync_size: u64,
+    /// uringcache's budget for the cold, zipf, scan and write workloads.
     pub budget: u64,
     /// Rounds per workload.
     pub rounds: usize,
@@ -64,6 +73,9 @@ pub struct Config {
     pub rand_ops: usize,
     /// Timed reads of `zipf` per round; as many again warm the caches first.
     pub zipf_ops: usize,
+    /// Writes (each followed by a data sync) of `rand-write-sync` per round, shared by the
+    /// writers (fixed: no deadline).
+    pub sync_ops: usize,
     /// How long one contender's timed section of `hit` may run before it stops early.
     #[serde(serialize_with = "secs")]
     pub hit_time: Duration,
@@ -130,6 +142,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
     let mut size = None;
     let mut hit_size = None;
     let mut budget = None;
+    let mut write_size = None;
+    let mut sync_size = None;
     let mut rounds = None;
     let mut seed = 1u64;
     let mut dir = None;
@@ -155,6 +169,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
             "--size" => size = Some(parse_bytes(&value(&flag)?)?),
             "--hit-size" => hit_size = Some(parse_bytes(&value(&flag)?)?),
             "--budget" => budget = Some(parse_bytes(&value(&flag)?)?),
+            "--write-size" => write_size = Some(parse_bytes(&value(&flag)?)?),
+            "--sync-size" => sync_size = Some(parse_bytes(&value(&flag)?)?),
             "--rounds" => {
                 let v = value(&flag)?;
                 let n: usize = v
@@ -214,12 +230,22 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         hit_size.unwrap_or(if quick { 32 * MIB } else { 256 * MIB }),
     )?;
     let budget = round_mib("--budget", budget.unwrap_or(64 * MIB))?;
+    let write_size = round_mib(
+        "--write-size",
+        write_size.unwrap_or(if quick { 64 * MIB } else { 1 << 30 }),
+    )?;
+    let sync_size = round_mib(
+        "--sync-size",
+        sync_size.unwrap_or(if quick { 32 * MIB } else { 256 * MIB }),
+    )?;
     Ok(Config {
         quick,
         workloads,
         contenders,
         size,
         hit_size,
+        write_size,
+        sync_size,
         budget,
         rounds: rounds.unwrap_or(if quick { 2 } else { 3 }),
         seed,
@@ -228,6 +254,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         hit_ops: if quick { 500_000 } else { 2_000_000 },
         rand_ops: if quick { 4_000 } else { 20_000 },
         zipf_ops: if quick { 10_000 } else { 50_000 },
+        sync_ops: if quick { 800 } else { 4_000 },
         hit_time: Duration::from_millis(if quick { 250 } else { 1500 }),
         zipf_time: Duration::from_millis(if quick { 1000 } else { 3000 }),
         turn_timeout: Duration::from_secs(if quick { 60 } else { 180 }),
@@ -257,6 +284,9 @@ mod tests {
             "--workload",
             "zipf,hit",
             "--workload=scan",
+            "--workload",
+            "rand-write-sync",
+            "--write-size=16M",
             "--size",
             "64M",
             "--rounds",
@@ -268,8 +298,15 @@ mod tests {
         assert!(c.quick);
         assert_eq!(
             c.workloads,
-            vec![Workload::Hit, Workload::Zipf, Workload::Scan]
+            vec![
+                Workload::Hit,
+                Workload::Zipf,
+                Workload::Scan,
+                Workload::RandWriteSync
+            ]
         );
+        assert_eq!(c.write_size, 16 << 20);
+        assert_eq!(c.sync_size, 32 << 20);
         assert_eq!(c.size, 64 << 20);
         assert_eq!(c.rounds, 1);
         assert_eq!(c.json, Some(PathBuf::from("/tmp/x.json")));

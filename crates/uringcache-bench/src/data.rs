@@ -91,6 +91,16 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// The path of `name` in the directory, for a file a workload creates itself (removed at
+    /// exit like the others); nothing is created here.
+    pub fn reserve(&mut self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        self.files.push(path.clone());
+        path
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         for f in &self.files {
@@ -128,10 +138,16 @@ fn remove_stale_dirs() {
     }
 }
 
+/// The scratch files' pseudo-random filler, `len` bytes of it.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    StdRng::seed_from_u64(0x5eed).fill(&mut p[..]);
+    p
+}
+
 /// Writes a tagged file with plain writes, then `fsync`.
 fn write_tagged(path: &Path, size: u64) -> io::Result<()> {
-    let mut pattern = vec![0u8; CHUNK];
-    StdRng::seed_from_u64(0x5eed).fill(&mut pattern[..]);
+    let pattern = pattern(CHUNK);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -148,6 +164,95 @@ fn write_tagged(path: &Path, size: u64) -> io::Result<()> {
         pos += CHUNK as u64;
     }
     f.sync_all()
+}
+
+/// A buffer for writes of `size` bytes (a multiple of [`BLOCK`]), filled with the scratch
+/// files' pattern; [`stamp`] it before each write.
+pub fn write_buffer(size: usize) -> Vec<u8> {
+    pattern(size)
+}
+
+/// Stamps `buf`, about to be written at `offset`: every 4 KiB block gets its block number
+/// (the tag [`check`] reads) and then `stamp` (a number unique to the turn), so that the
+/// read-back after the turn ([`check_written`]) tells this turn's bytes from any earlier ones.
+#[inline]
+pub fn stamp(buf: &mut [u8], offset: u64, stamp: u64) {
+    for (i, block) in buf.chunks_mut(BLOCK).enumerate() {
+        let tag = offset / BLOCK as u64 + i as u64;
+        block[..8].copy_from_slice(&tag.to_le_bytes());
+        block[8..16].copy_from_slice(&stamp.to_le_bytes());
+    }
+}
+
+/// Checks that every block of `buf`, read at `offset`, carries its tag and `stamp`.
+pub fn check_stamped(buf: &[u8], offset: u64, stamp: u64) -> io::Result<()> {
+    for (i, block) in buf.chunks(BLOCK).enumerate() {
+        let off = offset + (i * BLOCK) as u64;
+        check(block, off)?;
+        let got = u64::from_le_bytes(block[8..16].try_into().expect("a block of 16 bytes"));
+        if got != stamp {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the block at offset {off} does not hold this turn's write (stamp {got:#x}, not {stamp:#x})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes sampled by [`check_written`].
+const READ_BACK_SAMPLES: usize = 256;
+
+/// The read-back after a write turn, through `std::fs` (what any other program would see):
+/// the file's length is `len`; a sample of the writes (`size` bytes at each of `offsets`,
+/// evenly spread, the last one included) holds this turn's `stamp` in every block; and a
+/// sample of blocks spread over the whole file carries the right tags (no write landed at a
+/// wrong offset).
+pub fn check_written(
+    path: &Path,
+    len: u64,
+    size: usize,
+    offsets: &[u64],
+    stamp: u64,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path)?;
+    let on_disk = f.metadata()?.len();
+    if on_disk != len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the file has {on_disk} bytes, not {len}"),
+        ));
+    }
+    let mut buf = vec![0u8; size];
+    let n = offsets.len();
+    let picks = (0..READ_BACK_SAMPLES.min(n)).map(|k| k * n / READ_BACK_SAMPLES.min(n));
+    for i in picks.chain((n > 0).then(|| n - 1)) {
+        let off = offsets[i];
+        f.read_exact_at(&mut buf, off)?;
+        check_stamped(&buf, off, stamp)?;
+    }
+    let blocks = len / BLOCK as u64;
+    let mut block = vec![0u8; BLOCK];
+    for k in 0..(READ_BACK_SAMPLES as u64).min(blocks) {
+        let off = k * blocks / (READ_BACK_SAMPLES as u64).min(blocks) * BLOCK as u64;
+        f.read_exact_at(&mut block, off)?;
+        check(&block, off)?;
+    }
+    Ok(())
+}
+
+/// `syncfs` of the filesystem holding `dir`.
+pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    let d = File::open(dir)?;
+    // SAFETY: a plain system call on an open descriptor.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `posix_fadvise` on a whole file.
@@ -481,6 +586,28 @@ mod tests {
         let dir = s.dir.clone();
         drop(s);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn stamped_writes_read_back() {
+        let mut s = Scratch::new(None).unwrap();
+        let (p, _) = s.create("w.dat", 1 << 20).unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        let offsets = [8192u64, 65536, 4096];
+        let mut buf = write_buffer(2 * BLOCK);
+        for &off in &offsets[..2] {
+            stamp(&mut buf, off, 7);
+            std::os::unix::fs::FileExt::write_all_at(&f, &buf, off).unwrap();
+        }
+        check_written(&p, 1 << 20, 2 * BLOCK, &offsets[..2], 7).unwrap();
+        // Another turn's stamp, a write never made, a wrong length: all caught.
+        assert!(check_written(&p, 1 << 20, 2 * BLOCK, &offsets[..2], 8).is_err());
+        assert!(check_written(&p, 1 << 20, BLOCK, &offsets, 7).is_err());
+        assert!(check_written(&p, 2 << 20, 2 * BLOCK, &offsets[..2], 7).is_err());
+        // A write at the wrong offset breaks the tags of the blocks it lands on.
+        stamp(&mut buf, 0, 7);
+        std::os::unix::fs::FileExt::write_all_at(&f, &buf, 100 * BLOCK as u64).unwrap();
+        assert!(check_written(&p, 1 << 20, 2 * BLOCK, &offsets[..2], 7).is_err());
     }
 
     #[test]

@@ -3,33 +3,48 @@
 //! `cargo run --release -p uringcache-bench [-- --quick] [-- --json FILE]` writes its own
 //! scratch files, runs every workload against every contender in one process, and prints a
 //! markdown table: workload | contender | median | min–max | ratio vs kernel | CPU s/GiB | notes.
-//! `--help` lists the flags.
+//! `--help` lists the flags; `--workload seq-write,rand-write-sync` runs only those. `--quick`
+//! (small files, 2 rounds) takes about a minute.
 //!
 //! ## Contenders
 //!
-//! * **kernel pread** — `std::os::unix::fs::FileExt::read_at` through the kernel's page cache:
-//!   the baseline of every ratio. One thread per read in flight.
-//! * **kernel preadv2 RWF_DONTCACHE** — the kernel's uncached buffered reads (Linux 6.14+).
-//!   Where the kernel refuses the flag the row says "unsupported by this kernel".
-//! * **mmap** (memmap2) — copies out of a shared mapping (in place for `hit-page`).
-//! * **tokio::fs** — seek + read, each a closure on tokio's blocking pool.
-//! * **tokio-uring**, buffered and `O_DIRECT` — `File::read_at`; one runtime per core.
+//! * **kernel pread** (**kernel pwrite** in the write workloads) —
+//!   `std::os::unix::fs::FileExt::read_at` / `write_at` through the kernel's page cache, with
+//!   `File::sync_all` (`fsync`) or `File::sync_data` (`fdatasync`): the baseline of every
+//!   ratio. One thread per read in flight or writer, each with its own descriptor.
+//! * **kernel preadv2 / pwritev2 RWF_DONTCACHE** — the kernel's uncached buffered I/O (Linux
+//!   6.14+), synced the same way. Where the kernel refuses the flag the row says "unsupported
+//!   by this kernel".
+//! * **mmap** (memmap2) — copies out of a shared mapping (in place for `hit-page`); no rows in
+//!   the write workloads.
+//! * **tokio::fs** — seek + read (or write_all, then `sync_all` / `sync_data`), each a closure
+//!   on tokio's blocking pool.
+//! * **tokio-uring**, buffered and `O_DIRECT` — `File::read_at`, `File::write_all_at` +
+//!   `sync_all` / `sync_data`; one runtime per core.
 //! * **glommio** — `DmaStreamReader` for sequential reads, `DmaFile::read_at` for random ones
-//!   (`O_DIRECT`, no cache); one executor per core.
+//!   (`O_DIRECT`, no cache); one executor per core. Writes: `DmaFile::write_at` with 4 writes
+//!   in flight then one `fdatasync` for a sequential file (what `DmaStreamWriter` does — its
+//!   `AsyncWrite` trait is not a dependency here), `write_at` + `fdatasync` each for random
+//!   ones.
 //! * **uringcache**, `io_uring` and thread-pool backends — a fresh `Cache` every turn, one
-//!   handle per task on a tokio multi-thread runtime with 2 workers.
+//!   handle per task on a tokio multi-thread runtime with 2 workers; zero-copy reads through
+//!   `File::page`, writes through `File::write_all_at` + `sync_all` / `sync_data`.
 //! * **LRU model** — a simulated LRU of the budget's size, the floor of the `scan` workload.
 //!
 //! ## Method
 //!
 //! * **Same work for everyone.** Every offset and trace comes from a seeded RNG (`--seed`): in
-//!   a round, every contender reads exactly the same offsets in the same order, task `i` of
-//!   `n` taking every `n`-th one. Every 4 KiB block of a scratch file starts with its block
+//!   a round, every contender reads (or writes) exactly the same offsets in the same order,
+//!   task `i` of `n` taking every `n`-th one. Every 4 KiB block of a scratch file starts with its block
 //!   number, and every read is checked: a contender that returns the wrong bytes fails its row.
+//!   Every block a write workload writes carries its block number and a stamp unique to the
+//!   turn; after each turn the harness reads the file back through `std::fs` — its length, a
+//!   sample of 256 writes (every block of each must hold this turn's stamp) and 256 blocks
+//!   spread over the file (right tags) — and a turn that fails the read-back fails its row.
 //! * **Alternation.** For each case the contenders take turns, A B C … A B C …, for `--rounds`
 //!   rounds, so that drift of the machine (the host's cache, other tenants) hits everyone
 //!   alike. A row reports the median of its rounds with the min–max beside it, and the ratio of
-//!   its median to the kernel `pread` median of the same case.
+//!   its median to the kernel `pread` (`pwrite`) median of the same case.
 //! * **Cold and warm.** Before every turn of a cold case the harness drops the kernel's copy of
 //!   the files (`posix_fadvise(POSIX_FADV_DONTNEED)`; a row notes it if more than 1 % stayed
 //!   resident, checked with `mincore`), and uringcache starts with a fresh cache. At the start
@@ -37,12 +52,18 @@
 //!   cache, which is then equally warm for every contender — and the run says so. Before every
 //!   turn of a warm case the harness reads the file whole through the kernel cache; caches of
 //!   the contenders' own (uringcache, the mmap page tables) are filled before their clock starts.
-//! * **What is timed.** Only the reads: files are opened, runtimes and caches built, threads
-//!   started and warm-up reads made before the clock starts (worker threads meet at a barrier,
-//!   then the clock runs until all of them are done). Wall time and CPU time
+//!   Before every turn of a write workload on a new file the harness removes the file and
+//!   syncs the filesystem (so freeing the last turn's blocks is not charged to the next
+//!   contender); the file rand-write-sync overwrites is written and synced once at the start,
+//!   and its kernel copy is dropped before every turn as for a cold case.
+//! * **What is timed.** Only the reads, or the writes with their syncs: files are opened (or
+//!   created), runtimes and caches built, threads started and warm-up reads made before the
+//!   clock starts (worker threads meet at a barrier, then the clock runs until all of them
+//!   are done). Wall time and CPU time
 //!   (`getrusage(RUSAGE_SELF)`, user + system of every thread of the process — runtimes'
 //!   workers, io_uring's io-wq workers, the cache's backend) are taken around that section
-//!   only; CPU s/GiB is that CPU time over the bytes delivered.
+//!   only; CPU s/GiB is that CPU time over the bytes delivered (or written). uringcache's
+//!   `shutdown` runs after the clock stops; in the write workloads nothing is dirty by then.
 //! * **Failures are rows.** A contender's error, wrong byte or panic ends up in its row; a turn
 //!   running longer than a timeout is reported as failed and the run goes on. A turn that
 //!   leaves threads running behind it (which would disturb the next contender's CPU figures)
@@ -53,9 +74,10 @@
 //! * `hit` — 4 KiB random reads of a wholly cached file (`--hit-size`, 256 MiB; uringcache's
 //!   budget 1.25x the file), 1 and 2 threads/tasks, ops/s. Each turn runs at most 1.5 s (its
 //!   reads counted). The uringcache target is 3x the kernel: a hit without a system call.
-//! * `hit-page` — the same through a zero-copy page API: `mmap` reads the page in place, the
-//!   kernel row copies (its baseline); uringcache's `File::page()` does not exist yet, so its
-//!   rows say "not available yet".
+//! * `hit-page` — the same through a zero-copy page API, one task: `mmap` reads the page in
+//!   place, the kernel row copies (its baseline); uringcache pins each page with
+//!   `File::page(index)` and checks its tag in place (no copy), dropping the pin before the
+//!   next read.
 //! * `seq-cold` — 128 KiB sequential reads of a whole cold file (`--size`, 2 GiB), one reader,
 //!   uringcache budget `--budget` (64 MiB), MB/s. Target 1.0x the kernel.
 //! * `rand-cold` — a fixed count of random 4 KiB reads of the cold file, 1 and 32 in flight
@@ -70,6 +92,19 @@
 //!   before, during and after one sequential scan of a file 2x the budget, with one hot read
 //!   per 256 KiB scanned. uringcache observes hits with `try_read_at`; a plain LRU of the same
 //!   size replays the same trace as the floor. The kernel has no budget here: its row is n/a.
+//! * `seq-write` — 64 KiB sequential writes of a new file (`--write-size`, 1 GiB; quick
+//!   64 MiB), then one durable sync (`fsync`, `sync_all`; glommio `fdatasync`), MB/s including
+//!   the sync. uringcache: budget `--budget` (64 MiB), and right after `sync_all` the file's
+//!   length on disk (`std::fs::metadata`) must be the bytes written. Target 1.2x the kernel's
+//!   pwrite + fsync.
+//! * `rand-write-sync` — a fixed count of 4 KiB writes at seeded random block offsets of an
+//!   existing, preallocated and synced file (`--sync-size`, 256 MiB; quick 32 MiB), each
+//!   followed by a data sync (`fdatasync`, `sync_data`) before that writer's next write, with
+//!   1 and 16 writers (kernel: threads; uringcache: tasks on one cache, whose concurrent syncs
+//!   share flushes — group commit), ops/s. 4000 writes a round (quick 800), split between the
+//!   writers. Targets 1.0x the kernel with 1 writer, 3x with 16. uringcache's rows give its
+//!   `Stats`: syncs against the flushes they took, pages written back and in how many
+//!   requests.
 //!
 //! ## Output
 //!
@@ -203,6 +238,12 @@ fn run(cfg: &Config) -> io::Result<()> {
         files.hot = make("scan-hot.dat", workloads::hot_len(cfg), true, &mut setup)?;
         files.scan = make("scan.dat", workloads::scan_len(cfg), true, &mut setup)?;
     }
+    if uses(Workload::RandWriteSync) {
+        files.sync = make("sync.dat", cfg.sync_size, false, &mut setup)?;
+    }
+    if uses(Workload::SeqWrite) {
+        files.seq_write = Some(scratch.reserve("seq-write.dat"));
+    }
     for p in &cold_files {
         eprintln!("reading {} once with O_DIRECT …", p.display());
         let rate = data::read_direct(p)?;
@@ -235,19 +276,20 @@ fn run(cfg: &Config) -> io::Result<()> {
                 case.unit,
                 case.target,
                 k.id(),
-                k.name(),
+                k.name_in(case.workload),
             ));
         }
         for round in 0..cfg.rounds {
             let task = (case.make)(round as u64);
             for (j, k) in who.iter().enumerate() {
                 step += 1;
+                let task = task.for_turn(step as u64);
                 let label = format!(
                     "{} · round {}/{} · {}",
                     case.name,
                     round + 1,
                     cfg.rounds,
-                    k.name()
+                    k.name_in(case.workload)
                 );
                 progress.bar.set_message(label.clone());
                 let row = &mut rows[first + j];
@@ -268,6 +310,12 @@ fn run(cfg: &Config) -> io::Result<()> {
                 if matches!(&outcome, Err(Miss::Failed(m)) if m.starts_with("timed out")) {
                     timeouts += 1;
                 }
+                // What a turn wrote is read back through std::fs before it counts.
+                let outcome = outcome.and_then(|s| {
+                    task.check_after()
+                        .map(|()| s)
+                        .map_err(|e| Miss::Failed(format!("read-back after the turn: {e}")))
+                });
                 let shown = match &outcome {
                     Ok(s) => report::fmt_value(case.unit, report::value(case.unit, s)),
                     Err(m) => report::miss_text(m),
@@ -310,6 +358,7 @@ fn run(cfg: &Config) -> io::Result<()> {
             match c.prep {
                 Prep::Warm => "warm",
                 Prep::Cold => "cold: kernel copy dropped before every turn",
+                Prep::Fresh => "new file: removed before every turn",
             },
             c.about
         ));
@@ -322,7 +371,7 @@ fn run(cfg: &Config) -> io::Result<()> {
     text.push('\n');
     text.push_str(&report::table(&rows));
     text.push_str(&format!(
-        "\nratio: median over the kernel pread median of the same case; CPU s/GiB: user + system CPU of the whole process in the timed section per GiB delivered. Run took {:.0} s.\n",
+        "\nratio: median over the median of the kernel baseline (pread; pwrite for writes) of the same case; CPU s/GiB: user + system CPU of the whole process in the timed section per GiB read or written. Run took {:.0} s.\n",
         started.elapsed().as_secs_f64()
     ));
     progress.out(&text);
@@ -362,6 +411,16 @@ fn prepare(case: &Case, kernel_cached: bool) -> io::Result<Option<String>> {
         match case.prep {
             Prep::Warm if kernel_cached => data::warm_kernel_cache(f)?,
             Prep::Warm => {}
+            Prep::Fresh => {
+                match std::fs::remove_file(f) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                // Free the removed file's blocks (and discard them) now, not during the next
+                // contender's timed section.
+                data::sync_filesystem(f.parent().unwrap_or(Path::new("/")))?;
+            }
             Prep::Cold => {
                 data::drop_kernel_cache(f)?;
                 let left = data::resident_fraction(f)?;
@@ -414,6 +473,7 @@ fn run_turn(k: &Arc<dyn Contender>, task: &Task, timeout: Duration) -> Outcome {
                 Task::Reads(j) => k2.reads(j),
                 Task::Pages(j) => k2.page_reads(j),
                 Task::Scan(s) => k2.scan(s),
+                Task::Writes(j) => k2.writes(j),
             }));
             let _ = tx.send(r.unwrap_or_else(|p| Err(Miss::Failed(panic_message(&*p)))));
         });

@@ -5,7 +5,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::measure::{Miss, Sample};
+use crate::measure::{Miss, Sample, WriteCounts};
 use crate::workloads::{Unit, Workload};
 
 /// Every round's result of one contender in one case.
@@ -43,6 +43,9 @@ pub struct Row {
     pub hit_ratio: Option<f64>,
     /// Median hot-set hit ratios before / during / after the scan.
     pub phases: Option<[f64; 3]>,
+    /// Median write and sync counters (each field its own median), where the contender
+    /// reports them.
+    pub writes: Option<WriteCounts>,
     /// `ok`, `partial` (some rounds failed), `n/a`, `unsupported`, `not-yet`, `failed`.
     pub status: &'static str,
     /// The notes column.
@@ -76,6 +79,7 @@ impl Row {
             cpu_s_per_gib: None,
             hit_ratio: None,
             phases: None,
+            writes: None,
             status: "failed",
             notes: String::new(),
         }
@@ -140,6 +144,19 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
             let m = |i: usize| median(phases.iter().map(|p| p[i]).collect()).unwrap_or(0.0);
             r.phases = Some([m(0), m(1), m(2)]);
         }
+        let writes: Vec<WriteCounts> = r.samples.iter().filter_map(|s| s.writes).collect();
+        if !writes.is_empty() {
+            let m = |f: fn(&WriteCounts) -> u64| {
+                median(writes.iter().map(|w| f(w) as f64).collect()).map_or(0, |v| v.round() as u64)
+            };
+            r.writes = Some(WriteCounts {
+                syncs: m(|w| w.syncs),
+                flushes: m(|w| w.flushes),
+                pages_written: m(|w| w.pages_written),
+                write_requests: m(|w| w.write_requests),
+                throttle_waits: m(|w| w.throttle_waits),
+            });
+        }
     }
     // Ratios against the baseline of the same case.
     let bases: Vec<(String, Option<f64>)> = rows
@@ -202,6 +219,9 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
                 notes.push(format!("target >= {t:.1}x: {verdict}"));
             }
         }
+        if let Some(w) = r.writes {
+            notes.push(write_counts_text(&w));
+        }
         let mut seen: Vec<&str> = Vec::new();
         for s in &r.samples {
             if let Some(n) = s.note.as_deref() {
@@ -216,6 +236,31 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
         notes.extend(prep);
         r.notes = notes.join("; ");
     }
+}
+
+/// How a row's write counters read in the notes: syncs against the flushes they took (group
+/// commit), and how writeback went.
+pub fn write_counts_text(w: &WriteCounts) -> String {
+    let mut t = format!("{} sync(s), {} flush(es)", w.syncs, w.flushes);
+    if w.syncs > 1 && w.flushes > 0 {
+        t.push_str(&format!(
+            " ({:.1} syncs a flush)",
+            w.syncs as f64 / w.flushes as f64
+        ));
+    }
+    if w.write_requests > 0 {
+        t.push_str(&format!(
+            "; {} pages written back in {} requests ({:.0} KiB each)",
+            w.pages_written,
+            w.write_requests,
+            w.pages_written as f64 * 4.0 / w.write_requests as f64
+        ));
+    }
+    if w.throttle_waits > 0 {
+        t.push_str(&format!("; {} throttled waits", w.throttle_waits));
+    }
+    t.push_str(" (medians of rounds)");
+    t
 }
 
 /// A figure with its unit, to three significant digits or so.
@@ -360,8 +405,8 @@ pub fn write_svg(path: &Path, rows: &[Row]) -> io::Result<()> {
             })
             .collect();
         let title = match target {
-            Some(t) => format!("{case}: ratio vs kernel pread (uringcache target {t:.1}x)"),
-            None => format!("{case}: ratio vs kernel pread"),
+            Some(t) => format!("{case}: ratio vs kernel (uringcache target {t:.1}x)"),
+            None => format!("{case}: ratio vs kernel"),
         };
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 16))
@@ -497,8 +542,45 @@ mod tests {
         );
         assert!(rows[1].notes.contains("1 of 3 rounds failed"));
         assert_eq!(rows[2].status, "unsupported");
+        assert!(!rows[1].notes.contains("flush"));
         let t = table(&rows);
         assert!(t.contains("unsupported by this kernel"));
         assert!(t.contains("3.05x"), "{t}");
+    }
+
+    #[test]
+    fn write_counts_reach_the_notes() {
+        let s = |flushes| Sample {
+            ops: 800,
+            bytes: 800 * 4096,
+            secs: 1.0,
+            writes: Some(WriteCounts {
+                syncs: 800,
+                flushes,
+                pages_written: 800,
+                write_requests: 800,
+                throttle_waits: 0,
+            }),
+            ..Sample::default()
+        };
+        let mut r = Row::new(
+            Workload::RandWriteSync,
+            "rand-write-sync, 16 writers",
+            Unit::OpsPerSec,
+            Some(3.0),
+            "uringcache-uring",
+            "u",
+        );
+        r.samples = vec![s(100), s(300), s(200)];
+        let mut rows = vec![r];
+        finish(&mut rows, "kernel-pread");
+        assert_eq!(rows[0].writes.unwrap().flushes, 200);
+        assert!(
+            rows[0]
+                .notes
+                .contains("800 sync(s), 200 flush(es) (4.0 syncs a flush)"),
+            "{}",
+            rows[0].notes
+        );
     }
 }

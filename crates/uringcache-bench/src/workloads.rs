@@ -1,4 +1,5 @@
-//! The workloads: what each one reads, in which cache state, and how its result is counted.
+//! The workloads: what each one reads or writes, in which cache state, and how its result is
+//! counted.
 //!
 //! A workload becomes one or more [`Case`]s (one per concurrency level). For each round a case
 //! makes a [`Task`] — the same offsets for every contender in that round — and each contender
@@ -27,17 +28,23 @@ pub enum Workload {
     Zipf,
     /// Hot-set hit ratio before, during and after a scan of 2x the budget.
     Scan,
+    /// 64 KiB sequential writes of a new file, then one `fsync`.
+    SeqWrite,
+    /// 4 KiB random overwrites, each followed by `fdatasync`, 1 and 16 writers.
+    RandWriteSync,
 }
 
 impl Workload {
     /// Every workload, in the order a run runs them.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Hit,
         Workload::HitPage,
         Workload::SeqCold,
         Workload::RandCold,
         Workload::Zipf,
         Workload::Scan,
+        Workload::SeqWrite,
+        Workload::RandWriteSync,
     ];
 
     /// The command-line name.
@@ -49,7 +56,14 @@ impl Workload {
             Workload::RandCold => "rand-cold",
             Workload::Zipf => "zipf",
             Workload::Scan => "scan",
+            Workload::SeqWrite => "seq-write",
+            Workload::RandWriteSync => "rand-write-sync",
         }
+    }
+
+    /// Whether it writes (its tasks are [`Task::Writes`]).
+    pub fn is_write(self) -> bool {
+        matches!(self, Workload::SeqWrite | Workload::RandWriteSync)
     }
 
     /// The workload called `name`.
@@ -61,10 +75,10 @@ impl Workload {
 /// How a case's figure is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Unit {
-    /// Reads per second.
+    /// Reads (or writes) per second.
     #[serde(rename = "ops/s")]
     OpsPerSec,
-    /// Megabytes (10^6) per second.
+    /// Megabytes (10^6) per second (read or written).
     #[serde(rename = "MB/s")]
     MBps,
     /// Hot-set hit ratio during the scan (before and after ride along).
@@ -81,6 +95,9 @@ pub enum Prep {
     Warm,
     /// The kernel's copy is dropped (`POSIX_FADV_DONTNEED`); caches of contenders are fresh.
     Cold,
+    /// The file does not exist: the harness removes it (and syncs the filesystem, so the
+    /// freeing of its blocks is not charged to the next contender) before every turn.
+    Fresh,
 }
 
 /// How a job's reads are laid out, as a hint contenders may pass on (`posix_fadvise`,
@@ -119,6 +136,42 @@ pub struct Job {
     pub deadline: Option<Duration>,
 }
 
+/// When a write job makes its bytes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Each writer makes one full sync (`fsync`, `sync_all`) after its last write.
+    AtEnd,
+    /// A data sync (`fdatasync`, `sync_data`) after every write, before the next.
+    EachWrite,
+}
+
+/// One turn's writes: every contender gets the same job in a round (with its own stamp).
+#[derive(Clone, Debug)]
+pub struct WriteJob {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether the contender creates the file (it does not exist before the turn); otherwise
+    /// it exists, `file_len` bytes long, and is overwritten in place.
+    pub new_file: bool,
+    /// The file's length after the turn.
+    pub file_len: u64,
+    /// Bytes per write (a multiple of 4 KiB, at 4 KiB-aligned offsets).
+    pub size: usize,
+    /// The writes, in order; writer `i` of `n` takes every `n`-th from `i`.
+    pub offsets: Arc<Vec<u64>>,
+    /// Writers: threads or tasks.
+    pub tasks: usize,
+    /// The access pattern (a sequential job has one writer and needs no seeks).
+    pub access: Access,
+    /// When the bytes are made durable.
+    pub sync: Durability,
+    /// uringcache's memory budget.
+    pub budget: usize,
+    /// This turn's stamp, written into every block (see [`data::stamp`]) and checked by the
+    /// read-back after the turn.
+    pub stamp: u64,
+}
+
 /// One turn of the scan-resistance workload.
 #[derive(Debug)]
 pub struct ScanJob {
@@ -143,6 +196,36 @@ pub enum Task {
     Pages(Arc<Job>),
     /// The scan-resistance trace.
     Scan(Arc<ScanJob>),
+    /// Writes (and syncs), checked on read-back after the turn.
+    Writes(Arc<WriteJob>),
+}
+
+/// High bits of every turn's stamp (the low bits count turns).
+const STAMP_BASE: u64 = 0x57a3_5eed_0000_0000;
+
+impl Task {
+    /// The task of turn number `turn` of the run: the same, except that a write job gets a
+    /// stamp of its own, so that each turn's read-back sees that turn's bytes, not the bytes
+    /// an earlier contender wrote at the same offsets.
+    pub fn for_turn(&self, turn: u64) -> Task {
+        match self {
+            Task::Writes(j) => Task::Writes(Arc::new(WriteJob {
+                stamp: STAMP_BASE | turn,
+                ..(**j).clone()
+            })),
+            other => other.clone(),
+        }
+    }
+
+    /// The read-back after a successful turn (writes only): see [`data::check_written`].
+    pub fn check_after(&self) -> std::io::Result<()> {
+        match self {
+            Task::Writes(j) => {
+                data::check_written(&j.path, j.file_len, j.size, &j.offsets, j.stamp)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One row group of the table: a workload at one concurrency level.
@@ -178,6 +261,10 @@ pub struct Files {
     pub hot: Option<PathBuf>,
     /// The scanned file (2x budget).
     pub scan: Option<PathBuf>,
+    /// The new file of seq-write (not created by the harness).
+    pub seq_write: Option<PathBuf>,
+    /// The preallocated file rand-write-sync overwrites.
+    pub sync: Option<PathBuf>,
 }
 
 /// Size of the zipf file.
@@ -203,6 +290,10 @@ pub const HIT_TASKS: [usize; 2] = [1, 2];
 pub const SEQ_READ: usize = 128 << 10;
 /// Zipf exponent.
 pub const ZIPF_S: f64 = 0.99;
+/// Bytes per sequential write.
+pub const SEQ_WRITE: usize = 64 << 10;
+/// Writers of `rand-write-sync`.
+pub const SYNC_WRITERS: [usize; 2] = [1, 16];
 
 fn seed_of(cfg: &Config, case: &str, round: u64) -> u64 {
     // FNV-1a of the case name: stable across runs and platforms.
@@ -420,6 +511,79 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                         }))
                     }),
                 });
+            }
+            Workload::SeqWrite => {
+                let path = files.seq_write.clone().expect("the seq-write path");
+                let len = cfg.write_size;
+                let path2 = path.clone();
+                out.push(Case {
+                    workload: w,
+                    name: w.name().to_string(),
+                    unit: Unit::MBps,
+                    target: Some(1.2),
+                    prep: Prep::Fresh,
+                    files: vec![path.clone()],
+                    about: format!(
+                        "64 KiB sequential writes of a new {} file, then one fsync (sync_all), timed together; uringcache budget {}, a fresh cache each turn; length and a sample of blocks read back after each turn",
+                        human(len),
+                        human(cfg.budget)
+                    ),
+                    make: Box::new(move |_| {
+                        Task::Writes(Arc::new(WriteJob {
+                            path: path2.clone(),
+                            new_file: true,
+                            file_len: len,
+                            size: SEQ_WRITE,
+                            offsets: Arc::new(data::sequential_offsets(len, SEQ_WRITE)),
+                            tasks: 1,
+                            access: Access::Sequential,
+                            sync: Durability::AtEnd,
+                            budget,
+                            stamp: STAMP_BASE,
+                        }))
+                    }),
+                });
+            }
+            Workload::RandWriteSync => {
+                let path = files.sync.clone().expect("the rand-write-sync file");
+                let len = cfg.sync_size;
+                for &n in &SYNC_WRITERS {
+                    let name = format!("{}, {n} writer{}", w.name(), if n == 1 { "" } else { "s" });
+                    let (cfg2, name2, path2) = (cfg.clone(), name.clone(), path.clone());
+                    out.push(Case {
+                        workload: w,
+                        unit: Unit::OpsPerSec,
+                        target: Some(if n == 1 { 1.0 } else { 3.0 }),
+                        prep: Prep::Cold,
+                        files: vec![path.clone()],
+                        about: format!(
+                            "{} random 4 KiB overwrites of a preallocated, synced {} file, each followed by fdatasync (sync_data), {n} writer(s) (kernel: {n} thread(s); uringcache: {n} task(s) on one cache, whose concurrent syncs share flushes); uringcache budget {}",
+                            cfg.sync_ops,
+                            human(len),
+                            human(cfg.budget)
+                        ),
+                        make: Box::new(move |r| {
+                            Task::Writes(Arc::new(WriteJob {
+                                path: path2.clone(),
+                                new_file: false,
+                                file_len: len,
+                                size: BLOCK,
+                                offsets: Arc::new(data::uniform_offsets(
+                                    seed_of(&cfg2, &name2, r),
+                                    len,
+                                    BLOCK,
+                                    cfg2.sync_ops,
+                                )),
+                                tasks: n,
+                                access: Access::Random,
+                                sync: Durability::EachWrite,
+                                budget,
+                                stamp: STAMP_BASE,
+                            }))
+                        }),
+                        name,
+                    });
+                }
             }
         }
     }

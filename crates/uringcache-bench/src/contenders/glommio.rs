@@ -3,25 +3,34 @@
 //! `DmaFile::read_at`. Thread-per-core like tokio-uring: one executor per core at most, the
 //! tasks dealt out between them. Every buffer glommio returns is copied into the caller's
 //! buffer, as the other contenders deliver their bytes.
+//!
+//! Writes go through `DmaFile::write_at` (`O_DIRECT`, one `DmaBuffer` per write) and
+//! `DmaFile::fdatasync`. A sequential job keeps [`WRITE_BEHIND`] writes in flight and syncs
+//! once at the end: what `DmaStreamWriter` does (its default write-behind is 4 buffers, and
+//! its `close` is `fdatasync`), done by hand because its `AsyncWrite` trait (futures-io) is
+//! not a dependency of this crate. A random job's tasks write and `fdatasync` one at a time.
 
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::io::{DmaFile, DmaStreamReaderBuilder};
+use glommio::io::{DmaFile, DmaStreamReaderBuilder, OpenOptions};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{runtime_threads, Contender};
-use crate::data::check;
+use crate::data::{check, stamp, write_buffer};
 use crate::measure::{run_gated, strided, Deadline, Gate, Outcome, Sample};
-use crate::workloads::{Access, Job};
+use crate::workloads::{Access, Durability, Job, WriteJob};
 
 /// glommio's `DmaFile` and `DmaStreamReader`.
 pub struct Glommio;
 
 /// Read-ahead buffers of the stream reader.
 const STREAM_READ_AHEAD: usize = 4;
+/// Writes in flight of a sequential write job (`DmaStreamWriter`'s default write-behind).
+pub const WRITE_BEHIND: usize = 4;
 
 fn gerr<T>(e: glommio::GlommioError<T>) -> io::Error {
     io::Error::from(e)
@@ -126,6 +135,118 @@ async fn random(job: &Job, t: usize, threads: usize, gate: &mut Gate<'_>) -> io:
     }
 }
 
+/// Writes `pattern`, stamped for `off`, at `off` from a fresh DMA buffer.
+async fn write_one(file: Rc<DmaFile>, pattern: Rc<Vec<u8>>, off: u64, st: u64) -> io::Result<()> {
+    let mut dma = file.alloc_dma_buffer(pattern.len());
+    let bytes = dma.as_bytes_mut();
+    bytes.copy_from_slice(&pattern);
+    stamp(bytes, off, st);
+    let n = file.write_at(dma, off).await.map_err(gerr)?;
+    if n != pattern.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {n} of {} bytes at {off}", pattern.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens (or creates) the file of a write job with `O_DIRECT`.
+async fn open_for_write(job: &WriteJob) -> io::Result<DmaFile> {
+    let f = if job.new_file {
+        DmaFile::create(&job.path).await
+    } else {
+        OpenOptions::new().write(true).dma_open(&job.path).await
+    };
+    f.map_err(gerr)
+}
+
+/// A sequential write job: [`WRITE_BEHIND`] writes in flight, then one `fdatasync`.
+async fn stream_writes(job: &WriteJob, gate: &mut Gate<'_>) -> io::Result<u64> {
+    let file = Rc::new(open_for_write(job).await?);
+    let pattern = Rc::new(write_buffer(job.size));
+    gate.ready();
+    let mut in_flight = VecDeque::new();
+    let mut ops = 0;
+    for &off in job.offsets.iter() {
+        if in_flight.len() == WRITE_BEHIND {
+            let t: glommio::Task<io::Result<()>> = in_flight.pop_front().expect("a write");
+            t.await?;
+        }
+        in_flight.push_back(glommio::spawn_local(write_one(
+            file.clone(),
+            pattern.clone(),
+            off,
+            job.stamp,
+        )));
+        ops += 1;
+    }
+    for t in in_flight {
+        t.await?;
+    }
+    file.fdatasync().await.map_err(gerr)?;
+    gate.done();
+    if let Ok(f) = Rc::try_unwrap(file) {
+        f.close().await.map_err(gerr)?;
+    }
+    Ok(ops)
+}
+
+/// Executor `t` of `threads`: its tasks' writes, each followed by `fdatasync` (or one
+/// `fdatasync` at the end).
+async fn sync_writes(
+    job: &WriteJob,
+    t: usize,
+    threads: usize,
+    gate: &mut Gate<'_>,
+) -> io::Result<u64> {
+    let file = Rc::new(open_for_write(job).await?);
+    let pattern = Rc::new(write_buffer(job.size));
+    gate.ready();
+    let n = job.tasks;
+    let handles: Vec<_> = (t..n)
+        .step_by(threads)
+        .map(|g| {
+            let (file, pattern, offsets) = (file.clone(), pattern.clone(), job.offsets.clone());
+            let (st, each) = (job.stamp, job.sync == Durability::EachWrite);
+            glommio::spawn_local(async move {
+                let mut ops = 0u64;
+                for off in strided(&offsets, g, n) {
+                    write_one(file.clone(), pattern.clone(), off, st).await?;
+                    if each {
+                        file.fdatasync().await.map_err(gerr)?;
+                    }
+                    ops += 1;
+                }
+                io::Result::Ok(ops)
+            })
+        })
+        .collect();
+    let mut ops = 0;
+    let mut first_err = None;
+    for h in handles {
+        match h.await {
+            Ok(k) => ops += k,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if first_err.is_none() && job.sync == Durability::AtEnd {
+        if let Err(e) = file.fdatasync().await {
+            first_err = Some(gerr(e));
+        }
+    }
+    gate.done();
+    if let Ok(f) = Rc::try_unwrap(file) {
+        f.close().await.map_err(gerr)?;
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(ops),
+    }
+}
+
 impl Contender for Glommio {
     fn id(&self) -> &'static str {
         "glommio"
@@ -164,6 +285,40 @@ impl Contender for Glommio {
         } else {
             let per = job.tasks.div_ceil(threads);
             format!("no cache; DmaFile::read_at, {threads} executor(s) x {per} task(s)")
+        };
+        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+    }
+
+    fn writes(&self, job: &WriteJob) -> Outcome {
+        let sequential =
+            job.access == Access::Sequential && job.tasks == 1 && job.sync == Durability::AtEnd;
+        let threads = if sequential {
+            1
+        } else {
+            runtime_threads(job.tasks)
+        };
+        let (ops, m) = run_gated(threads, |t, gate| {
+            let ex = LocalExecutorBuilder::new(Placement::Unbound)
+                .name("bench-glommio")
+                .make()
+                .map_err(|e| io::Error::other(format!("glommio executor: {e}")))?;
+            ex.run(async {
+                if sequential {
+                    stream_writes(job, gate).await
+                } else {
+                    sync_writes(job, t, threads, gate).await
+                }
+            })
+        })?;
+        let note = if sequential {
+            format!(
+                "no cache; DmaFile::write_at, {WRITE_BEHIND} in flight (DmaStreamWriter's write-behind), then fdatasync"
+            )
+        } else {
+            let per = job.tasks.div_ceil(threads);
+            format!(
+                "no cache; DmaFile::write_at + fdatasync each, {threads} executor(s) x {per} task(s)"
+            )
         };
         Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
     }

@@ -1,17 +1,20 @@
-//! The kernel's page cache: `pread` (the baseline every ratio is taken against) and
-//! `preadv2(RWF_DONTCACHE)`, buffered I/O whose pages leave the cache once read.
+//! The kernel's page cache: `pread` / `pwrite` (the baseline every ratio is taken against) and
+//! `preadv2` / `pwritev2` with `RWF_DONTCACHE`, buffered I/O whose pages leave the cache once
+//! read or written back.
 //!
-//! One thread per read in flight, each with its own descriptor (as a thread pool would have).
+//! One thread per read or writer in flight, each with its own descriptor (as a thread pool
+//! would have). Writes are made durable with `fsync` (`File::sync_all`) once at the end or
+//! `fdatasync` (`File::sync_data`) after each write.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use super::Contender;
-use crate::data::{check, fadvise};
+use crate::data::{check, fadvise, stamp, write_buffer};
 use crate::measure::{run_gated, strided, Deadline, Miss, Outcome, Sample};
-use crate::workloads::{Access, Job, ScanJob, Workload};
+use crate::workloads::{Access, Durability, Job, ScanJob, Workload, WriteJob};
 
 /// `std::fs::File::read_at` (`pread`) through the kernel's page cache.
 pub struct Pread;
@@ -40,6 +43,82 @@ fn preadv2_dontcache(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(r as usize)
+    }
+}
+
+fn pwritev2_dontcache(f: &File, buf: &[u8], off: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over a live buffer the kernel only reads.
+    let r = unsafe { libc::pwritev2(f.as_raw_fd(), &iov, 1, off as libc::off_t, RWF_DONTCACHE) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Writes all of `buf` at `off` (looping over short writes).
+fn write_full(f: &File, buf: &[u8], off: u64, how: How) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let pos = off + done as u64;
+        let n = match how {
+            How::Pread => f.write_at(&buf[done..], pos)?,
+            How::DontCache => pwritev2_dontcache(f, &buf[done..], pos)?,
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("a write at {pos} wrote nothing"),
+            ));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Opens the file of a write job for writing (creating it if the job writes a new file).
+pub(super) fn open_for_write(job: &WriteJob) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(job.new_file)
+        .open(&job.path)
+}
+
+/// `job.tasks` threads, each with its own descriptor, writing its share of the offsets and
+/// syncing as the job says.
+fn thread_writes(job: &WriteJob, how: How) -> Outcome {
+    let n = job.tasks;
+    let (ops, m) = run_gated(n, |i, gate| {
+        let f = open_for_write(job)?;
+        let mut buf = write_buffer(job.size);
+        gate.ready();
+        let mut ops = 0u64;
+        for off in strided(&job.offsets, i, n) {
+            stamp(&mut buf, off, job.stamp);
+            write_full(&f, &buf, off, how)?;
+            if job.sync == Durability::EachWrite {
+                f.sync_data()?;
+            }
+            ops += 1;
+        }
+        if job.sync == Durability::AtEnd {
+            f.sync_all()?;
+        }
+        gate.done();
+        Ok(ops)
+    })?;
+    Ok(Sample::reads(ops.iter().sum(), job.size, m))
+}
+
+/// What a write job's rows say about how a kernel contender syncs.
+fn sync_note(job: &WriteJob, write: &str) -> String {
+    match job.sync {
+        Durability::AtEnd => format!("{write}, then fsync"),
+        Durability::EachWrite => format!("{write} + fdatasync each, {} thread(s)", job.tasks),
     }
 }
 
@@ -103,6 +182,14 @@ impl Contender for Pread {
         "kernel pread"
     }
 
+    fn name_in(&self, w: Workload) -> &'static str {
+        if w.is_write() {
+            "kernel pwrite"
+        } else {
+            self.name()
+        }
+    }
+
     fn applies_to(&self, _: Workload) -> bool {
         true
     }
@@ -116,6 +203,10 @@ impl Contender for Pread {
     fn page_reads(&self, job: &Job) -> Outcome {
         self.reads(job)
             .map(|s| s.with_note("copies: the baseline for zero-copy APIs"))
+    }
+
+    fn writes(&self, job: &WriteJob) -> Outcome {
+        thread_writes(job, How::Pread).map(|s| s.with_note(sync_note(job, "pwrite")))
     }
 
     fn scan(&self, _: &ScanJob) -> Outcome {
@@ -137,6 +228,14 @@ impl Contender for DontCache {
         "kernel preadv2 RWF_DONTCACHE"
     }
 
+    fn name_in(&self, w: Workload) -> &'static str {
+        if w.is_write() {
+            "kernel pwritev2 RWF_DONTCACHE"
+        } else {
+            self.name()
+        }
+    }
+
     fn reads(&self, job: &Job) -> Outcome {
         // Probe once: a kernel or filesystem without it answers EOPNOTSUPP (or EINVAL on
         // kernels that do not know the flag).
@@ -153,5 +252,36 @@ impl Contender for DontCache {
         drop(f);
         thread_reads(job, How::DontCache, false)
             .map(|s| s.with_note("pages this read brings in leave the cache after it"))
+    }
+
+    fn writes(&self, job: &WriteJob) -> Outcome {
+        // Probe with the job's first write (rewritten in the timed section): a kernel or
+        // filesystem without the flag answers EOPNOTSUPP (or EINVAL).
+        let Some(&first) = job.offsets.first() else {
+            return Err(Miss::Failed("no writes to make".into()));
+        };
+        let f = open_for_write(job)?;
+        let mut buf = write_buffer(job.size);
+        stamp(&mut buf, first, job.stamp);
+        if let Err(e) = pwritev2_dontcache(&f, &buf, first) {
+            return match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Err(Miss::Unsupported(format!(
+                    "unsupported by this kernel: pwritev2(RWF_DONTCACHE) fails with {e}"
+                ))),
+                _ => Err(e.into()),
+            };
+        }
+        if job.new_file {
+            // The file is new again: the timed writes extend it from nothing.
+            f.set_len(0)?;
+        }
+        f.sync_all()?;
+        drop(f);
+        thread_writes(job, How::DontCache).map(|s| {
+            s.with_note(sync_note(
+                job,
+                "pwritev2(RWF_DONTCACHE): pages leave the cache once written back",
+            ))
+        })
     }
 }

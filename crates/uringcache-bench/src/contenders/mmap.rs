@@ -76,7 +76,7 @@ impl Contender for Mmap {
     }
 
     fn applies_to(&self, w: Workload) -> bool {
-        w != Workload::Scan
+        w != Workload::Scan && !w.is_write()
     }
 
     fn reads(&self, job: &Job) -> Outcome {

@@ -1,13 +1,13 @@
 //! The contenders. Each is one small type implementing [`Contender`]: one function per kind
-//! of task (copying reads, zero-copy page reads, the scan trace), with a default that says why
-//! the task means nothing for it. A new workload of an existing kind needs no code here; a new
-//! kind (writes, later) is one more trait method with an "n/a" default, implemented by the
-//! contenders it applies to. A new contender is one more file and one line in [`all`].
+//! of task (copying reads, zero-copy page reads, the scan trace, writes with syncs), with a
+//! default that says why the task means nothing for it. A new workload of an existing kind
+//! needs no code here; a new kind is one more trait method with an "n/a" default, implemented
+//! by the contenders it applies to. A new contender is one more file and one line in [`all`].
 
 use std::sync::Arc;
 
 use crate::measure::{Miss, Outcome};
-use crate::workloads::{Job, ScanJob, Workload};
+use crate::workloads::{Job, ScanJob, Workload, WriteJob};
 
 mod glommio;
 mod kernel;
@@ -24,6 +24,11 @@ pub trait Contender: Send + Sync {
 
     /// The name in the table.
     fn name(&self) -> &'static str;
+
+    /// The name in `w`'s rows (the kernel baseline reads `pread` but writes `pwrite`).
+    fn name_in(&self, _w: Workload) -> &'static str {
+        self.name()
+    }
 
     /// Whether it reads through the kernel's page cache: the harness fills that cache before
     /// its turns of a warm case (and drops it before every turn of a cold case, for everyone).
@@ -42,6 +47,13 @@ pub trait Contender: Send + Sync {
     /// Reads `job.offsets` through a zero-copy page API, touching each page in place.
     fn page_reads(&self, _job: &Job) -> Outcome {
         Err(Miss::NotApplicable("no zero-copy page API".into()))
+    }
+
+    /// Makes `job.offsets` writes of `job.size` bytes, `job.tasks` at a time, each block
+    /// stamped with [`crate::data::stamp`], made durable as `job.sync` says; the clock covers
+    /// the writes and the syncs.
+    fn writes(&self, _job: &WriteJob) -> Outcome {
+        Err(Miss::NotApplicable("no write path".into()))
     }
 
     /// Replays the scan-resistance trace and reports hot-set hit ratios.

@@ -1,20 +1,23 @@
 //! `tokio-uring` 0.5: `File::read_at` through `io_uring`, either through the kernel's page
-//! cache (buffered) or with `O_DIRECT` (4 KiB-aligned buffers, no cache at all).
+//! cache (buffered) or with `O_DIRECT` (4 KiB-aligned buffers, no cache at all); writes are
+//! `File::write_all_at`, one at a time per task, with `sync_all` at the end or `sync_data`
+//! after each.
 //!
 //! tokio-uring is thread-per-core: each runtime (`tokio_uring::start`) runs on its own thread.
 //! Reads in flight are tasks; with more tasks than cores, one runtime per core and the tasks
 //! dealt out between them.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{runtime_threads, Contender};
-use crate::data::{check, fadvise, open_direct, AlignedBuf};
+use crate::data::{check, fadvise, open_direct, stamp, write_buffer, AlignedBuf};
 use crate::measure::{run_gated, strided, Deadline, Outcome, Sample};
-use crate::workloads::{Access, Job};
+use crate::workloads::{Access, Durability, Job, WriteJob};
 
 /// tokio-uring reads, buffered or `O_DIRECT`.
 pub struct TokioUring {
@@ -61,6 +64,29 @@ async fn task(
         if deadline.expired_at(k) {
             break;
         }
+    }
+    Ok(ops)
+}
+
+/// One writer's share of a write job (its final `sync_all`, if any, is the runtime's).
+async fn write_task(
+    file: Rc<tokio_uring::fs::File>,
+    job: Arc<WriteJob>,
+    g: usize,
+    n: usize,
+) -> io::Result<u64> {
+    let mut buf = AlignedBuf::new(job.size);
+    buf.copy_from_slice(&write_buffer(job.size));
+    let mut ops = 0;
+    for off in strided(&job.offsets, g, n) {
+        stamp(&mut buf, off, job.stamp);
+        let (res, b) = file.write_all_at(buf, off).await;
+        buf = b;
+        res?;
+        if job.sync == Durability::EachWrite {
+            file.sync_data().await?;
+        }
+        ops += 1;
     }
     Ok(ops)
 }
@@ -152,6 +178,67 @@ impl Contender for TokioUring {
             format!("no cache; {threads} runtime(s) x {per} task(s)")
         } else {
             format!("{threads} runtime(s) x {per} task(s)")
+        };
+        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+    }
+
+    fn writes(&self, job: &WriteJob) -> Outcome {
+        let threads = runtime_threads(job.tasks);
+        let n = job.tasks;
+        let direct = self.direct;
+        let job = Arc::new(job.clone());
+        let (ops, m) = run_gated(threads, |t, gate| {
+            tokio_uring::start(async {
+                let mut opts = OpenOptions::new();
+                opts.write(true).create(job.new_file);
+                if direct {
+                    opts.custom_flags(libc::O_DIRECT);
+                }
+                let file = Rc::new(tokio_uring::fs::File::from_std(opts.open(&job.path)?));
+                gate.ready();
+                let handles: Vec<_> = (t..n)
+                    .step_by(threads)
+                    .map(|g| tokio_uring::spawn(write_task(file.clone(), job.clone(), g, n)))
+                    .collect();
+                let mut ops = 0;
+                let mut first_err = None;
+                for h in handles {
+                    match h.await {
+                        Ok(Ok(k)) => ops += k,
+                        Ok(Err(e)) => {
+                            first_err.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(io::Error::other(e));
+                        }
+                    }
+                }
+                if first_err.is_none() && job.sync == Durability::AtEnd {
+                    if let Err(e) = file.sync_all().await {
+                        first_err = Some(e);
+                    }
+                }
+                gate.done();
+                if let Ok(f) = Rc::try_unwrap(file) {
+                    f.close().await?;
+                }
+                match first_err {
+                    Some(e) => Err(e),
+                    None => Ok(ops),
+                }
+            })
+        })?;
+        let per = n.div_ceil(threads);
+        let how = match job.sync {
+            Durability::AtEnd => "write_all_at, then sync_all".to_string(),
+            Durability::EachWrite => {
+                format!("write_all_at + sync_data each, {threads} runtime(s) x {per} task(s)")
+            }
+        };
+        let note = if direct {
+            format!("no cache; {how}")
+        } else {
+            how
         };
         Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
     }

@@ -1,5 +1,8 @@
 //! uringcache, on each backend: a fresh [`Cache`] per turn (so every cold turn starts cold),
-//! one handle per task on a tokio multi-thread runtime with 2 workers.
+//! one handle per task on a tokio multi-thread runtime with 2 workers. Zero-copy page reads
+//! pin each page with [`File::page`] and check it in place; writes are
+//! [`File::write_all_at`] with [`File::sync_all`] at the end or [`File::sync_data`] after
+//! each (concurrent syncs of one cache share flushes: group commit).
 
 use std::io;
 use std::sync::Arc;
@@ -8,9 +11,9 @@ use std::time::Duration;
 use uringcache::{Advice, Backend, Cache, File, OpenOptions, Stats};
 
 use super::Contender;
-use crate::data::{check, PhaseCounts, Step, BLOCK};
-use crate::measure::{strided, Deadline, Meter, Miss, Outcome, Sample};
-use crate::workloads::{Access, Job, ScanJob, Workload};
+use crate::data::{check, stamp, write_buffer, PhaseCounts, Step, BLOCK};
+use crate::measure::{strided, Deadline, Meter, Miss, Outcome, Sample, WriteCounts};
+use crate::workloads::{Access, Durability, Job, ScanJob, Workload, WriteJob};
 
 /// uringcache on one backend.
 pub struct UringCache {
@@ -65,30 +68,68 @@ async fn task(
     Ok(ops)
 }
 
-impl Contender for UringCache {
-    fn id(&self) -> &'static str {
-        match self.backend {
-            Backend::Threads => "uringcache-threads",
-            _ => "uringcache-uring",
+/// One task's zero-copy reads: each page pinned with `File::page` and its tag checked in
+/// place (no copy into a buffer); the pin is dropped before the next read.
+async fn page_task(
+    f: File,
+    offsets: Arc<Vec<u64>>,
+    i: usize,
+    n: usize,
+    deadline: Option<Duration>,
+) -> io::Result<u64> {
+    let shift = BLOCK.trailing_zeros();
+    let deadline = Deadline::after(deadline);
+    let mut ops = 0;
+    for (k, off) in strided(&offsets, i, n).enumerate() {
+        let page = f.page(off >> shift).await?;
+        check(&page, off)?;
+        drop(page);
+        ops += 1;
+        if deadline.expired_at(k) {
+            break;
         }
     }
+    Ok(ops)
+}
 
-    fn name(&self) -> &'static str {
-        match self.backend {
-            Backend::Threads => "uringcache (threads)",
-            _ => "uringcache (io_uring)",
+/// One writer's share of a write job.
+async fn write_task(f: File, job: Arc<WriteJob>, i: usize, n: usize) -> io::Result<u64> {
+    let mut buf = write_buffer(job.size);
+    let mut ops = 0;
+    for off in strided(&job.offsets, i, n) {
+        stamp(&mut buf, off, job.stamp);
+        f.write_all_at(&buf, off).await?;
+        if job.sync == Durability::EachWrite {
+            f.sync_data().await?;
         }
+        ops += 1;
     }
-
-    fn kernel_cached(&self) -> bool {
-        false
+    if job.sync == Durability::AtEnd {
+        f.sync_all().await?;
     }
+    Ok(ops)
+}
 
-    fn applies_to(&self, _: Workload) -> bool {
-        true
+/// The write and sync counters between two snapshots.
+fn write_counts(before: &Stats, after: &Stats) -> WriteCounts {
+    WriteCounts {
+        syncs: after.syncs.saturating_sub(before.syncs),
+        flushes: after.flushes.saturating_sub(before.flushes),
+        pages_written: after.pages_written.saturating_sub(before.pages_written),
+        write_requests: after.write_requests.saturating_sub(before.write_requests),
+        throttle_waits: after.throttle_waits.saturating_sub(before.throttle_waits),
     }
+}
 
-    fn reads(&self, job: &Job) -> Outcome {
+impl UringCache {
+    /// Copying reads (`read_exact_at`) or, with `pages`, zero-copy ones (`page`).
+    fn read_job(&self, job: &Job, pages: bool) -> Outcome {
+        if pages && job.size != BLOCK {
+            return Err(Miss::Failed(format!(
+                "page reads of {} bytes: the cache's pages are {BLOCK}",
+                job.size
+            )));
+        }
         let rt = Self::runtime()?;
         let cache = self.cache(job.budget)?;
         let mut notes = Vec::new();
@@ -126,7 +167,12 @@ impl Contender for UringCache {
                 .into_iter()
                 .enumerate()
                 .map(|(i, f)| {
-                    tokio::spawn(task(f, job.offsets.clone(), i, n, job.size, job.deadline))
+                    let offsets = job.offsets.clone();
+                    if pages {
+                        tokio::spawn(page_task(f, offsets, i, n, job.deadline))
+                    } else {
+                        tokio::spawn(task(f, offsets, i, n, job.size, job.deadline))
+                    }
                 })
                 .collect();
             let mut ops = 0;
@@ -141,14 +187,94 @@ impl Contender for UringCache {
         let ops = ops?;
         let mut s = Sample::reads(ops, job.size, m);
         s.hit_ratio = hit_ratio(&before, &after);
+        if pages {
+            notes.push("File::page: pinned, checked in place, no copy".into());
+        }
         notes.push(format!("backend {}", after.backend));
         Ok(s.with_note(notes.join("; ")))
     }
+}
 
-    fn page_reads(&self, _: &Job) -> Outcome {
-        Err(Miss::NotYet(
-            "not available yet: File::page() is not in the API yet".into(),
-        ))
+impl Contender for UringCache {
+    fn id(&self) -> &'static str {
+        match self.backend {
+            Backend::Threads => "uringcache-threads",
+            _ => "uringcache-uring",
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.backend {
+            Backend::Threads => "uringcache (threads)",
+            _ => "uringcache (io_uring)",
+        }
+    }
+
+    fn kernel_cached(&self) -> bool {
+        false
+    }
+
+    fn applies_to(&self, _: Workload) -> bool {
+        true
+    }
+
+    fn reads(&self, job: &Job) -> Outcome {
+        self.read_job(job, false)
+    }
+
+    fn page_reads(&self, job: &Job) -> Outcome {
+        self.read_job(job, true)
+    }
+
+    fn writes(&self, job: &WriteJob) -> Outcome {
+        let rt = Self::runtime()?;
+        let cache = self.cache(job.budget)?;
+        let files = rt.block_on(async {
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(true).create(job.new_file);
+            let mut files = Vec::new();
+            for _ in 0..job.tasks {
+                files.push(cache.open(&job.path, &opts).await?);
+            }
+            io::Result::Ok(files)
+        })?;
+        let job = Arc::new(job.clone());
+        let n = job.tasks;
+        let before = cache.stats();
+        let meter = Meter::start();
+        let ops = rt.block_on(async {
+            let handles: Vec<_> = files
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| tokio::spawn(write_task(f, job.clone(), i, n)))
+                .collect();
+            let mut ops = 0;
+            for h in handles {
+                ops += h.await.map_err(io::Error::other)??;
+            }
+            io::Result::Ok(ops)
+        });
+        let m = meter.stop();
+        let after = cache.stats();
+        // The length on disk right after the syncs, before shutdown could mend anything.
+        let on_disk = std::fs::metadata(&job.path).map(|md| md.len());
+        let shutdown = rt.block_on(cache.shutdown());
+        let ops = ops?;
+        let on_disk = on_disk?;
+        if on_disk != job.file_len {
+            return Err(Miss::Failed(format!(
+                "after {} the file on disk has {on_disk} bytes, not {}",
+                match job.sync {
+                    Durability::AtEnd => "sync_all",
+                    Durability::EachWrite => "the last sync_data",
+                },
+                job.file_len
+            )));
+        }
+        shutdown?;
+        let mut s = Sample::reads(ops, job.size, m);
+        s.writes = Some(write_counts(&before, &after));
+        Ok(s.with_note(format!("backend {}", after.backend)))
     }
 
     fn scan(&self, job: &ScanJob) -> Outcome {
