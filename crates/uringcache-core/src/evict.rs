@@ -147,9 +147,18 @@ impl Policy {
         let mut scan = EvictScan::default();
         let mut q = self.queues.lock();
         let mut budget = 2 * (q.small.len() + q.main.len()) + 2;
+        // Candidates of each queue found busy (pinned, locked, dirty) in this pass: a queue
+        // whose every entry is busy cannot give a victim now, so the other one is searched
+        // (long-lived pins must not hide the evictable pages of the other queue).
+        let (mut small_busy, mut main_busy) = (0usize, 0usize);
         while budget > 0 {
             budget -= 1;
-            let from_small = q.small.len() > self.small_target || q.main.is_empty();
+            let prefer_small = q.small.len() > self.small_target || q.main.is_empty();
+            let from_small = if prefer_small {
+                small_busy < q.small.len() || q.main.is_empty()
+            } else {
+                main_busy >= q.main.len() && !q.small.is_empty()
+            };
             let entry = if from_small {
                 q.small.pop_front()
             } else {
@@ -187,10 +196,14 @@ impl Policy {
                 }
                 Verdict::Busy => {
                     scan.busy += 1;
+                    small_busy += from_small as usize;
+                    main_busy += !from_small as usize;
                     requeue(&mut q, entry, from_small);
                 }
                 Verdict::Dirty => {
                     scan.dirty += 1;
+                    small_busy += from_small as usize;
+                    main_busy += !from_small as usize;
                     requeue(&mut q, entry, from_small);
                 }
                 Verdict::Gone => {}
@@ -348,5 +361,42 @@ mod tests {
             "page 0 refaults as a ghost hit"
         );
         assert!(!fill(&p, &pages, 1, 500), "a new page is not");
+    }
+
+    #[test]
+    fn pinned_pages_of_one_queue_do_not_hide_victims_in_the_other() {
+        // Small queue over its target and all pinned; the evictable pages are in main.
+        let pages = PageTable::new(10);
+        let p = Policy::new(10);
+        for f in 0..2 {
+            fill(&p, &pages, f, f as u64);
+            pages.get(f).mark_accessed();
+            pages.get(f).mark_accessed(); // promoted to main on the next scan
+        }
+        for f in 2..6 {
+            fill(&p, &pages, f, f as u64);
+            pages.get(f).pin();
+        }
+        let victim = evict_one(&p, &pages);
+        assert!(matches!(victim, Some(0 | 1)), "{victim:?}");
+        // Main over everything and all pinned; the evictable page is in a small queue at
+        // its target.
+        let pages = PageTable::new(20);
+        let p = Policy::new(20);
+        for f in 0..6 {
+            fill(&p, &pages, f, f as u64);
+            pages.get(f).mark_accessed();
+            pages.get(f).mark_accessed();
+        }
+        for f in 6..8 {
+            fill(&p, &pages, f, f as u64);
+        }
+        // One scan promotes 0..6 to main; pin them, then only 6 and 7 are evictable.
+        for f in 0..6 {
+            pages.get(f).pin();
+        }
+        assert!(matches!(evict_one(&p, &pages), Some(6 | 7)));
+        assert!(matches!(evict_one(&p, &pages), Some(6 | 7)));
+        assert_eq!(evict_one(&p, &pages), None);
     }
 }

@@ -33,6 +33,7 @@ use uringcache_core::writeback::DirtyLimits;
 
 use crate::file::{File, OpenOptions};
 use crate::inode::Inode;
+use crate::latency::Timed;
 use crate::stats::{Counter, Counters, Stats};
 use crate::writeback::Flusher;
 
@@ -95,7 +96,7 @@ impl Default for CacheBuilder {
             readahead_max: 2 << 20,
             uring_entries: 256,
             sqpoll: false,
-            threads: 4,
+            threads: 32,
             dirty_ratio: 0.20,
             dirty_background_ratio: 0.10,
             dirty_expire: Duration::from_secs(30),
@@ -145,7 +146,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Threads of the thread-pool backend (default 4).
+    /// Threads of the thread-pool backend (default 32: each runs one blocking request, so this
+    /// is the backend's queue depth; idle threads sleep).
     pub fn threads(&mut self, threads: usize) -> &mut Self {
         self.threads = threads.max(1);
         self
@@ -218,6 +220,8 @@ impl CacheBuilder {
         if let Some(layer) = &self.layer {
             backend = layer(backend);
         }
+        let timed = Arc::new(Timed::new(backend));
+        let backend: Arc<dyn IoBackend> = timed.clone();
         for (name, r) in [
             ("dirty_ratio", self.dirty_ratio),
             ("dirty_background_ratio", self.dirty_background_ratio),
@@ -234,6 +238,7 @@ impl CacheBuilder {
             pool: FramePool::new(frames),
             waits: WaitTable::new(),
             backend,
+            timed,
             inodes: RwLock::new(HashMap::new()),
             by_key: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(0),
@@ -244,6 +249,7 @@ impl CacheBuilder {
             frame_event: Event::new(),
             alloc_waiters: AtomicUsize::new(0),
             user_pins: AtomicUsize::new(0),
+            user_pin_counts: (0..frames).map(|_| AtomicU32::new(0)).collect(),
             shut_down: AtomicBool::new(false),
             limits: DirtyLimits::new(frames, self.dirty_background_ratio, self.dirty_ratio),
             nr_dirty: AtomicUsize::new(0),
@@ -364,6 +370,8 @@ pub(crate) struct CacheInner {
     pub(crate) pool: FramePool,
     pub(crate) waits: WaitTable,
     pub(crate) backend: Arc<dyn IoBackend>,
+    /// The timing layer around `backend` (the same object), for latency statistics.
+    timed: Arc<Timed>,
     inodes: RwLock<HashMap<u32, Weak<Inode>>>,
     by_key: Mutex<HashMap<InodeKey, (u32, Weak<Inode>)>>,
     next_id: AtomicU32,
@@ -378,6 +386,8 @@ pub(crate) struct CacheInner {
     alloc_waiters: AtomicUsize,
     /// Frames pinned by long-lived page handles (they do not unpin by themselves).
     pub(crate) user_pins: AtomicUsize,
+    /// Per frame, the live page handles pinning it (`user_pins` counts the frames with one).
+    pub(crate) user_pin_counts: Box<[AtomicU32]>,
     shut_down: AtomicBool,
     /// Background threshold and hard limit on dirty pages.
     pub(crate) limits: DirtyLimits,
@@ -538,6 +548,12 @@ impl CacheInner {
                 ));
             }
             self.counters.add(Counter::AllocWaits, 1);
+            tracing::debug!(
+                frames = self.pool.frames(),
+                dirty = self.nr_dirty.load(Ordering::Relaxed),
+                writeback = self.nr_writeback.load(Ordering::Relaxed),
+                "eviction pressure: waiting for a frame"
+            );
             let _waiting = WaiterGuard(&self.alloc_waiters);
             ticket.await;
         }
@@ -548,7 +564,12 @@ impl CacheInner {
     #[inline]
     pub(crate) fn put(&self, frame: FrameId) {
         match self.pool.pages().get(frame).unpin() {
-            0 => self.pool.free_frame(frame),
+            0 => {
+                self.pool.free_frame(frame);
+                if self.alloc_waiters.load(Ordering::SeqCst) > 0 {
+                    self.frame_event.notify_all();
+                }
+            }
             1 if self.alloc_waiters.load(Ordering::SeqCst) > 0 => self.frame_event.notify_all(),
             _ => {}
         }
@@ -556,6 +577,7 @@ impl CacheInner {
 
     pub(crate) fn stats(&self) -> Stats {
         let b = self.backend.stats();
+        let lat = self.timed.summaries();
         let c = &self.counters;
         Stats {
             backend: self.backend.name(),
@@ -580,6 +602,9 @@ impl CacheInner {
             flush_errors: c.get(Counter::FlushErrors),
             syncs: c.get(Counter::Syncs),
             throttle_waits: c.get(Counter::ThrottleWaits),
+            read_latency: lat[0],
+            write_latency: lat[1],
+            flush_latency: lat[2],
             device_reads: b.reads,
             device_read_bytes: b.read_bytes,
             device_writes: b.writes,

@@ -28,13 +28,31 @@ use crate::cache::{invalid, CacheInner};
 use crate::inode::{Inode, ReadaheadSource};
 use crate::writeback::SyncKind;
 
+/// A page check run on every page filled from the device: `Ok` accepts the page, `Err` rejects
+/// it with a message. Arguments: the page index and the page's bytes (exactly one page; the part
+/// past end of file is zeros). See [`OpenOptions::verify`].
+pub type VerifyFn = Arc<dyn Fn(u64, &[u8]) -> Result<(), String> + Send + Sync>;
+
 /// How to open a file; mirrors `std::fs::OpenOptions`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct OpenOptions {
     read: bool,
     write: bool,
     create: bool,
     truncate: bool,
+    verify: Option<VerifyFn>,
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("read", &self.read)
+            .field("write", &self.write)
+            .field("create", &self.create)
+            .field("truncate", &self.truncate)
+            .field("verify", &self.verify.as_ref().map(|_| "Fn(u64, &[u8])"))
+            .finish()
+    }
 }
 
 impl OpenOptions {
@@ -64,6 +82,29 @@ impl OpenOptions {
     /// Cut the file to length 0 on open (needs `write`).
     pub fn truncate(&mut self, truncate: bool) -> &mut Self {
         self.truncate = truncate;
+        self
+    }
+
+    /// Checks every page read from the device before any reader sees it (the kernel's
+    /// `ext2_check_page`): `hook(index, bytes)` runs once per fill, in the read's completion,
+    /// with the whole page (zeros past end of file). `Err(message)` rejects the page: it is
+    /// not left in the cache as valid, and the read that needed it fails with
+    /// [`io::ErrorKind::InvalidData`] naming the file, the page and `message`. A later read
+    /// reads the page from the device again and runs the hook again. Pages that are never read
+    /// from the device are not checked: pages written whole, pages past end of file, pages
+    /// made by [`File::page_mut`] past the end. A panic in the hook counts as a rejection.
+    ///
+    /// The hook belongs to the file, not to the handle: every handle of the file (in this
+    /// cache) shares it. Opening with a hook installs it, replacing the hook of an earlier
+    /// open (the newest hook wins); opening without one keeps whatever hook the file has. Pages
+    /// already cached when a hook is installed are not checked again, so install it on the
+    /// first open. The hook runs on the I/O completion thread: keep it short (a checksum), and
+    /// never block in it.
+    pub fn verify(
+        &mut self,
+        hook: impl Fn(u64, &[u8]) -> Result<(), String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.verify = Some(Arc::new(hook));
         self
     }
 }
@@ -135,6 +176,7 @@ impl File {
             write,
             create,
             truncate,
+            ref verify,
         } = *options;
         if !read && !write {
             return Err(invalid(format!(
@@ -210,6 +252,9 @@ impl File {
                 ),
             ));
         }
+        if let Some(hook) = verify {
+            *inode.verify.write() = Some(hook.clone());
+        }
         if truncate {
             // O_TRUNC already cut the file on disk; drop what the cache still holds.
             inode.mapping.set_size(0);
@@ -229,11 +274,26 @@ impl File {
         })
     }
 
-    fn inode(&self) -> &Arc<Inode> {
+    pub(crate) fn inode(&self) -> &Arc<Inode> {
         &self.handle.inode
     }
 
-    fn cache(&self) -> &CacheInner {
+    /// This handle's readahead state, for reads through the inode.
+    pub(crate) fn ra_source(&self) -> &dyn ReadaheadSource {
+        &*self.handle
+    }
+
+    /// Records that this handle's last read ended at byte `end` (`prev_pos`, for readahead).
+    pub(crate) fn note_read_end(&self, end: u64) {
+        self.handle.prev_pos.store(end, Ordering::Relaxed);
+    }
+
+    /// Whether the handle may read.
+    pub(crate) fn can_read(&self) -> bool {
+        self.handle.read
+    }
+
+    pub(crate) fn cache(&self) -> &CacheInner {
         &self.handle.inode.cache
     }
 
@@ -252,7 +312,7 @@ impl File {
         &self.inode().path
     }
 
-    fn check_read(&self, len: usize, offset: u64) -> io::Result<()> {
+    pub(crate) fn check_read(&self, len: usize, offset: u64) -> io::Result<()> {
         self.cache().check_open()?;
         if !self.handle.read {
             return Err(io::Error::new(
@@ -403,7 +463,7 @@ impl File {
         self.handle.ra.lock().set_advice(advice);
     }
 
-    fn check_write(&self, len: usize, offset: u64) -> io::Result<u64> {
+    pub(crate) fn check_write(&self, len: usize, offset: u64) -> io::Result<u64> {
         self.cache().check_open()?;
         if !self.handle.write {
             return Err(io::Error::new(

@@ -18,12 +18,35 @@
 //!    the errno), clears `LOCKED`, wakes the waiters and drops the I/O's pin.
 //! 4. A waiter that finds `ERROR` returns the error; a later reader that finds a failed page
 //!    unlocked locks it and reads that one page again (the kernel's retry).
+//!
+//! # Verify on fill
+//!
+//! A file may carry a verify hook ([`OpenOptions::verify`](crate::OpenOptions::verify), the
+//! `ext2_check_page` pattern). The read completion runs it on every page it filled, after the
+//! tail past end of file is zeroed and before `UPTODATE` is set, so no reader ever sees bytes the
+//! hook has not accepted. A rejected page gets `ERROR` with `EBADMSG` instead of `UPTODATE`, and
+//! the hook's message is kept for the reader's error (`InvalidData`); like any failed read, the
+//! next reader that did not wait for that read reads the page again, and the hook runs again.
+//! Pages filled without a device read (whole-page writes, pages past end of file) are not
+//! verified.
+//!
+//! # Pages past end of file
+//!
+//! A reader asking for a page wholly past end of file (through [`File::page`](crate::File::page)
+//! or a read racing a truncation) gets a zero-filled, clean, up-to-date page inserted in the
+//! mapping, the way the write path creates such pages: nothing is read, nothing is dirtied.
+//! The same holds for a page past the end of the file *on the device* but within `len()` (the
+//! cache grew the file with pages written further on, not yet written back): it is a hole,
+//! zeros, and readahead windows stop there too.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use uringcache_core::backend::{FileId, Op, Request};
 use uringcache_core::mapping::Mapping;
@@ -31,6 +54,7 @@ use uringcache_core::page::{FrameId, PageDesc, PageState};
 use uringcache_core::readahead::Window;
 
 use crate::cache::CacheInner;
+use crate::file::VerifyFn;
 use crate::stats::Counter;
 use crate::writeback::InodeWriteback;
 
@@ -50,6 +74,10 @@ pub(crate) struct Inode {
     pub(crate) wb: InodeWriteback,
     /// Whether the inode is in the cache's list of inodes with dirty pages.
     pub(crate) in_dirty_list: AtomicBool,
+    /// The verify hook run on every page filled from the device (see the module docs).
+    pub(crate) verify: RwLock<Option<VerifyFn>>,
+    /// The hook's message for each page it rejected, until the page is filled again.
+    verify_errors: Mutex<HashMap<u64, String>>,
 }
 
 /// A pinned page of an inode; dropping it drops the pin (`put_page`).
@@ -131,6 +159,8 @@ impl Inode {
             writable,
             wb,
             in_dirty_list: AtomicBool::new(false),
+            verify: RwLock::new(None),
+            verify_errors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -187,6 +217,12 @@ impl Inode {
         loop {
             let Some(frame) = self.mapping.lookup(index, self.cache.pool.pages()) else {
                 count(Counter::Misses);
+                if index >= self.read_end_page() {
+                    // Wholly past end of file, or past what the device holds (a hole the
+                    // file grew over in the cache): nothing to read, the page is zeros.
+                    self.add_zero_page(index).await?;
+                    continue;
+                }
                 let window = ra.sync_window(self, index, req_pages);
                 self.read_window(window, Some(index)).await?;
                 // Whoever started (or lost the race to start) the read gets its outcome.
@@ -243,6 +279,18 @@ impl Inode {
     }
 
     fn read_error(&self, index: u64, errno: i32) -> io::Error {
+        if errno == libc::EBADMSG {
+            let msg = self.verify_errors.lock().get(&index).cloned();
+            return io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "page {index} (offset {}) of {} failed verification: {}",
+                    index << self.cache.page_shift,
+                    self.path.display(),
+                    msg.as_deref().unwrap_or("rejected by the verify hook")
+                ),
+            );
+        }
         let os = io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno });
         io::Error::new(
             os.kind(),
@@ -252,6 +300,39 @@ impl Inode {
                 self.path.display()
             ),
         )
+    }
+
+    /// Inserts a zero-filled, clean, up-to-date page at `index`, wholly past end of file, unless
+    /// a page is there already (`grab_cache_page` + `zero_user` for a hole past EOF). If the
+    /// file grew over `index` meanwhile, the page is dropped again (it may hold data on the
+    /// device now) and the caller's next lookup reads it.
+    pub(crate) async fn add_zero_page(self: &Arc<Self>, index: u64) -> io::Result<()> {
+        let cache = &self.cache;
+        let pages = cache.pool.pages();
+        let frame = cache.alloc().await?; // pinned and LOCKED, in no mapping yet
+        if let Err(existing) = self.mapping.insert(index, frame, pages) {
+            self.desc(frame).clear(PageState::LOCKED);
+            cache.put(frame);
+            cache.put(existing);
+            return Ok(());
+        }
+        cache.pool.lru_add(frame, self.mapping.id(), index);
+        // SAFETY: the page is LOCKED by this task and not UPTODATE: nobody else reads or
+        // writes its bytes until the bit is cleared below.
+        unsafe { cache.arena.frame_mut(frame).fill(0) };
+        let desc = self.desc(frame);
+        if index >= self.read_end_page() {
+            desc.set(PageState::UPTODATE);
+        } else if self.mapping.remove_if(index, frame, pages, |_| true) {
+            // The size moved past `index` while the page was being made (a direct write, a
+            // write further on): leave it to a real read. Tasks that pinned it meanwhile find
+            // it neither up to date nor failed, and read it themselves.
+            desc.set(PageState::ORPHAN);
+            cache.put(frame); // the mapping's pin
+        }
+        cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+        cache.put(frame);
+        Ok(())
     }
 
     /// Starts reading `window` without waiting for anything (async readahead): pages that
@@ -274,11 +355,19 @@ impl Inode {
         let mut reads = ReadBatch::default();
         let mut start = window.start;
         if let Some(d) = demand {
-            if d == window.start && d < self.end_page() && !self.mapping.contains(d) {
+            if d < self.read_end_page() && !self.mapping.contains(d) {
                 // Nothing is gathered yet, so waiting here holds no locked page hostage.
                 let frame = self.cache.alloc().await?;
                 self.add_page(frame, d, window.mark(), false, &mut reads);
-                start = d + 1;
+                if d == window.start {
+                    start = d + 1;
+                } else {
+                    // A window that does not start at the page needed (the readahead state
+                    // chose another): the needed page goes first, on its own, so that a
+                    // window cut short by a lack of free frames cannot leave it unread (and
+                    // its reader looping).
+                    self.flush_run(&mut reads);
+                }
             }
         }
         let end = self.fill_run(start, window.end(), window.mark(), &mut reads);
@@ -286,9 +375,17 @@ impl Inode {
         Ok(end)
     }
 
-    /// One past the last page of the file.
-    fn end_page(&self) -> u64 {
-        self.mapping.size().div_ceil(self.cache.page_size as u64)
+    /// One past the last page of the file that the device may hold bytes of: pages from here
+    /// on are zeros without a read. That is the end of file, or the end of the file on disk
+    /// when the cache has grown the file past it (`disk_size` covers every completed write:
+    /// writeback raises it before a page becomes clean, a direct write before its pages are
+    /// revisited).
+    pub(crate) fn read_end_page(&self) -> u64 {
+        let on_disk = self.wb.disk_size.load(std::sync::atomic::Ordering::Acquire);
+        self.mapping
+            .size()
+            .min(on_disk)
+            .div_ceil(self.cache.page_size as u64)
     }
 
     /// Allocates, inserts and gathers reads for the absent pages in `start..end` (clamped to end
@@ -301,7 +398,7 @@ impl Inode {
         mark: Option<u64>,
         reads: &mut ReadBatch,
     ) -> u64 {
-        let end = end.min(self.end_page());
+        let end = end.min(self.read_end_page());
         let mut i = start;
         while i < end {
             if !self.mapping.contains(i) {
@@ -382,18 +479,20 @@ impl Inode {
                 frames,
                 len,
             },
-            done: Box::new(move |res| this.complete_read(&done_frames, res)),
+            done: Box::new(move |res| this.complete_read(index, &done_frames, res)),
         });
     }
 
-    /// The completion of a read (`mpage_end_io` → `folio_end_read`).
-    fn complete_read(&self, frames: &[FrameId], res: io::Result<usize>) {
+    /// The completion of a read of consecutive pages from `first` (`mpage_end_io` →
+    /// `folio_end_read`), with the verify hook run on each page before it becomes up to date.
+    fn complete_read(&self, first: u64, frames: &[FrameId], res: io::Result<usize>) {
         let ps = self.cache.page_size;
         match res {
             Ok(n) => {
                 self.cache
                     .counters
                     .add(Counter::PagesRead, frames.len() as u64);
+                let verify = self.verify.read().clone();
                 for (k, &frame) in frames.iter().enumerate() {
                     let start = k * ps;
                     if n < start + ps {
@@ -403,6 +502,13 @@ impl Inode {
                         unsafe { self.cache.arena.frame_mut(frame)[from..].fill(0) };
                     }
                     let desc = self.desc(frame);
+                    let index = first + k as u64;
+                    if let Some(verify) = &verify {
+                        if let Err(msg) = self.run_verify(verify, index, frame) {
+                            self.reject_page(index, frame, msg);
+                            continue;
+                        }
+                    }
                     desc.clear(PageState::ERROR);
                     desc.set(PageState::UPTODATE);
                     self.cache
@@ -429,6 +535,35 @@ impl Inode {
                 }
             }
         }
+    }
+
+    /// Runs the verify hook on the freshly read page in `frame` (locked by the read). A panic
+    /// in the hook counts as a rejection: it must not take the completion thread down.
+    fn run_verify(&self, verify: &VerifyFn, index: u64, frame: FrameId) -> Result<(), String> {
+        // SAFETY: the page is LOCKED by the read completing, so nobody writes its bytes.
+        let bytes = unsafe { self.cache.arena.frame(frame) };
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify(index, bytes)))
+            .unwrap_or_else(|_| Err("the verify hook panicked".to_string()));
+        if res.is_ok() && !self.verify_errors.lock().is_empty() {
+            self.verify_errors.lock().remove(&index);
+        }
+        res
+    }
+
+    /// Fails the page in `frame` after the verify hook rejected it: `ERROR` with `EBADMSG`, not
+    /// up to date; its waiters wake to the error and the I/O's pin is dropped.
+    fn reject_page(&self, index: u64, frame: FrameId, msg: String) {
+        tracing::warn!(path = %self.path.display(), index, error = %msg, "page failed verification");
+        self.cache.counters.add(Counter::ReadErrors, 1);
+        self.verify_errors.lock().insert(index, msg);
+        let desc = self.desc(frame);
+        desc.set_errno(libc::EBADMSG);
+        desc.set(PageState::ERROR);
+        desc.clear(PageState::READAHEAD | PageState::PREFETCHED);
+        self.cache
+            .waits
+            .clear_and_wake(desc, frame, PageState::LOCKED);
+        self.cache.put(frame);
     }
 
     /// Waits until no page of `start..end` is locked (reads in flight have completed). Returns

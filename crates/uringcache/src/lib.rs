@@ -46,8 +46,13 @@
 
 mod backend;
 mod cache;
+mod direct;
 mod file;
 mod inode;
+#[cfg(feature = "tokio")]
+pub mod io;
+mod latency;
+mod page_ref;
 mod stats;
 mod util;
 mod write;
@@ -55,6 +60,9 @@ mod writeback;
 
 pub use backend::BACKEND_ENV;
 pub use cache::{Backend, BackendLayer, Cache, CacheBuilder};
-pub use file::{File, OpenOptions};
-pub use stats::Stats;
+pub use file::{File, OpenOptions, VerifyFn};
+#[cfg(feature = "tokio")]
+pub use io::{Reader, Writer};
+pub use page_ref::{PageMut, PageRef};
+pub use stats::{Latency, Stats};
 pub use uringcache_core::readahead::Advice;

@@ -48,17 +48,24 @@ impl ReadaheadSource for NoReadahead {
 }
 
 /// A page locked (and pinned) by this task; dropping it unlocks, wakes waiters and unpins.
-struct LockedPage<'a> {
+pub(crate) struct LockedPage<'a> {
     inode: &'a Inode,
     frame: FrameId,
 }
 
 impl LockedPage<'_> {
-    fn desc(&self) -> &PageDesc {
+    pub(crate) fn desc(&self) -> &PageDesc {
         self.inode.cache.pool.pages().get(self.frame)
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    /// The frame, keeping both the lock and the pin (the caller takes over releasing them).
+    pub(crate) fn into_frame(self) -> FrameId {
+        let frame = self.frame;
+        std::mem::forget(self);
+        frame
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: this task holds the page's LOCKED bit and has waited out its writeback, so
         // no reader fills it and no write reads it while the slice is used; readers of an
         // up-to-date page may copy concurrently (the kernel's semantics for racing read/write).
@@ -80,7 +87,7 @@ impl Drop for LockedPage<'_> {
 
 impl Inode {
     /// Locks the pinned page in `frame` (`lock_page`), taking over the caller's pin.
-    async fn lock_page(&self, frame: FrameId) -> LockedPage<'_> {
+    pub(crate) async fn lock_page(&self, frame: FrameId) -> LockedPage<'_> {
         let desc = self.cache.pool.pages().get(frame);
         while !desc.try_lock() {
             self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
@@ -88,7 +95,10 @@ impl Inode {
         LockedPage { inode: self, frame }
     }
 
-    /// Waits while too many pages are dirty (`balance_dirty_pages`).
+    /// Waits while too many pages are dirty (`balance_dirty_pages`). It runs before the page
+    /// is locked, so the pages a waiting task holds locked (through [`PageMut`](crate::PageMut)
+    /// handles) were fewer than the limit when it took them, and writeback of the others can
+    /// always bring the count down.
     async fn balance_dirty(&self) {
         let cache = &self.cache;
         loop {
@@ -112,6 +122,11 @@ impl Inode {
                         return;
                     }
                     cache.counters.add(Counter::ThrottleWaits, 1);
+                    tracing::debug!(
+                        dirty = cache.nr_dirty.load(Ordering::Relaxed),
+                        limit = cache.limits.limit,
+                        "writer throttled at the dirty limit"
+                    );
                     ticket.await;
                 }
             }
@@ -143,9 +158,28 @@ impl Inode {
         in_page: usize,
         data: &[u8],
     ) -> io::Result<()> {
+        let whole = in_page == 0 && data.len() == self.cache.page_size;
+        let mut page = self.lock_for_write(index, whole, &NoReadahead).await?;
+        page.bytes_mut()[in_page..in_page + data.len()].copy_from_slice(data);
+        page.desc().clear(PageState::ERROR);
+        self.redirty(page.desc(), index);
+        self.mapping
+            .extend_size((index << self.cache.page_shift) + (in_page + data.len()) as u64);
+        Ok(())
+    }
+
+    /// Finds page `index`, locks it and makes it ready for new bytes (`write_begin`): after
+    /// throttling, the page is in the mapping at `index`, locked, up to date and not under
+    /// writeback. With `whole` (the caller overwrites every byte), or for a page wholly past
+    /// end of file, nothing is read: a fresh page is zeroed. Otherwise the page's bytes are
+    /// read first through `ra` (read-modify-write).
+    pub(crate) async fn lock_for_write(
+        self: &Arc<Self>,
+        index: u64,
+        whole: bool,
+        ra: &dyn ReadaheadSource,
+    ) -> io::Result<LockedPage<'_>> {
         let cache = &self.cache;
-        let ps = cache.page_size;
-        let whole = in_page == 0 && data.len() == ps;
         let page_start = index << cache.page_shift;
         loop {
             self.balance_dirty().await;
@@ -169,7 +203,7 @@ impl Inode {
                     }
                 }
                 None => {
-                    let frame = self.get_page(index, 1, &NoReadahead).await?.into_frame();
+                    let frame = self.get_page(index, 1, ra).await?.into_frame();
                     self.lock_page(frame).await
                 }
             };
@@ -189,7 +223,7 @@ impl Inode {
                     // A page of file data whose read failed or never ran: read it (the read
                     // path retries failed pages) and start over.
                     drop(page);
-                    drop(self.get_page(index, 1, &NoReadahead).await?);
+                    drop(self.get_page(index, 1, ra).await?);
                     continue;
                 }
             }
@@ -199,12 +233,7 @@ impl Inode {
                     .wait(page.desc(), page.frame, PageState::WRITEBACK)
                     .await;
             }
-            page.bytes_mut()[in_page..in_page + data.len()].copy_from_slice(data);
-            page.desc().clear(PageState::ERROR);
-            self.redirty(page.desc(), index);
-            self.mapping
-                .extend_size(page_start + (in_page + data.len()) as u64);
-            return Ok(());
+            return Ok(page);
         }
     }
 

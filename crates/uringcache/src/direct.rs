@@ -1,0 +1,345 @@
+//! Direct I/O through a cached file's handle (`IOCB_DIRECT`): [`File::read_direct_at`] and
+//! [`File::write_direct_at`] move bytes between the caller's buffer and the device without
+//! leaving them in the cache, and stay coherent with the cached pages of the same file.
+//!
+//! # Coherence (as `generic_file_direct_write` / `kiocb_invalidate_post_direct_write`)
+//!
+//! * Before a direct read or write, the dirty pages of the range are written back and every
+//!   write in flight there is waited for (`filemap_write_and_wait_range`), so the device holds
+//!   everything written through the cache before the call. A failed writeback fails the call.
+//! * The device I/O goes through temporary frames taken from the cache's pool (bounded by the
+//!   largest readahead window per request, and never waiting for a second frame while holding
+//!   one): never inserted in a mapping, freed when both the call and the I/O are done with
+//!   them, so a dropped future never leaves the device writing into a reused frame.
+//! * After a direct write, the file's size is extended, then every cached page of the range
+//!   is locked in turn (waiting for fills and writers) and either dropped, if it is clean and
+//!   nobody else pins it, or updated in place with the bytes just written, if it is pinned
+//!   (a [`PageRef`](crate::PageRef) holder sees the new bytes) or dirty again. No stale page
+//!   survives; a page being read from the device when the write landed is waited for and
+//!   then updated.
+//! * A direct write that does not start or end on a page boundary reads the edge pages from
+//!   the device first and writes whole pages (read-modify-write), so any offset and length
+//!   work. The page holding the end of file is written up to the end rounded up to the
+//!   direct-I/O alignment, as writeback does; the next `sync_*` cuts the file back.
+//!
+//! Direct I/O racing buffered writes to the same bytes has no defined winner (as in the
+//! kernel), but the cache and the device agree again once both are done.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use uringcache_core::backend::{Op, Request};
+use uringcache_core::page::{FrameId, PageDesc, PageState};
+
+use crate::cache::CacheInner;
+use crate::file::File;
+use crate::inode::Inode;
+use crate::util::OneShot;
+
+/// Frames taken from the pool for one direct request, in no mapping; each holds one pin of
+/// ours and is freed at the last unpin (ours or the I/O's).
+struct TempFrames {
+    cache: Arc<CacheInner>,
+    frames: Vec<FrameId>,
+}
+
+impl TempFrames {
+    /// Up to `want` frames: the first waits for a frame if none is free, the others are taken
+    /// only if free or evictable now (so two direct requests never hold frames while waiting
+    /// for more).
+    async fn take(cache: &Arc<CacheInner>, want: usize) -> io::Result<TempFrames> {
+        let first = cache.alloc().await?;
+        let mut t = TempFrames {
+            cache: cache.clone(),
+            frames: Vec::with_capacity(want),
+        };
+        t.frames.push(first);
+        while t.frames.len() < want {
+            match cache.try_alloc() {
+                Some(f) => t.frames.push(f),
+                None => break,
+            }
+        }
+        Ok(t)
+    }
+
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn bytes(&self, k: usize) -> &[u8] {
+        // SAFETY: the frame is ours (pinned, LOCKED, in no mapping) and no I/O is in flight on
+        // it when the caller looks (device_io has completed).
+        unsafe { self.cache.arena.frame(self.frames[k]) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn bytes_mut(&self, k: usize) -> &mut [u8] {
+        // SAFETY: as in `bytes`; callers never hold two slices of one frame at once.
+        unsafe { self.cache.arena.frame_mut(self.frames[k]) }
+    }
+}
+
+impl Drop for TempFrames {
+    fn drop(&mut self) {
+        for &f in &self.frames {
+            self.cache.put(f);
+        }
+    }
+}
+
+impl Inode {
+    /// One device read or write of `len` bytes at `offset` through `frames[range]`, awaited. The
+    /// I/O holds its own pins on the frames (and the inode), dropped by its completion.
+    async fn device_io(
+        self: &Arc<Self>,
+        write: bool,
+        offset: u64,
+        frames: &[FrameId],
+        len: usize,
+    ) -> io::Result<usize> {
+        let pages = self.cache.pool.pages();
+        for &f in frames {
+            pages.get(f).pin();
+        }
+        let (cell, done) = OneShot::new();
+        let inode = self.clone();
+        let io_frames = frames.to_vec();
+        let frames = frames.to_vec();
+        let op = if write {
+            Op::Write {
+                offset,
+                frames,
+                len,
+            }
+        } else {
+            Op::Read {
+                offset,
+                frames,
+                len,
+            }
+        };
+        self.cache.backend.submit(&mut vec![Request {
+            file: self.file_id,
+            op,
+            done: Box::new(move |res| {
+                for f in io_frames {
+                    inode.cache.put(f);
+                }
+                done(res);
+            }),
+        }]);
+        cell.wait().await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "direct {} of {len} bytes at offset {offset} of {} failed: {e}",
+                    if write { "write" } else { "read" },
+                    self.path.display()
+                ),
+            )
+        })
+    }
+
+    /// Writes back the dirty pages of `start..end` and waits; fails if one of them could not
+    /// be written (it is still dirty with an error).
+    async fn flush_range_for_direct(self: &Arc<Self>, start: u64, end: u64) -> io::Result<()> {
+        self.write_and_wait(start, end).await;
+        let pages = self.cache.pool.pages();
+        for index in self.mapping.dirty_range(start, end, usize::MAX) {
+            let Some(frame) = self.mapping.lookup(index, pages) else {
+                continue;
+            };
+            let desc = pages.get(frame);
+            let st = desc.state();
+            let errno = desc.errno();
+            self.cache.put(frame);
+            if st.has(PageState::DIRTY | PageState::ERROR) {
+                let os = io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno });
+                return Err(io::Error::new(
+                    os.kind(),
+                    format!(
+                        "writing back page {index} of {} before direct I/O failed: {os}",
+                        self.path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a direct write of `data` at byte `offset` (pages `start..end`): drops the clean,
+    /// otherwise unpinned cached pages of the range and copies the new bytes into the others
+    /// (`invalidate_inode_pages2_range`, with pinned pages updated instead of left stale).
+    async fn after_direct_write(self: &Arc<Self>, start: u64, end: u64, data: &[u8], offset: u64) {
+        let cache = &self.cache;
+        let pages = cache.pool.pages();
+        let ps = cache.page_size as u64;
+        let data_end = offset + data.len() as u64;
+        for (index, _) in self.mapping.range(start, end) {
+            let Some(frame) = self.mapping.lookup(index, pages) else {
+                continue;
+            };
+            let mut page = self.lock_page(frame).await;
+            while page.desc().state().has(PageState::WRITEBACK) {
+                cache
+                    .waits
+                    .wait(page.desc(), frame, PageState::WRITEBACK)
+                    .await;
+            }
+            let desc = page.desc();
+            let st = desc.state();
+            if desc.owner() != self.mapping.id()
+                || desc.index() != index
+                || st.has(PageState::ORPHAN)
+            {
+                continue;
+            }
+            // The mapping's pin and ours: nobody else holds the page.
+            let unshared = |d: &PageDesc| d.pins() == 2 && !d.state().has(PageState::DIRTY);
+            if self.mapping.remove_if(index, frame, pages, unshared) {
+                cache.put(frame); // the mapping's pin; ours goes with `page`
+                continue;
+            }
+            if st.has(PageState::UPTODATE) {
+                let page_start = index * ps;
+                let lo = offset.max(page_start);
+                let hi = data_end.min(page_start + ps);
+                if lo < hi {
+                    let dst = &mut page.bytes_mut()
+                        [(lo - page_start) as usize..(hi - page_start) as usize];
+                    dst.copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
+                }
+            }
+            // Not up to date: the next reader reads the device, which has the new bytes.
+        }
+    }
+}
+
+impl File {
+    /// Reads into `buf` from `offset` straight from the device (`O_DIRECT` semantics,
+    /// `IOCB_DIRECT`), bypassing the cache: returns the bytes read, 0 at or past end of file,
+    /// fewer than asked only when the file ends first (like [`read_at`](Self::read_at)). Any
+    /// offset and length work. Coherent with the cache: dirty cached pages of the range are
+    /// written back (and waited for) first, so the read sees every earlier write through any
+    /// handle. The bytes go through temporary frames of the cache's budget, at most one
+    /// readahead window's worth per device request, and are not left cached.
+    pub async fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.check_read(buf.len(), offset)?;
+        let inode = self.inode();
+        let size = inode.mapping.size();
+        if buf.is_empty() || offset >= size {
+            return Ok(0);
+        }
+        let end = (offset + buf.len() as u64).min(size);
+        let shift = inode.cache.page_shift;
+        let ps = inode.cache.page_size;
+        let first = offset >> shift;
+        let last = ((end - 1) >> shift) + 1;
+        inode.flush_range_for_direct(first, last).await?;
+        let mut index = first;
+        while index < last {
+            let want = (last - index).min(inode.cache.ra_max_pages.max(1)) as usize;
+            let frames = TempFrames::take(&inode.cache, want).await?;
+            let k = frames.len();
+            let chunk = index << shift;
+            let n = inode
+                .device_io(false, chunk, &frames.frames, k * ps)
+                .await?;
+            for j in 0..k {
+                let page_start = chunk + (j * ps) as u64;
+                let lo = offset.max(page_start);
+                let hi = end.min(page_start + ps as u64);
+                if lo >= hi {
+                    continue;
+                }
+                let out = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+                // Bytes past what the device returned (a hole at the end) read as zeros.
+                let valid = (n as u64).saturating_sub(lo - chunk).min(hi - lo) as usize;
+                let from = (lo - page_start) as usize;
+                out[..valid].copy_from_slice(&frames.bytes(j)[from..from + valid]);
+                out[valid..].fill(0);
+            }
+            index += k as u64;
+        }
+        Ok((end - offset) as usize)
+    }
+
+    /// Writes all of `buf` at `offset` straight to the device (`IOCB_DIRECT`), bypassing the
+    /// cache, and returns its length; extends [`len`](Self::len) if it writes past the end.
+    /// Any offset and length work: a page only partly covered is read from the device first
+    /// and written whole (read-modify-write). Coherent with the cache: dirty cached pages of
+    /// the range are written back first, and afterwards the range's cached pages are dropped,
+    /// or, if pinned by a [`PageRef`](crate::PageRef) or dirtied again meanwhile, updated in
+    /// place, so every later read (buffered, pinned or direct) sees the new bytes.
+    ///
+    /// Like `O_DIRECT` without `O_SYNC`, the bytes are on the device when this returns but not
+    /// necessarily durable: call [`sync_data`](Self::sync_data) (which also cuts a tail block
+    /// written whole back to `len()`).
+    pub async fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let end = self.check_write(buf.len(), offset)?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let inode = self.inode();
+        let shift = inode.cache.page_shift;
+        let ps = inode.cache.page_size;
+        let first = offset >> shift;
+        let last = ((end - 1) >> shift) + 1;
+        inode.flush_range_for_direct(first, last).await?;
+        let mut index = first;
+        while index < last {
+            let want = (last - index).min(inode.cache.ra_max_pages.max(1)) as usize;
+            let frames = TempFrames::take(&inode.cache, want).await?;
+            let k = frames.len();
+            let chunk = index << shift;
+            let chunk_end = chunk + (k * ps) as u64;
+            // Edge pages that the write covers only in part: their other bytes come from the
+            // device (after the writeback above, it holds the latest of them).
+            let mut edges = Vec::with_capacity(2);
+            if offset > chunk {
+                edges.push(0);
+            }
+            if end < chunk_end && !edges.contains(&(k - 1)) {
+                edges.push(k - 1);
+            }
+            for j in edges {
+                let page_start = chunk + (j * ps) as u64;
+                let n = inode
+                    .device_io(false, page_start, &frames.frames[j..j + 1], ps)
+                    .await?;
+                frames.bytes_mut(j)[n.min(ps)..].fill(0);
+            }
+            for j in 0..k {
+                let page_start = chunk + (j * ps) as u64;
+                let lo = offset.max(page_start);
+                let hi = end.min(page_start + ps as u64);
+                if lo < hi {
+                    frames.bytes_mut(j)[(lo - page_start) as usize..(hi - page_start) as usize]
+                        .copy_from_slice(&buf[(lo - offset) as usize..(hi - offset) as usize]);
+                }
+            }
+            // The page holding the (new) end of file is written up to it, rounded up to the
+            // direct-I/O alignment; every other page whole.
+            let new_size = inode.mapping.size().max(end);
+            let len = if chunk_end > new_size {
+                let tail = (new_size - chunk) as usize;
+                tail.next_multiple_of(inode.dio_align).min(k * ps)
+            } else {
+                k * ps
+            };
+            inode.device_io(true, chunk, &frames.frames, len).await?;
+            inode
+                .wb
+                .disk_size
+                .fetch_max(chunk + len as u64, Ordering::AcqRel);
+            index += k as u64;
+        }
+        // Size first, then the cached pages: a page made past the old end of file meanwhile
+        // either sees the new size and drops itself, or is found here.
+        inode.mapping.extend_size(end);
+        inode.after_direct_write(first, last, buf, offset).await;
+        Ok(buf.len())
+    }
+}
