@@ -1,0 +1,154 @@
+//! Smoke tests of the workspace examples: each runs as a user would run it, with no arguments
+//! (it makes its own scratch input) and with paths, and its output is checked.
+//!
+//! The example binaries are not visible to integration tests through `CARGO_BIN_EXE_*`, so
+//! they are found next to this test's binary (`target/<profile>/deps/..` →
+//! `target/<profile>/examples/<name>`). `cargo build --example ...` is run once first, so a
+//! stale binary from an earlier build is never what gets tested (a no-op when up to date).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::{make_file, scratch_dir};
+
+const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring"];
+
+/// `target/<profile>`, from this test binary's path `target/<profile>/deps/examples-<hash>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Builds the examples (once per test run) and returns the path of `name`.
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = profile_dir();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.arg("build")
+            .arg("--quiet")
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+        for e in EXAMPLES {
+            cmd.args(["--example", e]);
+        }
+        // The same profile and target directory as this test binary.
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                cmd.args(["--profile", profile]);
+            }
+        }
+        if let Some(target_dir) = dir.parent() {
+            cmd.arg("--target-dir").arg(target_dir);
+        }
+        let out = cmd.output().expect("run cargo build --example");
+        assert!(
+            out.status.success(),
+            "cargo build of the examples failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.is_file(), "example binary {} missing", path.display());
+    path
+}
+
+/// Runs example `name` with `args` and returns its output, failing the test on a non-zero exit.
+fn run_ok(name: &str, args: &[&Path]) -> Output {
+    let out = run(name, args);
+    assert!(
+        out.status.success(),
+        "example {name} {args:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run(name: &str, args: &[&Path]) -> Output {
+    Command::new(example(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run example {name}: {e}"))
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cat_without_arguments_prints_its_scratch_file() {
+    let out = run_ok("cat", &[]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("line 1: read through uringcache\n"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 20, "{text}");
+}
+
+#[test]
+fn cat_streams_files_byte_for_byte() {
+    let dir = scratch_dir();
+    let (a, data_a) = make_file(dir.path(), "a", (300 << 10) + 17, 1);
+    let (b, data_b) = make_file(dir.path(), "b", 4095, 2);
+    let out = run_ok("cat", &[&a, &b]);
+    let mut want = data_a;
+    want.extend_from_slice(&data_b);
+    assert_eq!(out.stdout.len(), want.len());
+    assert!(out.stdout == want, "cat output differs from the files");
+}
+
+#[test]
+fn cat_of_a_missing_file_fails_and_names_it() {
+    let dir = scratch_dir();
+    let missing = dir.path().join("no-such-file");
+    let out = run("cat", &[&missing]);
+    assert!(!out.status.success(), "cat of a missing file succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-file"), "{err}");
+}
+
+#[test]
+fn copy_without_arguments_verifies_itself() {
+    let out = run_ok("copy", &[]);
+    let text = stdout(&out);
+    assert!(text.contains("MiB/s"), "{text}");
+    assert!(text.contains("hits"), "stats missing: {text}");
+    assert!(text.contains("verified"), "{text}");
+}
+
+#[test]
+fn copy_copies_a_file() {
+    let dir = scratch_dir();
+    let (src, data) = make_file(dir.path(), "src", (3 << 20) + 999, 3);
+    let dst = dir.path().join("dst");
+    let out = run_ok("copy", &[&src, &dst]);
+    assert!(stdout(&out).contains(&format!("{} bytes", data.len())));
+    let got = std::fs::read(&dst).expect("read dst");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "copy differs from the source");
+}
+
+#[test]
+fn tokio_uring_reads_the_same_bytes() {
+    let out = run_ok("tokio_uring", &[]);
+    assert!(stdout(&out).contains("identical"), "{}", stdout(&out));
+    let dir = scratch_dir();
+    let (path, data) = make_file(dir.path(), "f", 200_001, 4);
+    let out = run_ok("tokio_uring", &[&path]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("{} bytes through uringcache", data.len())),
+        "{text}"
+    );
+    assert!(text.contains("identical"), "{text}");
+}
