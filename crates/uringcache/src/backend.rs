@@ -47,7 +47,8 @@ pub(crate) fn start(
             builder.thread_count(),
         )?))
     };
-    match choice(builder)? {
+    let chosen = choice(builder)?;
+    let backend = match chosen {
         Backend::IoUring => uring(arena),
         Backend::Threads => threads(arena),
         Backend::Auto => match UringBackend::probe().and_then(|()| uring(arena.clone())) {
@@ -60,5 +61,7 @@ pub(crate) fn start(
                 threads(arena)
             }
         },
-    }
+    }?;
+    tracing::info!(backend = backend.name(), asked = ?chosen, "uringcache backend started");
+    Ok(backend)
 }

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+pub use crate::latency::Latency;
+
 /// Number of counter shards (rounded up from a typical core count; more only costs memory).
 const SHARDS: usize = 16;
 
@@ -127,6 +129,12 @@ pub struct Stats {
     pub syncs: u64,
     /// Times a writer waited because too many pages were dirty.
     pub throttle_waits: u64,
+    /// Device read latency, submission to completion.
+    pub read_latency: Latency,
+    /// Device write latency.
+    pub write_latency: Latency,
+    /// Flush (`fsync` / `fdatasync`) latency.
+    pub flush_latency: Latency,
     /// Read requests completed by the device (one request may fill many pages).
     pub device_reads: u64,
     /// Bytes read from the device.
@@ -193,7 +201,11 @@ impl fmt::Display for Stats {
         )?;
         write!(
             f,
-            "device: {} reads / {} B, {} writes / {} B, {} fsyncs, {} submit calls, {} errors",
+            "latency: read {}; write {}; flush {}\n\
+             device: {} reads / {} B, {} writes / {} B, {} fsyncs, {} submit calls, {} errors",
+            self.read_latency,
+            self.write_latency,
+            self.flush_latency,
             self.device_reads,
             self.device_read_bytes,
             self.device_writes,

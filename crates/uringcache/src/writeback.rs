@@ -578,8 +578,18 @@ impl CacheInner {
             Some(self.now_ms().saturating_sub(self.dirty_expire_ms))
         };
         let inodes: Vec<Arc<Inode>> = self.dirty_inodes.lock().values().cloned().collect();
+        let span = tracing::debug_span!(
+            "writeback_pass",
+            all,
+            over_background = over,
+            files = inodes.len(),
+            pages = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        let mut pages = 0;
         for inode in &inodes {
-            inode.write_back(older_than);
+            pages += inode.write_back(older_than);
             while self.nr_writeback.load(Ordering::Acquire) > self.max_writeback_pages() {
                 let ticket = self.dirty_event.listen();
                 if self.nr_writeback.load(Ordering::Acquire) <= self.max_writeback_pages() {
@@ -590,6 +600,14 @@ impl CacheInner {
         }
         drop(inodes);
         self.prune_dirty_inodes();
+        span.record("pages", pages);
+        if pages > 0 {
+            tracing::debug!(
+                pages,
+                us = started.elapsed().as_micros() as u64,
+                "writeback pass"
+            );
+        }
     }
 
     /// Drops the flusher's references to inodes with no dirty page and no writeback.
