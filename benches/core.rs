@@ -1,1 +1,134 @@
-fn main() {}
+//! Micro-benchmarks of the paths a regression would hurt first: the cache hit (`read_at` of a
+//! cached 4 KiB page, polled once: a hit never returns `Pending`), the mapping lookup with its
+//! pin, readahead decisions, and eviction.
+//!
+//! `cargo bench --bench core` (criterion; reports land in target/criterion).
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use uringcache_core::evict::Verdict;
+use uringcache_core::mapping::Mapping;
+use uringcache_core::page::PageState;
+use uringcache_core::pool::FramePool;
+use uringcache_core::readahead::State;
+
+struct Noop;
+impl Wake for Noop {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Polls a future that is expected to be ready at once (a cache hit).
+fn ready<F: Future>(fut: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Noop));
+    match pin!(fut).poll(&mut Context::from_waker(&waker)) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("a cache hit must not wait"),
+    }
+}
+
+fn hit_path(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let path = dir.path().join("hits");
+    std::fs::write(&path, vec![7u8; 16 << 20]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let cache = uringcache::Cache::builder()
+        .memory_limit(32 << 20)
+        .build()
+        .unwrap();
+    let file = rt
+        .block_on(cache.open(&path, uringcache::OpenOptions::new().read(true)))
+        .unwrap();
+    rt.block_on(file.readahead(0, 16 << 20)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut i = 0u64;
+    c.bench_function("read_at 4 KiB hit", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 4096;
+            ready(file.read_at(&mut buf, i * 4096)).unwrap();
+            black_box(&buf);
+        })
+    });
+    c.bench_function("try_read_at 4 KiB hit", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 4096;
+            file.try_read_at(&mut buf, i * 4096).unwrap();
+            black_box(&buf);
+        })
+    });
+}
+
+fn lookup(c: &mut Criterion) {
+    let pool = FramePool::new(4096);
+    let m = Mapping::new(1, 0);
+    for i in 0..4096u64 {
+        let f = pool.alloc(|_| Verdict::Busy).unwrap();
+        m.insert(i, f, pool.pages()).unwrap();
+        pool.pages().get(f).set(PageState::UPTODATE);
+        pool.pages().get(f).clear(PageState::LOCKED);
+        pool.put(f);
+    }
+    let mut i = 0u64;
+    c.bench_function("mapping lookup + pin + unpin", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 4096;
+            let f = m.lookup(black_box(i), pool.pages()).unwrap();
+            pool.pages().get(f).mark_accessed();
+            pool.put(f);
+        })
+    });
+}
+
+fn readahead(c: &mut Criterion) {
+    c.bench_function("readahead: sequential stream decisions", |b| {
+        b.iter_batched(
+            || State::new(512),
+            |mut ra| {
+                let mut w = ra.on_miss(0, 1, 0, 4096, |_| false);
+                for _ in 0..16 {
+                    w = ra
+                        .on_marker(w.mark().unwrap_or(w.start), 1, 0, 4096, |_| true)
+                        .unwrap();
+                }
+                black_box(w)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn eviction(c: &mut Criterion) {
+    let frames = 1024;
+    let pool = FramePool::new(frames);
+    let m = Mapping::new(1, 0);
+    let mut next = 0u64;
+    let evict = |f| {
+        let d = pool.pages().get(f);
+        if m.remove_if(d.index(), f, pool.pages(), |d| d.pins() == 1) {
+            d.unpin();
+            Verdict::Evicted
+        } else {
+            Verdict::Busy
+        }
+    };
+    c.bench_function("allocate with eviction (S3-FIFO)", |b| {
+        b.iter(|| {
+            let f = pool.alloc(evict).unwrap();
+            m.insert(next, f, pool.pages()).unwrap();
+            pool.lru_add(f, 1, next);
+            let d = pool.pages().get(f);
+            d.set(PageState::UPTODATE);
+            d.clear(PageState::LOCKED);
+            pool.put(f);
+            next += 1;
+        })
+    });
+}
+
+criterion_group!(benches, hit_path, lookup, readahead, eviction);
+criterion_main!(benches);

@@ -56,12 +56,7 @@ fn a_read_error_is_returned_and_the_next_read_retries() {
 
 #[test]
 fn every_waiter_of_a_failed_read_gets_the_error() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "w", 64 << 10, 2);
         let (cache, fault) = faulty_cache(64);

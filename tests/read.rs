@@ -88,12 +88,7 @@ fn random_ranges_match_std_fs() {
 
 #[test]
 fn concurrent_tasks_read_the_right_bytes() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "c", 2 << 20, 3);
         let data = Arc::new(data);
@@ -165,12 +160,7 @@ fn many_threads_with_their_own_runtimes_share_one_cache() {
 
 #[test]
 fn sixteen_tasks_missing_one_page_cause_one_device_read() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "one", 1 << 20, 11);
         let cache = cache(256);

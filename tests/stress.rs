@@ -13,12 +13,7 @@ use uringcache::{Cache, OpenOptions};
 /// files compete for the same 40 frames. Extra readers hammer a shared read-only file.
 #[test]
 fn many_tasks_many_files_tiny_budget() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::multi_thread().block_on(async {
         let dir = Arc::new(common::scratch_dir());
         let cache = Cache::builder()
             .memory_limit(40 * 4096)
@@ -34,7 +29,10 @@ fn many_tasks_many_files_tiny_budget() {
             tasks.push(tokio::spawn(async move {
                 let path = dir.path().join(format!("f{t}"));
                 let file = cache
-                    .open(&path, OpenOptions::new().read(true).write(true).create(true))
+                    .open(
+                        &path,
+                        OpenOptions::new().read(true).write(true).create(true),
+                    )
                     .await
                     .unwrap();
                 let mut model: Vec<u8> = Vec::new();

@@ -324,12 +324,7 @@ async fn differential(seed: u64) -> io::Result<()> {
 
 #[test]
 fn concurrent_writers_readers_and_syncs() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let path = dir.path().join("conc");
         let cache = common::cache(128);
@@ -392,12 +387,7 @@ fn concurrent_writers_readers_and_syncs() {
 
 #[test]
 fn concurrent_syncs_share_flushes() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let path = dir.path().join("gc");
         let cache = common::cache(1024);

@@ -52,6 +52,15 @@ pub fn ro() -> uringcache::OpenOptions {
     o
 }
 
+/// A multi-thread runtime with 4 workers (more than the 2 cores, to shake out races).
+pub fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Runs `body` on a current-thread runtime and on a multi-thread runtime.
 pub fn on_runtimes<F, Fut>(body: F)
 where
@@ -64,12 +73,8 @@ where
         .unwrap()
         .block_on(body())
         .expect("current-thread runtime");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { tokio::spawn(body()).await.expect("task panicked") })
+    multi_thread()
+        .block_on(async { tokio::spawn(body()).await.expect("task panicked") })
         .expect("multi-thread runtime");
 }
 

@@ -30,15 +30,15 @@
 //!   own mutex, never taken on the hit path).
 //! * `wb_err` records every writeback error of the file (see `errseq`).
 
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
 use crate::errseq::ErrSeq;
-use crate::sync::{Mutex, RwLock};
 use crate::page::{FrameId, PageDesc, PageTable};
+use crate::sync::{Mutex, RwLock};
 
 /// Number of shards of a mapping's index (2 under the model checker, to keep it small).
 #[cfg(not(loom))]

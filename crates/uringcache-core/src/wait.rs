@@ -24,9 +24,9 @@
 //! future until the future completes or is dropped. `WAITERS` may stay set with no waiter left
 //! (a spurious wake costs one bucket lock); it is never clear while an un-woken waiter exists.
 
+use crate::sync::atomic::{AtomicU64, Ordering};
 use std::future::Future;
 use std::pin::Pin;
-use crate::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use crate::sync::Mutex;
