@@ -301,6 +301,22 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// A builder with the defaults: 256 MiB, 4 KiB pages, [`Backend::Auto`].
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let cache = uringcache::Cache::builder()
+    ///     .memory_limit(8 << 20)
+    ///     .page_size(4096)
+    ///     .readahead_max(1 << 20)
+    ///     .dirty_ratio(0.3)
+    ///     .build()?;
+    /// assert_eq!(cache.stats().frames, 2048);
+    /// // Bad input gets an error that names the cause.
+    /// let err = uringcache::Cache::builder().page_size(3000).build().unwrap_err();
+    /// assert!(err.to_string().contains("power of two"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder() -> CacheBuilder {
         CacheBuilder::default()
     }

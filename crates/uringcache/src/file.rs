@@ -160,6 +160,39 @@ impl ReadaheadSource for Handle {
     }
 }
 
+/// The part of one page a byte range covers.
+struct PageSpan {
+    /// The page.
+    index: u64,
+    /// Where the range starts within the page.
+    in_page: usize,
+    /// Bytes of the range in this page.
+    len: usize,
+    /// Where those bytes start within the range.
+    out: usize,
+}
+
+/// Splits the byte range `offset..end` into its per-page parts, in order.
+fn page_spans(offset: u64, end: u64, shift: u32) -> impl Iterator<Item = PageSpan> {
+    let ps = 1u64 << shift;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let in_page = (pos & (ps - 1)) as usize;
+        let len = (ps - in_page as u64).min(end - pos) as usize;
+        let span = PageSpan {
+            index: pos >> shift,
+            in_page,
+            len,
+            out: (pos - offset) as usize,
+        };
+        pos += len as u64;
+        Some(span)
+    })
+}
+
 fn with_path(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -334,6 +367,24 @@ impl File {
     /// Reads into `buf` from `offset`, returning the bytes read: 0 at or past end of file,
     /// fewer than `buf.len()` only when the file ends first. Cached pages are copied without a
     /// system call; missing ones are read from the device with readahead.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let mut buf = vec![0u8; 4096];
+    /// assert_eq!(file.read_at(&mut buf, 8192).await?, 10_000 - 8192); // short: end of file
+    /// assert_eq!(file.read_at(&mut buf, 20_000).await?, 0); // past the end
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.check_read(buf.len(), offset)?;
         let inode = self.inode();
@@ -343,24 +394,18 @@ impl File {
         }
         let end = (offset + buf.len() as u64).min(size);
         let shift = self.cache().page_shift;
-        let ps = self.cache().page_size as u64;
         let last = (end - 1) >> shift;
         let prev_pos = self.handle.prev_pos.load(Ordering::Relaxed);
-        let mut pos = offset;
-        while pos < end {
-            let index = pos >> shift;
+        for span in page_spans(offset, end, shift) {
             let page = inode
-                .get_page(index, last - index + 1, &*self.handle)
+                .get_page(span.index, last - span.index + 1, &*self.handle)
                 .await?;
-            let in_page = (pos & (ps - 1)) as usize;
-            let n = ((ps - in_page as u64).min(end - pos)) as usize;
-            let out = (pos - offset) as usize;
-            buf[out..out + n].copy_from_slice(&page.bytes()[in_page..in_page + n]);
+            buf[span.out..span.out + span.len]
+                .copy_from_slice(&page.bytes()[span.in_page..span.in_page + span.len]);
             // Repeated small reads within one page count as one access, as in filemap_read.
-            if pos != offset || prev_pos == 0 || (prev_pos - 1) >> shift != index {
+            if span.out != 0 || prev_pos == 0 || (prev_pos - 1) >> shift != span.index {
                 page.mark_accessed();
             }
-            pos += n as u64;
         }
         self.handle.prev_pos.store(end, Ordering::Relaxed);
         Ok((end - offset) as usize)
@@ -395,19 +440,15 @@ impl File {
         }
         let end = (offset + buf.len() as u64).min(size);
         let shift = self.cache().page_shift;
-        let ps = self.cache().page_size as u64;
         let mut pos = offset;
-        while pos < end {
-            let index = pos >> shift;
-            let Some(page) = inode.try_get_page(index) else {
+        for span in page_spans(offset, end, shift) {
+            let Some(page) = inode.try_get_page(span.index) else {
                 break;
             };
-            let in_page = (pos & (ps - 1)) as usize;
-            let n = ((ps - in_page as u64).min(end - pos)) as usize;
-            let out = (pos - offset) as usize;
-            buf[out..out + n].copy_from_slice(&page.bytes()[in_page..in_page + n]);
+            buf[span.out..span.out + span.len]
+                .copy_from_slice(&page.bytes()[span.in_page..span.in_page + span.len]);
             page.mark_accessed();
-            pos += n as u64;
+            pos += span.len as u64;
         }
         if pos == offset {
             return Err(io::Error::new(
@@ -493,6 +534,26 @@ impl File {
 
     /// Writes all of `buf` at `offset`; see [`write_at`](Self::write_at), which never writes
     /// less than asked without an error.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// file.write_all_at(b"new bytes", 9_995).await?; // extends the file
+    /// assert_eq!(file.len(), 10_004);
+    /// let mut buf = [0u8; 9];
+    /// file.read_exact_at(&mut buf, 9_995).await?; // read-your-writes, before any sync
+    /// assert_eq!(&buf, b"new bytes");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.write_at(buf, offset).await.map(|_| ())
     }
@@ -527,6 +588,24 @@ impl File {
 
     /// Makes the file's data and metadata durable (`fsync`); see [`sync_data`](Self::sync_data).
     /// After it returns `Ok`, the file on disk has exactly [`len`](Self::len) bytes.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// file.write_all_at(b"tail", 10_000).await?;
+    /// file.sync_all().await?;
+    /// assert_eq!(std::fs::metadata(&path)?.len(), 10_004);
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn sync_all(&self) -> io::Result<()> {
         self.cache().check_open()?;
         self.inode()

@@ -1,46 +1,76 @@
 //! # uringcache: a user-space page cache over `io_uring` and `O_DIRECT`
 //!
 //! uringcache does for a Rust program what Linux `mm/filemap.c` does for buffered I/O — a
-//! per-file index of cached pages, readahead, eviction — but inside the process, over files
-//! opened with `O_DIRECT` and driven through `io_uring`. A cached read is a lookup and a copy:
-//! no system call. A miss reads a whole readahead window straight into the cache's own page
-//! frames, many reads per system call. Memory is one fixed budget of frames.
+//! per-file index of cached pages, readahead, eviction, dirty pages, writeback, `fsync` and
+//! error reporting — but inside the process, over files opened with `O_DIRECT` and driven
+//! through `io_uring`. A cached read is a lookup and a copy: no system call. A miss reads a
+//! whole readahead window straight into the cache's own page frames, many reads per system
+//! call. Memory is one fixed budget of frames.
 //!
-//! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! ```
+//! # fn main() -> std::io::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("data.db");
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 //! let cache = uringcache::Cache::builder()
-//!     .memory_limit(64 << 20)
+//!     .memory_limit(16 << 20) // the whole budget of page frames
 //!     .page_size(4096)
 //!     .build()?;
 //! let file = cache
-//!     .open("data.db", uringcache::OpenOptions::new().read(true))
+//!     .open(&path, uringcache::OpenOptions::new().read(true).write(true).create(true))
 //!     .await?;
-//! let mut buf = vec![0u8; 4096];
-//! let n = file.read_at(&mut buf, 0).await?; // a miss: reads a readahead window
-//! let n = file.read_at(&mut buf, 4096).await?; // a hit: no system call
-//! println!("{}", cache.stats());
-//! # let _ = n; Ok(()) }
+//! file.write_all_at(b"hello", 0).await?; // into the cache; written back later
+//! let mut buf = [0u8; 5];
+//! file.read_exact_at(&mut buf, 0).await?; // a hit: no system call
+//! assert_eq!(&buf, b"hello");
+//! file.sync_all().await?; // on the device, length cut to len(), errors reported
+//! assert_eq!(std::fs::read(&path)?, b"hello");
+//! cache.shutdown().await
+//! # })
+//! # }
 //! ```
 //!
 //! ## The model
 //!
 //! | kernel | here |
 //! | --- | --- |
-//! | `struct address_space` | one mapping per open file (shared by every handle of it) |
-//! | `find_get_page`, page flags | pinned page frames with atomic state bits |
-//! | `generic_file_buffered_read` | [`File::read_at`]: per page, hit → copy; miss → sync readahead; Readahead mark → async readahead; locked → wait |
-//! | `file_ra_state` | per-handle readahead state; [`File::advise`] |
-//! | active / inactive lists | S3-FIFO: a probationary queue, a main queue, remembered evictions |
+//! | `struct address_space` | one mapping per open file (shared by every handle of it), with `len()` |
+//! | `struct page` flags, `page_count` | frames with atomic state bits (Uptodate, Locked, Dirty, Writeback, Error, Readahead) and pin counts |
+//! | `generic_file_buffered_read` | [`File::read_at`]: per page, hit → copy; miss → sync readahead; Readahead mark → async readahead; locked → wait; failed → retry once |
+//! | `file_ra_state`, `posix_fadvise` | per-handle readahead state, windows ramping to 2 MiB; [`File::advise`] |
+//! | active / inactive lists, shadow entries | S3-FIFO: a probationary queue, a main queue, a ghost set of evicted pages |
 //! | page wait table | hashed waiter lists: one device read however many tasks miss a page |
+//! | `generic_perform_write` | [`File::write_at`]: a whole page needs no read, a partial one is read first; writers wait for writeback of the page (stable pages) |
+//! | `balance_dirty_pages`, flusher threads | writers wait above the dirty limit; a writeback thread per cache writes expired pages, or all above the background threshold, coalesced into large writes |
+//! | `filemap_write_and_wait_range`, `vfs_fsync` | [`File::sync_range`], [`File::sync_data`], [`File::sync_all`]; concurrent syncs share flushes |
+//! | `errseq_t` | every writeback error reaches the next sync of every handle open at the time, once |
+//! | `read_cache_page` + `ext2_check_page`, `filemap_fault` | [`File::page`], [`File::page_mut`], [`OpenOptions::verify`] |
+//! | `truncate_inode_pages_range`, `invalidate_mapping_pages` | [`File::set_len`], [`File::invalidate`] |
+//! | `IOCB_NOWAIT`, `IOCB_DIRECT` | [`File::try_read_at`]; [`File::read_direct_at`], [`File::write_direct_at`] |
 //!
-//! Futures are `Send` and run under any executor: the backend's own thread completes I/O and
-//! wakes wakers, so the cache does not need the caller's runtime.
+//! Futures are `Send` and run under any executor (tokio multi-thread or current-thread,
+//! `tokio_uring::start`, others): the backend's own thread completes I/O and wakes wakers, so
+//! the cache does not need the caller's runtime. Handles are `Clone + Send + Sync`.
+//!
+//! ## Durability and errors
+//!
+//! After [`File::sync_data`] or [`File::sync_all`] returns `Ok`, every byte written before the
+//! call is on the device and the file on disk is exactly [`File::len`] bytes long (`O_DIRECT`
+//! writes whole blocks: the tail block is written whole and the file cut back). A write that
+//! fails at the device keeps its pages dirty — never clean — and the next sync of every handle
+//! open when it happened reports it, once; later syncs write the pages again. A failed flush is
+//! never turned into success: every later sync of the file fails until it is reopened.
+//! [`Cache::shutdown`] writes everything back and returns the first error. Dropping a cache
+//! without it loses no synced data and does not block; unsynced dirty pages are written by the
+//! writeback thread while it lives.
 //!
 //! ## What it does not do
 //!
 //! The cache owns the files it opens. Another process writing the same file at the same time is
 //! not made coherent, exactly as with a database's buffer pool: a page cached here does not see
-//! a write made elsewhere.
+//! a write made elsewhere. Closing the last handle of a file drops its clean cached pages.
+//! Holding a [`PageMut`] while syncing, truncating or doing direct I/O on the same page from the
+//! same task never finishes (the page stays locked): drop it first.
 
 #![deny(missing_docs)]
 

@@ -282,6 +282,24 @@ impl File {
     ///
     /// Errors: those of [`read_at`](Self::read_at); `OutOfMemory` when every frame of the
     /// cache is pinned by page handles.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let page = file.page(1).await?; // bytes 4096..8192, pinned, no copy
+    /// assert_eq!(page.len(), 4096);
+    /// assert!(page.iter().all(|&b| b == 7));
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn page(&self, index: u64) -> io::Result<PageRef> {
         let start = self.check_page_index(index)?;
         self.check_read(0, start)?;
@@ -301,6 +319,28 @@ impl File {
     /// are throttled at the dirty limit here, like [`write_at`](Self::write_at).
     ///
     /// Needs a handle opened for reading and writing.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// {
+    ///     let mut page = file.page_mut(0).await?; // locked against other writers
+    ///     page[..4].copy_from_slice(b"HEAD");
+    /// } // dropped: the page is dirty, written back later
+    /// let mut buf = [0u8; 4];
+    /// file.read_exact_at(&mut buf, 0).await?;
+    /// assert_eq!(&buf, b"HEAD");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn page_mut(&self, index: u64) -> io::Result<PageMut> {
         let start = self.check_page_index(index)?;
         self.check_write(0, start)?;

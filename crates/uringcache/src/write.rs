@@ -113,7 +113,7 @@ impl Inode {
                 }
                 Throttle::Wait => {
                     let ticket = cache.dirty_event.listen();
-                    cache.flusher.kick(true);
+                    cache.flusher.kick(false);
                     if cache
                         .limits
                         .throttle(cache.nr_dirty.load(Ordering::Acquire))

@@ -472,6 +472,21 @@ impl Inode {
         )
     }
 
+    /// When each dirty page of this inode was dirtied (cache clock, ms), in no order.
+    pub(crate) fn dirty_ages(&self) -> Vec<u64> {
+        let pages = self.cache.pool.pages();
+        self.mapping
+            .dirty_range(0, u64::MAX, usize::MAX)
+            .into_iter()
+            .filter_map(|index| {
+                let frame = self.mapping.lookup(index, pages)?;
+                let at = pages.get(frame).dirtied_at();
+                self.cache.put(frame);
+                Some(at)
+            })
+            .collect()
+    }
+
     /// Writes back pages of this inode (the flusher's `writeback_sb_inodes` for one inode):
     /// all dirty pages, or those dirtied at or before `older_than`. Returns pages submitted.
     pub(crate) fn write_back(self: &Arc<Self>, older_than: Option<u64>) -> usize {
@@ -571,12 +586,8 @@ impl CacheInner {
     /// them when above the background threshold or asked to, then forgets inodes that are
     /// clean.
     pub(crate) fn writeback_pass(&self, all: bool) {
-        let over = self.nr_dirty.load(Ordering::Acquire) > self.limits.background;
-        let older_than = if all || over {
-            None
-        } else {
-            Some(self.now_ms().saturating_sub(self.dirty_expire_ms))
-        };
+        let dirty = self.nr_dirty.load(Ordering::Acquire);
+        let over = dirty > self.limits.background;
         let inodes: Vec<Arc<Inode>> = self.dirty_inodes.lock().values().cloned().collect();
         let span = tracing::debug_span!(
             "writeback_pass",
@@ -587,6 +598,25 @@ impl CacheInner {
         );
         let _entered = span.enter();
         let started = std::time::Instant::now();
+        // What to write: everything when eviction needs frames; above the background threshold
+        // the oldest pages, enough to get back under it (`wb_over_bg_thresh` writes oldest
+        // inodes first); otherwise the pages older than `dirty_expire`. Hot pages that keep
+        // being dirtied are not rewritten on every pass.
+        let expired = self.now_ms().saturating_sub(self.dirty_expire_ms);
+        let older_than = if all {
+            None
+        } else if over {
+            let mut ages: Vec<u64> = inodes.iter().flat_map(|i| i.dirty_ages()).collect();
+            let excess = dirty.saturating_sub(self.limits.background).max(1);
+            if ages.len() <= excess {
+                None
+            } else {
+                let (_, kth, _) = ages.select_nth_unstable(excess - 1);
+                Some((*kth).max(expired))
+            }
+        } else {
+            Some(expired)
+        };
         let mut pages = 0;
         for inode in &inodes {
             pages += inode.write_back(older_than);
