@@ -205,3 +205,21 @@ async fn futures_poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> 
     })
     .await
 }
+
+#[test]
+fn enospc_when_extending_the_file_is_reported_and_changes_nothing() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let (path, data) = make_file(dir.path(), "grow", 5000, 5);
+        let (cache, fault) = faulty_cache(64);
+        let f = cache.open(&path, &rw()).await?;
+        fault.inject(OpKind::Truncate, Fault::Fail(libc::ENOSPC), Some(1));
+        let err = f.set_len(1 << 30).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        assert!(err.to_string().contains("cannot set the length"), "{err}");
+        assert_eq!(f.len(), 5000, "the length did not change");
+        f.sync_all().await?;
+        assert_eq!(std::fs::read(&path)?, data);
+        Ok(())
+    });
+}

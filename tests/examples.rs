@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use common::{make_file, scratch_dir};
 
-const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring"];
+const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring", "kv"];
 
 /// `target/<profile>`, from this test binary's path `target/<profile>/deps/examples-<hash>`.
 fn profile_dir() -> PathBuf {
@@ -151,4 +151,13 @@ fn tokio_uring_reads_the_same_bytes() {
         "{text}"
     );
     assert!(text.contains("identical"), "{text}");
+}
+
+#[test]
+fn kv_loads_and_looks_up_a_few_thousand_keys() {
+    let dir = scratch_dir();
+    let out = run_ok("kv", &[Path::new("3000"), dir.path()]);
+    let text = stdout(&out);
+    assert!(text.contains("load   3000 keys"), "{text}");
+    assert!(text.contains("lookup 3000 keys"), "{text}");
 }
