@@ -223,3 +223,37 @@ fn enospc_when_extending_the_file_is_reported_and_changes_nothing() {
         Ok(())
     });
 }
+
+/// Transfers cut short at every 512 bytes (each system call or SQE asks for at most that)
+/// are continued, never mistaken for end of file, on both backends.
+#[test]
+fn short_transfers_are_continued_not_taken_for_end_of_file() {
+    for backend in [uringcache::Backend::IoUring, uringcache::Backend::Threads] {
+        on_runtimes(move || async move {
+            let dir = scratch_dir();
+            let (path, mut data) = make_file(dir.path(), "short", (1 << 20) + 777, 6);
+            let cache = Cache::builder()
+                .memory_limit(64 * 4096)
+                .backend(backend)
+                .max_transfer(512)
+                .build()?;
+            let f = cache.open(&path, &rw()).await?;
+            let mut buf = vec![0u8; data.len() + 100];
+            assert_eq!(f.read_at(&mut buf, 0).await?, data.len());
+            common::assert_bytes(&buf[..data.len()], &data, "read in 512-byte pieces");
+            let new = pattern(300_000, 7);
+            f.write_all_at(&new, 5000).await?;
+            data[5000..305_000].copy_from_slice(&new);
+            f.sync_all().await?;
+            common::assert_bytes(&std::fs::read(&path)?, &data, "written in 512-byte pieces");
+            let s = cache.stats();
+            assert!(
+                s.submit_calls > s.device_reads + s.device_writes,
+                "requests were split: {s}"
+            );
+            Ok(())
+        });
+    }
+    let err = Cache::builder().max_transfer(1000).build().unwrap_err();
+    assert!(err.to_string().contains("multiple of 512"), "{err}");
+}

@@ -225,6 +225,8 @@ pub(crate) struct Progress {
     pub(crate) len: usize,
     pub(crate) done: usize,
     pub(crate) retries: u32,
+    /// Most bytes one system call (or SQE) asks for; the rest continues like a short transfer.
+    pub(crate) max: usize,
 }
 
 impl Progress {
@@ -234,7 +236,19 @@ impl Progress {
             len,
             done: 0,
             retries: 0,
+            max: MAX_RW,
         }
+    }
+
+    /// Caps each system call at `max` bytes (at least one byte, at most [`MAX_RW`]).
+    pub(crate) fn with_max(mut self, max: usize) -> Self {
+        self.max = max.clamp(1, MAX_RW);
+        self
+    }
+
+    /// Where the next system call's transfer ends: the end of the request, or `max` bytes on.
+    pub(crate) fn issue_end(&self) -> usize {
+        self.len.min(self.done.saturating_add(self.max))
     }
 
     /// Applies a result in the kernel's convention (bytes, or `-errno`).
@@ -301,6 +315,8 @@ mod tests {
     #[test]
     fn progress_rules() {
         let mut p = Progress::new(false, 8192);
+        assert_eq!(p.issue_end(), 8192);
+        assert_eq!(Progress::new(false, 8192).with_max(512).issue_end(), 512);
         assert!(matches!(p.apply(4096), Step::Again));
         assert!(matches!(p.apply(-(libc::EINTR as i64)), Step::Again));
         assert!(matches!(p.apply(0), Step::Done(Ok(4096))));

@@ -21,7 +21,7 @@ use uringcache_core::page::FrameId;
 
 use crate::common::{
     build_iovecs, check_rw, complete, shut_down_error, unknown_file_error, Counters, Kind,
-    Progress, Step, MAX_RETRIES,
+    Progress, Step, MAX_RETRIES, MAX_RW,
 };
 
 const NAME: &str = "threads";
@@ -35,6 +35,8 @@ struct Inner {
     arena: Arc<FrameArena>,
     files: RwLock<Slab<RawFd>>,
     counters: Counters,
+    /// Most bytes one system call transfers (see [`ThreadsBackend::with_max_transfer`]).
+    max_transfer: usize,
 }
 
 /// The thread-pool backend. See the [module documentation](self).
@@ -57,10 +59,22 @@ impl std::fmt::Debug for ThreadsBackend {
 impl ThreadsBackend {
     /// Starts `threads` worker threads (at least one) named `uringcache-io-N`.
     pub fn new(arena: Arc<FrameArena>, threads: usize) -> io::Result<ThreadsBackend> {
+        Self::with_max_transfer(arena, threads, MAX_RW)
+    }
+
+    /// Like [`new`](Self::new), with each `pread`/`pwrite` asking for at most `max_transfer`
+    /// bytes (a multiple of the files' direct-I/O alignment): larger requests are issued in
+    /// pieces that continue like short transfers. Small values exercise that path in tests.
+    pub fn with_max_transfer(
+        arena: Arc<FrameArena>,
+        threads: usize,
+        max_transfer: usize,
+    ) -> io::Result<ThreadsBackend> {
         let inner = Arc::new(Inner {
             arena,
             files: RwLock::new(Slab::new()),
             counters: Counters::default(),
+            max_transfer,
         });
         let (tx, rx) = channel::unbounded::<Job>();
         let mut workers = Vec::new();
@@ -239,10 +253,16 @@ fn rw(
     if len == 0 {
         return Ok(0);
     }
-    let mut progress = Progress::new(write, len);
+    let mut progress = Progress::new(write, len).with_max(inner.max_transfer);
     let mut iov: Vec<libc::iovec> = Vec::new();
     loop {
-        build_iovecs(&inner.arena, frames, progress.done, len, &mut iov);
+        build_iovecs(
+            &inner.arena,
+            frames,
+            progress.done,
+            progress.issue_end(),
+            &mut iov,
+        );
         // `check_rw` bounded `offset + len` by `i64::MAX`.
         let pos = (offset + progress.done as u64) as libc::off_t;
         inner.counters.submitted();

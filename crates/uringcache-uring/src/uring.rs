@@ -59,6 +59,10 @@ pub struct UringConfig {
     /// Use a registered file table (`IORING_REGISTER_FILES`) so that each I/O skips the file
     /// descriptor lookup. Default `true`. If the kernel refuses it, plain descriptors are used.
     pub register_files: bool,
+    /// Most bytes one SQE transfers; a larger request is issued in pieces, each continuing
+    /// like a short transfer. Default 1 GiB (the kernel's own cap). A multiple of the files'
+    /// direct-I/O alignment; small values exercise the short-transfer path in tests.
+    pub max_transfer: usize,
 }
 
 impl Default for UringConfig {
@@ -68,6 +72,7 @@ impl Default for UringConfig {
             sqpoll: false,
             register_buffers: true,
             register_files: true,
+            max_transfer: MAX_RW,
         }
     }
 }
@@ -156,7 +161,7 @@ impl InFlight {
                     Some(buf_index) => {
                         // One run of registered memory: frames[0] onwards, consecutive ids.
                         let buf = arena.ptr(frames[0]).wrapping_add(progress.done);
-                        let n = left.min(MAX_RW) as u32;
+                        let n = (progress.issue_end() - progress.done).min(left) as u32;
                         if progress.write {
                             with_target!(target, |fd| opcode::WriteFixed::new(
                                 fd, buf, n, buf_index
@@ -171,7 +176,7 @@ impl InFlight {
                     }
                     None => {
                         let mut v = Vec::new();
-                        build_iovecs(arena, frames, progress.done, progress.len, &mut v);
+                        build_iovecs(arena, frames, progress.done, progress.issue_end(), &mut v);
                         // The previous iovecs (if any) belong to an SQE whose CQE has arrived:
                         // the kernel is done with them.
                         *iovecs = IoVecs(v.into_boxed_slice());
@@ -262,6 +267,7 @@ struct Shared {
     ftruncate_op: bool,
     sqpoll: bool,
     max_inflight: usize,
+    max_transfer: usize,
 }
 
 impl Shared {
@@ -359,7 +365,7 @@ impl Shared {
                     frames,
                     fixed,
                     iovecs: IoVecs(Box::new([])),
-                    progress: Progress::new(kind == Kind::Write, len),
+                    progress: Progress::new(kind == Kind::Write, len).with_max(self.max_transfer),
                 }
             }
             Op::Fsync { datasync } => Work::Fsync {
@@ -561,6 +567,7 @@ impl UringBackend {
             ftruncate_op,
             sqpoll: config.sqpoll,
             max_inflight,
+            max_transfer: config.max_transfer,
         });
 
         let driver_shared = Arc::clone(&shared);

@@ -37,6 +37,7 @@ pub(crate) fn start(
         let config = UringConfig {
             entries,
             sqpoll,
+            max_transfer: builder.transfer_cap(),
             ..UringConfig::default()
         };
         Ok(Arc::new(UringBackend::new(arena, config)?))

@@ -64,6 +64,7 @@ pub struct CacheBuilder {
     uring_entries: u32,
     sqpoll: bool,
     threads: usize,
+    max_transfer: usize,
     dirty_ratio: f64,
     dirty_background_ratio: f64,
     dirty_expire: Duration,
@@ -97,6 +98,7 @@ impl Default for CacheBuilder {
             uring_entries: 256,
             sqpoll: false,
             threads: 32,
+            max_transfer: 1 << 30,
             dirty_ratio: 0.20,
             dirty_background_ratio: 0.10,
             dirty_expire: Duration::from_secs(30),
@@ -150,6 +152,14 @@ impl CacheBuilder {
     /// is the backend's queue depth; idle threads sleep).
     pub fn threads(&mut self, threads: usize) -> &mut Self {
         self.threads = threads.max(1);
+        self
+    }
+
+    /// Most bytes one device transfer (one SQE, one `pread`) asks for (default 1 GiB, the
+    /// kernel's own cap); larger requests go out in pieces that continue like short transfers.
+    /// A multiple of 512. Small values exercise the short-transfer path in tests.
+    pub fn max_transfer(&mut self, bytes: usize) -> &mut Self {
+        self.max_transfer = bytes;
         self
     }
 
@@ -222,6 +232,12 @@ impl CacheBuilder {
         }
         let timed = Arc::new(Timed::new(backend));
         let backend: Arc<dyn IoBackend> = timed.clone();
+        if self.max_transfer < 512 || !self.max_transfer.is_multiple_of(512) {
+            return Err(invalid(format!(
+                "max_transfer {} is invalid: it must be a non-zero multiple of 512 bytes",
+                self.max_transfer
+            )));
+        }
         for (name, r) in [
             ("dirty_ratio", self.dirty_ratio),
             ("dirty_background_ratio", self.dirty_background_ratio),
@@ -274,6 +290,10 @@ impl CacheBuilder {
 
     pub(crate) fn thread_count(&self) -> usize {
         self.threads
+    }
+
+    pub(crate) fn transfer_cap(&self) -> usize {
+        self.max_transfer
     }
 }
 
