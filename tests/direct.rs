@@ -7,15 +7,10 @@ use std::io;
 
 use common::{cache, make_file, on_runtimes, pattern, scratch_dir};
 use rand::{Rng, SeedableRng};
-use uringcache::OpenOptions;
 
 const PS: usize = 4096;
 
-fn rw() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true).create(true);
-    o
-}
+use common::rw;
 
 #[test]
 fn direct_reads_see_buffered_writes() {

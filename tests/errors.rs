@@ -7,7 +7,7 @@ use std::io;
 use std::sync::{Arc, OnceLock};
 
 use common::{make_file, on_runtimes, pattern, scratch_dir};
-use uringcache::{Advice, Cache, OpenOptions};
+use uringcache::{Advice, Cache};
 use uringcache_uring::fault::{Fault, OpKind};
 use uringcache_uring::FaultBackend;
 
@@ -27,11 +27,7 @@ fn faulty_cache(frames: usize) -> (Cache, Arc<FaultBackend>) {
     (cache, fault)
 }
 
-fn rw() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true).create(true);
-    o
-}
+use common::rw;
 
 #[test]
 fn a_read_error_is_returned_and_the_next_read_retries() {

@@ -15,11 +15,7 @@ use uringcache_uring::FaultBackend;
 
 const PS: usize = 4096;
 
-fn rw() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true).create(true);
-    o
-}
+use common::rw;
 
 fn faulty_cache(frames: usize) -> (Cache, Arc<FaultBackend>) {
     let slot = Arc::new(OnceLock::new());

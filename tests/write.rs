@@ -10,11 +10,7 @@ use common::{cache, make_file, on_runtimes, pattern, scratch_dir};
 use rand::{Rng, SeedableRng};
 use uringcache::{Cache, OpenOptions};
 
-fn rw() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true).create(true);
-    o
-}
+use common::rw;
 
 fn on_disk(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap()

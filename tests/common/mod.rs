@@ -61,6 +61,13 @@ pub fn multi_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Read-write open options that create the file.
+pub fn rw() -> uringcache::OpenOptions {
+    let mut o = uringcache::OpenOptions::new();
+    o.read(true).write(true).create(true);
+    o
+}
+
 /// Runs `body` on a current-thread runtime and on a multi-thread runtime.
 pub fn on_runtimes<F, Fut>(body: F)
 where
