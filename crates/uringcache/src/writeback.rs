@@ -472,7 +472,10 @@ impl Inode {
         )
     }
 
-    /// When each dirty page of this inode was dirtied (cache clock, ms), in no order.
+    /// When each dirty page of this inode that could be written back now was dirtied (cache
+    /// clock, ms), in no order. Pages locked (by a `PageMut`, say) or already under writeback
+    /// are left out: choosing them as the oldest would write nothing and leave throttled
+    /// writers waiting.
     pub(crate) fn dirty_ages(&self) -> Vec<u64> {
         let pages = self.cache.pool.pages();
         self.mapping
@@ -480,9 +483,11 @@ impl Inode {
             .into_iter()
             .filter_map(|index| {
                 let frame = self.mapping.lookup(index, pages)?;
-                let at = pages.get(frame).dirtied_at();
+                let desc = pages.get(frame);
+                let busy = desc.state().any(PageState::LOCKED | PageState::WRITEBACK);
+                let at = desc.dirtied_at();
                 self.cache.put(frame);
-                Some(at)
+                (!busy).then_some(at)
             })
             .collect()
     }
