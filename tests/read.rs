@@ -184,7 +184,9 @@ fn sixteen_tasks_missing_one_page_cause_one_device_read() {
         let s = cache.stats();
         assert_eq!(s.device_reads, 1, "{s}");
         assert_eq!(s.pages_read, 1, "{s}");
-        assert_eq!(s.misses, 1, "{s}");
+        // Several tasks may find the page absent before the first inserts it (each counts a
+        // miss); all but one lose the insertion race and wait on the winner's read.
+        assert!(s.misses >= 1, "{s}");
         assert_eq!(s.hits + s.misses + s.waits, 16, "{s}");
     });
 }
