@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -273,6 +273,8 @@ impl CacheBuilder {
             dirty_event: Event::new(),
             dirty_inodes: Mutex::new(HashMap::new()),
             flusher: Flusher::new(self.writeback_interval),
+            wb_passes: AtomicU64::new(0),
+            wb_last_pass_pages: AtomicUsize::new(0),
             clock: Instant::now(),
             dirty_expire_ms: self.dirty_expire.as_millis() as u64,
         });
@@ -438,6 +440,11 @@ pub(crate) struct CacheInner {
     pub(crate) dirty_inodes: Mutex<HashMap<u32, Arc<Inode>>>,
     /// The writeback thread.
     pub(crate) flusher: Flusher,
+    /// Flusher passes completed, and pages the last one submitted: a throttled writer that
+    /// sees a pass end having submitted nothing (every dirty page locked, say by its own
+    /// `PageMut`s) goes on past the limit instead of waiting for writeback that cannot come.
+    pub(crate) wb_passes: AtomicU64,
+    pub(crate) wb_last_pass_pages: AtomicUsize,
     clock: Instant,
     pub(crate) dirty_expire_ms: u64,
 }

@@ -113,6 +113,7 @@ impl Inode {
                 }
                 Throttle::Wait => {
                     let ticket = cache.dirty_event.listen();
+                    let passes = cache.wb_passes.load(Ordering::Acquire);
                     cache.flusher.kick(false);
                     if cache
                         .limits
@@ -128,6 +129,19 @@ impl Inode {
                         "writer throttled at the dirty limit"
                     );
                     ticket.await;
+                    if cache.wb_passes.load(Ordering::Acquire) > passes
+                        && cache.wb_last_pass_pages.load(Ordering::Acquire) == 0
+                        && cache.nr_writeback.load(Ordering::Acquire) == 0
+                    {
+                        // A pass ran since we asked and could write nothing (the dirty pages
+                        // are locked, e.g. by this task's own PageMuts): waiting longer cannot
+                        // help, so go on past the limit, as the kernel lets a paused writer go
+                        // after its pause.
+                        tracing::debug!(
+                            "writeback cannot make progress; writer goes past the dirty limit"
+                        );
+                        return;
+                    }
                 }
             }
         }

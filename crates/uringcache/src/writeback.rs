@@ -635,6 +635,11 @@ impl CacheInner {
         }
         drop(inodes);
         self.prune_dirty_inodes();
+        self.wb_last_pass_pages.store(pages, Ordering::Release);
+        self.wb_passes.fetch_add(1, Ordering::AcqRel);
+        // Throttled writers re-check: the dirty count may have dropped, or writeback may have
+        // found nothing it could write.
+        self.dirty_event.notify_all();
         span.record("pages", pages);
         if pages > 0 {
             tracing::debug!(
