@@ -114,7 +114,7 @@ impl Inode {
                 Throttle::Wait => {
                     let ticket = cache.dirty_event.listen();
                     let passes = cache.wb_passes.load(Ordering::Acquire);
-                    cache.flusher.kick(false);
+                    cache.flusher.kick(true);
                     if cache
                         .limits
                         .throttle(cache.nr_dirty.load(Ordering::Acquire))

@@ -472,26 +472,6 @@ impl Inode {
         )
     }
 
-    /// When each dirty page of this inode that could be written back now was dirtied (cache
-    /// clock, ms), in no order. Pages locked (by a `PageMut`, say) or already under writeback
-    /// are left out: choosing them as the oldest would write nothing and leave throttled
-    /// writers waiting.
-    pub(crate) fn dirty_ages(&self) -> Vec<u64> {
-        let pages = self.cache.pool.pages();
-        self.mapping
-            .dirty_range(0, u64::MAX, usize::MAX)
-            .into_iter()
-            .filter_map(|index| {
-                let frame = self.mapping.lookup(index, pages)?;
-                let desc = pages.get(frame);
-                let busy = desc.state().any(PageState::LOCKED | PageState::WRITEBACK);
-                let at = desc.dirtied_at();
-                self.cache.put(frame);
-                (!busy).then_some(at)
-            })
-            .collect()
-    }
-
     /// Writes back pages of this inode (the flusher's `writeback_sb_inodes` for one inode):
     /// all dirty pages, or those dirtied at or before `older_than`. Returns pages submitted.
     pub(crate) fn write_back(self: &Arc<Self>, older_than: Option<u64>) -> usize {
@@ -591,8 +571,7 @@ impl CacheInner {
     /// them when above the background threshold or asked to, then forgets inodes that are
     /// clean.
     pub(crate) fn writeback_pass(&self, all: bool) {
-        let dirty = self.nr_dirty.load(Ordering::Acquire);
-        let over = dirty > self.limits.background;
+        let over = self.nr_dirty.load(Ordering::Acquire) > self.limits.background;
         let inodes: Vec<Arc<Inode>> = self.dirty_inodes.lock().values().cloned().collect();
         let span = tracing::debug_span!(
             "writeback_pass",
@@ -603,24 +582,12 @@ impl CacheInner {
         );
         let _entered = span.enter();
         let started = std::time::Instant::now();
-        // What to write: everything when eviction needs frames; above the background threshold
-        // the oldest pages, enough to get back under it (`wb_over_bg_thresh` writes oldest
-        // inodes first); otherwise the pages older than `dirty_expire`. Hot pages that keep
-        // being dirtied are not rewritten on every pass.
-        let expired = self.now_ms().saturating_sub(self.dirty_expire_ms);
-        let older_than = if all {
+        // What to write: every dirty page when eviction needs frames or above the background
+        // threshold; otherwise the pages older than `dirty_expire`.
+        let older_than = if all || over {
             None
-        } else if over {
-            let mut ages: Vec<u64> = inodes.iter().flat_map(|i| i.dirty_ages()).collect();
-            let excess = dirty.saturating_sub(self.limits.background).max(1);
-            if ages.len() <= excess {
-                None
-            } else {
-                let (_, kth, _) = ages.select_nth_unstable(excess - 1);
-                Some((*kth).max(expired))
-            }
         } else {
-            Some(expired)
+            Some(self.now_ms().saturating_sub(self.dirty_expire_ms))
         };
         let mut pages = 0;
         for inode in &inodes {
@@ -638,8 +605,13 @@ impl CacheInner {
         self.wb_last_pass_pages.store(pages, Ordering::Release);
         self.wb_passes.fetch_add(1, Ordering::AcqRel);
         // Throttled writers re-check: the dirty count may have dropped, or writeback may have
-        // found nothing it could write.
+        // found nothing it could write. Waiting allocations re-scan too: the pass may have made
+        // pages evictable, and a periodic re-check bounds any wait whose wake-up was missed to
+        // one writeback interval.
         self.dirty_event.notify_all();
+        if self.has_alloc_waiters() {
+            self.frame_event.notify_all();
+        }
         span.record("pages", pages);
         if pages > 0 {
             tracing::debug!(
