@@ -43,7 +43,7 @@ use std::hash::BuildHasherDefault;
 use crate::sync::Mutex;
 
 use crate::mapping::IndexHasher;
-use crate::page::{FrameId, PageTable};
+use crate::page::{FrameId, PageState, PageTable};
 
 /// Verdict of the caller's attempt to evict one candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +67,11 @@ pub struct EvictScan {
     pub dirty: usize,
     /// Candidates that were pinned or locked.
     pub busy: usize,
+    /// Laps granted to main-queue pages for their remaining frequency. A pass that found no
+    /// victim but aged pages has made progress: hits racing with it re-raised frequencies
+    /// faster than it lowered them, and a new pass should be made at once rather than
+    /// waiting for a frame to be released (nothing may ever release one).
+    pub aged: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -136,9 +141,13 @@ impl Policy {
         (q.small.len(), q.main.len())
     }
 
-    /// Finds a victim and evicts it through `try_evict`, examining at most twice the number of
-    /// queued entries. `try_evict(frame)` must check the page under its mapping's lock, remove
-    /// it when it may go, and say what it did.
+    /// Finds a victim and evicts it through `try_evict`. `try_evict(frame)` must check the page
+    /// under its mapping's lock, remove it when it may go, and say what it did.
+    ///
+    /// One pass makes at most twice as many eviction attempts and promotions as there are
+    /// queued entries, plus up to three aging laps per entry (the most a 2-bit frequency can
+    /// need): without racing hits, a pass over pages that are merely hot always ends in a
+    /// victim, and only pinned, locked or dirty pages make it come back empty-handed.
     pub fn evict(
         &self,
         pages: &PageTable,
@@ -146,7 +155,13 @@ impl Policy {
     ) -> EvictScan {
         let mut scan = EvictScan::default();
         let mut q = self.queues.lock();
-        let mut budget = 2 * (q.small.len() + q.main.len()) + 2;
+        let queued = q.small.len() + q.main.len();
+        let mut budget = 2 * queued + 2;
+        // Each aging step removes one unit of a page's frequency, so aging cannot go on
+        // forever unless hits race with the pass; it has a budget of its own, refunding the
+        // attempt budget, so that hot pages are aged down to eviction instead of exhausting
+        // the attempts and making the caller wait for a release that may never come.
+        let mut aging = PageState::FREQ_MAX as usize * queued + 2;
         // Candidates of each queue found busy (pinned, locked, dirty) in this pass: a queue
         // whose every entry is busy cannot give a victim now, so the other one is searched
         // (long-lived pins must not hide the evictable pages of the other queue).
@@ -176,6 +191,11 @@ impl Policy {
                     continue;
                 }
             } else if desc.age() > 0 {
+                scan.aged += 1;
+                if aging > 0 {
+                    aging -= 1;
+                    budget += 1;
+                }
                 q.main.push_back(entry);
                 continue;
             }
@@ -224,7 +244,6 @@ fn requeue(q: &mut Queues, entry: Entry, from_small: bool) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::page::PageState;
 
     /// A tiny model: frames hold (owner 1, index) pages; eviction succeeds unless pinned/dirty.
     fn evict_one(policy: &Policy, pages: &PageTable) -> Option<FrameId> {
@@ -398,5 +417,39 @@ mod tests {
         assert!(matches!(evict_one(&p, &pages), Some(6 | 7)));
         assert!(matches!(evict_one(&p, &pages), Some(6 | 7)));
         assert_eq!(evict_one(&p, &pages), None);
+    }
+
+    #[test]
+    fn hot_pages_alone_always_yield_a_victim() {
+        // Every page in the main queue at the highest frequency: the pass must age them
+        // down and evict one, not give up (the caller would wait for a release that no one
+        // is going to make).
+        let n = 10;
+        let pages = PageTable::new(n);
+        let p = Policy::new(n);
+        for f in 0..n as FrameId {
+            fill(&p, &pages, f, f as u64);
+            pages.get(f).mark_accessed();
+            pages.get(f).mark_accessed();
+        }
+        // Promotes all ten to main and evicts the first.
+        assert_eq!(evict_one(&p, &pages), Some(0));
+        for _ in 0..3 {
+            for f in 1..n as FrameId {
+                pages.get(f).mark_accessed();
+            }
+        }
+        assert_eq!(pages.get(1).state().freq(), PageState::FREQ_MAX);
+        let scan = p.evict(&pages, |_| Verdict::Evicted);
+        assert_eq!(scan.frame, Some(1), "{scan:?}");
+        assert!(scan.aged > 0);
+        // The same with a pinned page among them.
+        pages.get(2).pin();
+        for f in 3..n as FrameId {
+            for _ in 0..3 {
+                pages.get(f).mark_accessed();
+            }
+        }
+        assert_eq!(evict_one(&p, &pages), Some(3));
     }
 }

@@ -549,15 +549,22 @@ impl CacheInner {
     /// dirty pages stood in the way, background writeback is started so that they become
     /// evictable.
     pub(crate) fn try_alloc(&self) -> Option<FrameId> {
-        match self.pool.alloc(|f| self.try_evict(f)) {
-            Ok(f) => Some(f),
-            Err(scan) => {
-                if scan.dirty > 0 {
-                    self.flusher.kick(true);
+        // A pass that only aged hot pages (hits racing with it) made progress: try again at
+        // once. Waiting instead would wait for a release that nothing may ever make.
+        for _ in 0..4 {
+            match self.pool.alloc(|f| self.try_evict(f)) {
+                Ok(f) => return Some(f),
+                Err(scan) => {
+                    if scan.dirty > 0 {
+                        self.flusher.kick(true);
+                    }
+                    if scan.aged == 0 {
+                        return None;
+                    }
                 }
-                None
             }
         }
+        None
     }
 
     /// Whether allocations wait for frames (writeback completions then notify them).
