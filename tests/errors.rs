@@ -168,6 +168,60 @@ fn a_failed_flush_is_never_turned_into_success() {
 }
 
 #[test]
+fn a_sync_waits_for_its_write_before_the_flush_and_a_dropped_sync_leaves_nothing_stuck() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let path = dir.path().join("gc");
+        let (cache, fault) = faulty_cache(64);
+        let f = cache.open(&path, &rw()).await?;
+        f.write_all_at(&[1u8; 8192], 0).await?;
+        f.sync_all().await?;
+        // The write of the next sync is held: no flush may start before it completes.
+        f.write_all_at(&[2u8; 4096], 0).await?;
+        let flushes = cache.stats().flushes;
+        fault.inject(OpKind::Write, Fault::Hold, Some(1));
+        {
+            let mut sync = std::pin::pin!(f.sync_data());
+            assert!(
+                poll_once(sync.as_mut()).await.is_none(),
+                "the write is held"
+            );
+            assert_eq!(fault.held(), 1);
+            assert_eq!(
+                cache.stats().flushes,
+                flushes,
+                "a flush ran before the write ended"
+            );
+            fault.release(false);
+            sync.await?;
+        }
+        assert_eq!(cache.stats().flushes, flushes + 1);
+        // A sync dropped while its flush is held; later syncs still get theirs.
+        f.write_all_at(&[3u8; 4096], 4096).await?;
+        f.sync_range(0, 8192).await?; // written, so the next sync flushes at once
+        fault.inject(OpKind::Fsync, Fault::Hold, Some(1));
+        assert!(futures_poll_once(f.sync_data()).await.is_none());
+        assert_eq!(fault.held(), 1, "the flush was submitted when the sync joined");
+        fault.release(false);
+        f.write_all_at(&[4u8; 4096], 4096).await?;
+        f.sync_data().await?;
+        let on_disk = std::fs::read(&path)?;
+        assert_eq!(&on_disk[..4096], &[2u8; 4096][..]);
+        assert_eq!(&on_disk[4096..], &[4u8; 4096][..]);
+        Ok(())
+    });
+}
+
+/// Polls a pinned future once; `Some` if it finished.
+async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+#[test]
 fn a_completion_after_its_future_was_dropped_is_harmless() {
     on_runtimes(|| async {
         let dir = scratch_dir();

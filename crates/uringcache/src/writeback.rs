@@ -19,12 +19,19 @@
 //!   ones to write (the TOWRITE tag, so writers that keep dirtying cannot starve a sync); then
 //!   every page of the range under writeback is waited for; then, for `sync_data`/`sync_all`,
 //!   the on-disk length is cut back to `len()` if the tail block overshot it, and the file is
-//!   flushed. Concurrent syncs of a file share flushes (group commit, [`Inode::flush`]).
+//!   flushed. Concurrent syncs of a file share flushes (group commit, [`Inode::flush`]): each
+//!   write request carries a per-file sequence number, a sync waits for a flush covering the
+//!   newest one at the time it submitted its writes, and the flush is started by the
+//!   completion that makes it possible — usually the last write's, on the completing thread,
+//!   so a `sync_data` costs one task wake-up, not two. When the length on disk must change
+//!   first (an unaligned tail, a grown file), the sync waits for its writes, truncates, then
+//!   joins.
 //! * **Errors**: each handle's cursor into the mapping's error sequence makes the next sync of
 //!   every handle open at the time report a writeback error once. A failed flush poisons the
 //!   inode: data written before it may not be durable, so no later sync of it ever reports
 //!   success until every handle is closed and the file reopened.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -61,7 +68,7 @@ pub(crate) struct InodeWriteback {
     pub(crate) disk_size: AtomicU64,
     /// `len()` at the last successful full flush.
     synced_size: AtomicU64,
-    flush: Mutex<FlushGen>,
+    flush: Mutex<FlushState>,
     flush_done: Event,
     /// The errno of a failed flush; once set, every later sync fails.
     poisoned: AtomicI32,
@@ -69,18 +76,84 @@ pub(crate) struct InodeWriteback {
     pub(crate) cache_cursor: ErrCursor,
 }
 
+/// Group commit by write sequence (the shape of jbd2's commit sequence and of a WAL's group
+/// commit). Every writeback write request of the file gets the next sequence number when it is
+/// built; a sync that has submitted its writes needs a flush that *starts* once every write
+/// numbered up to its `need` has completed. Flushes run one at a time, each covering the
+/// longest prefix of completed writes at its start; the next one is started by whoever makes
+/// it possible — the sync joining, the completion of the last write it waits for, or the
+/// completion of the flush before it — so a write's completion leads straight to the flush on
+/// the completing thread, with no task woken in between.
 #[derive(Debug, Default)]
-struct FlushGen {
-    /// Flushes started so far (the generation of the newest).
-    started: u64,
-    /// Generation of the newest completed flush.
-    done: u64,
-    /// Generation of the newest completed full (not data-only) flush.
-    done_full: u64,
+struct FlushState {
+    /// The sequence number the next write request gets (numbers start at 1).
+    next_seq: u64,
+    /// Write requests not yet completed.
+    in_flight: BTreeSet<u64>,
     /// A flush is in flight.
     running: bool,
-    /// A waiter needs the next flush to be a full one.
-    want_full: bool,
+    /// Flushes started so far (the generation of the newest).
+    started: u64,
+    /// Syncs waiting for a flush, each removed by the completion of the first flush that
+    /// satisfies it.
+    waiters: Vec<FlushWaiter>,
+    next_waiter: u64,
+    /// Waiters with an id below this joined before the running flush started: only they
+    /// can be satisfied by it (what a sync did before joining — an `ftruncate`, a direct
+    /// write — must precede the flush's start).
+    running_bound: u64,
+    /// Set when a flush first became possible: it waits for the writes submitted up to here.
+    cutoff: Option<u64>,
+}
+
+#[derive(Debug)]
+struct FlushWaiter {
+    id: u64,
+    /// The newest write the flush must cover.
+    need: u64,
+    /// Only a full flush will do (`fsync`, not `fdatasync`).
+    full: bool,
+}
+
+impl FlushState {
+    /// The newest sequence number up to which every write has completed.
+    fn completed_prefix(&self) -> u64 {
+        match self.in_flight.first() {
+            Some(&oldest) => oldest - 1,
+            None => self.next_seq.max(1) - 1,
+        }
+    }
+
+    /// Decides whether a flush may start now: none in flight and some waiter's writes all
+    /// complete. Returns its generation, whether it is full, and the prefix it covers.
+    fn try_start(&mut self) -> Option<(u64, bool, u64)> {
+        if self.running {
+            return None;
+        }
+        let covers = self.completed_prefix();
+        let mut ready = false;
+        let mut full = false;
+        for w in self.waiters.iter().filter(|w| w.need <= covers) {
+            ready = true;
+            full |= w.full;
+        }
+        if !ready {
+            return None;
+        }
+        // Batching: the first time a flush could start, every write submitted so far is
+        // included — the writes of syncs that joined a moment later are already on their way,
+        // and a flush now would leave them to the next one. Writes submitted after that moment
+        // do not delay it, so a stream of new syncs cannot starve the ready ones.
+        let cutoff = *self.cutoff.get_or_insert(self.next_seq - 1);
+        if covers < cutoff {
+            return None;
+        }
+        self.cutoff = None;
+        self.running = true;
+        self.started += 1;
+        self.running_bound = self.next_waiter;
+        Some((self.started, full, covers))
+    }
 }
 
 impl InodeWriteback {
@@ -88,11 +161,27 @@ impl InodeWriteback {
         InodeWriteback {
             disk_size: AtomicU64::new(size),
             synced_size: AtomicU64::new(size),
-            flush: Mutex::new(FlushGen::default()),
+            flush: Mutex::new(FlushState {
+                next_seq: 1,
+                ..FlushState::default()
+            }),
             flush_done: Event::new(),
             poisoned: AtomicI32::new(0),
             cache_cursor,
         }
+    }
+}
+
+/// Removes a sync's flush waiter if the sync is dropped while it waits.
+struct FlushWaiterGuard<'a> {
+    inode: &'a Inode,
+    id: u64,
+}
+
+impl Drop for FlushWaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut f = self.inode.wb.flush.lock();
+        f.waiters.retain(|w| w.id != self.id);
     }
 }
 
@@ -207,6 +296,13 @@ impl Inode {
         let offset = first << self.cache.page_shift;
         let this = self.clone();
         let done_frames = frames.clone();
+        let seq = {
+            let mut f = self.wb.flush.lock();
+            let seq = f.next_seq;
+            f.next_seq += 1;
+            f.in_flight.insert(seq);
+            seq
+        };
         batch.requests.push(Request {
             file: self.file_id,
             op: Op::Write {
@@ -214,7 +310,10 @@ impl Inode {
                 frames,
                 len,
             },
-            done: Box::new(move |res| this.complete_write(first, offset, len, &done_frames, res)),
+            done: Box::new(move |res| {
+                this.complete_write(first, offset, len, &done_frames, res);
+                this.write_done(seq);
+            }),
         });
     }
 
@@ -362,44 +461,58 @@ impl Inode {
         Ok(())
     }
 
-    /// Flushes the file to stable storage, sharing the flush with concurrent callers (group
-    /// commit): the call returns after a flush that *started* after the call began has
-    /// completed, and at most one flush per file is in flight.
-    pub(crate) async fn flush(self: &Arc<Self>, full: bool) {
-        let need = {
+    /// Records the completion of write request `seq` (after its pages and the error sequence
+    /// were updated) and starts the flush it was the last one missing for, if any.
+    fn write_done(self: &Arc<Self>, seq: u64) {
+        let start = {
             let mut f = self.wb.flush.lock();
-            f.want_full |= full;
-            f.started + 1
+            f.in_flight.remove(&seq);
+            f.try_start()
         };
+        if let Some((generation, full, covers)) = start {
+            self.start_flush(generation, full, covers);
+        }
+    }
+
+    /// The newest write request of this file so far: a sync that has submitted its writes
+    /// needs a flush covering up to here (its own writes and every write already in flight).
+    fn last_write_seq(&self) -> u64 {
+        self.wb.flush.lock().next_seq - 1
+    }
+
+    /// Flushes the file to stable storage once every write request up to `need` has
+    /// completed, sharing the flush with concurrent callers (group commit): the call returns
+    /// after a flush that started after the call, and after those writes, has completed.
+    /// At most one flush per file is in flight.
+    pub(crate) async fn flush(self: &Arc<Self>, full: bool, need: u64) {
+        let (id, start) = {
+            let mut f = self.wb.flush.lock();
+            let id = f.next_waiter;
+            f.next_waiter += 1;
+            f.waiters.push(FlushWaiter { id, need, full });
+            (id, f.try_start())
+        };
+        // A sync dropped while it waits leaves no waiter behind to start flushes for.
+        let _guard = FlushWaiterGuard { inode: self, id };
+        if let Some((generation, full, covers)) = start {
+            self.start_flush(generation, full, covers);
+        }
         loop {
             let ticket = self.wb.flush_done.listen();
-            let start = {
-                let mut f = self.wb.flush.lock();
-                let done = if full { f.done_full } else { f.done };
-                if done >= need {
-                    return;
-                }
-                if f.running {
-                    None
-                } else {
-                    f.running = true;
-                    f.started += 1;
-                    let full = std::mem::take(&mut f.want_full) || full;
-                    Some((f.started, full))
-                }
-            };
-            if let Some((generation, full)) = start {
-                self.start_flush(generation, full);
+            if !self.wb.flush.lock().waiters.iter().any(|w| w.id == id) {
+                return;
             }
             ticket.await;
         }
     }
 
-    /// Submits flush `generation`; its completion (not the caller, who may go away) records
-    /// the outcome and wakes every waiter.
-    fn start_flush(self: &Arc<Self>, generation: u64, full: bool) {
+    /// Submits flush `generation` covering writes up to `covers`; its completion (not the
+    /// caller, who may go away) records the outcome, releases every waiter it satisfies, starts
+    /// the next flush if one is due, and wakes the waiters.
+    fn start_flush(self: &Arc<Self>, generation: u64, full: bool, covers: u64) {
         let this = self.clone();
         self.cache.counters.add(Counter::Flushes, 1);
+        tracing::trace!(generation, full, covers, "flush");
         self.cache.backend.submit(&mut vec![Request {
             file: self.file_id,
             op: Op::Fsync { datasync: !full },
@@ -411,13 +524,18 @@ impl Inode {
                     this.wb.poisoned.store(errno, Ordering::Release);
                     this.mapping.wb_err().set(errno);
                 }
-                {
+                let next = {
                     let mut f = this.wb.flush.lock();
                     f.running = false;
-                    f.done = generation;
-                    if full {
-                        f.done_full = generation;
-                    }
+                    // Satisfied: waiting before this flush started, every write it needs
+                    // covered, and wanting no more than this flush gave.
+                    let bound = f.running_bound;
+                    f.waiters
+                        .retain(|w| !(w.id < bound && w.need <= covers && (full || !w.full)));
+                    f.try_start()
+                };
+                if let Some((generation, full, covers)) = next {
+                    this.start_flush(generation, full, covers);
                 }
                 this.wb.flush_done.notify_all();
             }),
@@ -436,17 +554,37 @@ impl Inode {
             SyncKind::Range(s, e) => (s >> shift, e.div_ceil(1 << shift)),
             SyncKind::Data | SyncKind::All => (0, u64::MAX),
         };
-        self.write_and_wait(start, end).await;
+        let size = self.mapping.size();
+        // The fast path of sync_data / sync_all: submit the dirty pages and join the flush
+        // at once, so that the completion of the last write starts the flush without this task
+        // running in between. It needs a file whose on-disk length is already right and stays
+        // so: an aligned length (the tail block is not written past it) that the disk has.
+        let fast = !matches!(kind, SyncKind::Range(..))
+            && size.is_multiple_of(self.dio_align as u64)
+            && self.wb.disk_size.load(Ordering::Acquire) == size;
+        if fast {
+            let targets = self.mapping.dirty_range(start, end, usize::MAX);
+            let mut busy = self.write_pages(&targets, None).1;
+            while !busy.is_empty() {
+                for &index in &busy {
+                    self.wait_idle(index).await;
+                }
+                busy = self.write_pages(&busy, None).1;
+            }
+        } else {
+            self.write_and_wait(start, end).await;
+        }
         if !matches!(kind, SyncKind::Range(..)) {
-            let size = self.mapping.size();
-            if self.wb.disk_size.load(Ordering::Acquire) != size {
+            // After the slow path's writes, the length as it is now (as before this change).
+            let size = if fast { size } else { self.mapping.size() };
+            if !fast && self.wb.disk_size.load(Ordering::Acquire) != size {
                 if let Err(e) = self.truncate_disk(size).await {
                     self.mapping.wb_err().check_and_advance(cursor);
                     return Err(e);
                 }
             }
             let full = kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
-            self.flush(full).await;
+            self.flush(full, self.last_write_seq()).await;
             if full && self.wb.poisoned.load(Ordering::Acquire) == 0 {
                 self.wb.synced_size.store(size, Ordering::Release);
             }
@@ -640,5 +778,80 @@ impl CacheInner {
         }
         // Dropped outside the lock: the last reference to an inode may drop it.
         drop(gone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> FlushState {
+        FlushState {
+            next_seq: 1,
+            ..FlushState::default()
+        }
+    }
+
+    fn submit(f: &mut FlushState) -> u64 {
+        let seq = f.next_seq;
+        f.next_seq += 1;
+        f.in_flight.insert(seq);
+        seq
+    }
+
+    fn join(f: &mut FlushState, need: u64, full: bool) -> u64 {
+        let id = f.next_waiter;
+        f.next_waiter += 1;
+        f.waiters.push(FlushWaiter { id, need, full });
+        id
+    }
+
+    #[test]
+    fn a_flush_starts_when_the_writes_it_needs_complete() {
+        let mut f = state();
+        assert_eq!(f.try_start(), None, "no waiter, no flush");
+        let a = submit(&mut f);
+        let b = submit(&mut f);
+        join(&mut f, b, false);
+        assert_eq!(f.try_start(), None);
+        f.in_flight.remove(&b);
+        assert_eq!(
+            f.try_start(),
+            None,
+            "write {a} is older and still in flight"
+        );
+        f.in_flight.remove(&a);
+        assert_eq!(f.try_start(), Some((1, false, 2)));
+        assert_eq!(f.try_start(), None, "one flush at a time");
+    }
+
+    #[test]
+    fn a_ready_flush_waits_for_writes_already_submitted_but_not_for_later_ones() {
+        let mut f = state();
+        let a = submit(&mut f);
+        let b = submit(&mut f); // another sync's write, on its way
+        f.in_flight.remove(&a);
+        join(&mut f, a, false);
+        assert_eq!(
+            f.try_start(),
+            None,
+            "{b} was submitted before the flush became possible"
+        );
+        let c = submit(&mut f); // later writes do not delay it
+        join(&mut f, c, true);
+        f.in_flight.remove(&b);
+        // Covers 2 (c is in flight), and only the first waiter is ready: a data flush.
+        assert_eq!(f.try_start(), Some((1, false, 2)));
+    }
+
+    #[test]
+    fn a_full_waiter_makes_the_flush_full() {
+        let mut f = state();
+        let a = submit(&mut f);
+        f.in_flight.remove(&a);
+        join(&mut f, a, false);
+        join(&mut f, a, true);
+        assert_eq!(f.try_start(), Some((1, true, 1)));
+        assert_eq!(f.running_bound, 2, "both waiters joined before it started");
     }
 }
