@@ -106,3 +106,48 @@ fn many_tasks_many_files_tiny_budget() {
         cache.shutdown().await.unwrap();
     });
 }
+
+/// A whole-page overwrite of a page that is not cached takes a fresh frame. Readers racing it
+/// must wait for the copy, never seeing the frame's old bytes or zeros in place of file data:
+/// every version of every page here is a run of one non-zero byte, so a reader sees one
+/// version or (racing the copy itself, as the kernel allows) parts of two, but never a zero.
+#[test]
+fn readers_never_see_a_fresh_page_before_its_overwrite_is_copied_in() {
+    common::multi_thread().block_on(async {
+        let dir = common::scratch_dir();
+        let path = dir.path().join("fresh");
+        let pages = 64u64;
+        std::fs::write(&path, vec![0xAAu8; pages as usize * 4096]).unwrap();
+        // Eight frames for 64 pages: most overwrites find their page evicted.
+        let cache = Cache::builder()
+            .memory_limit(8 * 4096)
+            .dirty_ratio(0.5)
+            .build()
+            .unwrap();
+        let file = cache
+            .open(&path, OpenOptions::new().read(true).write(true))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..4u64 {
+            let file = file.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..3000 {
+                    let page = rng.gen_range(0..pages);
+                    if t < 2 {
+                        let v = rng.gen_range(1..=255u8);
+                        file.write_all_at(&[v; 4096], page * 4096).await.unwrap();
+                    } else {
+                        file.read_exact_at(&mut buf, page * 4096).await.unwrap();
+                        assert!(!buf.contains(&0), "page {page} showed zeros, not file data");
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}

@@ -175,6 +175,8 @@ impl Inode {
         let whole = in_page == 0 && data.len() == self.cache.page_size;
         let mut page = self.lock_for_write(index, whole, &NoReadahead).await?;
         page.bytes_mut()[in_page..in_page + data.len()].copy_from_slice(data);
+        // A fresh page of a whole-page overwrite becomes readable only now (`write_end`).
+        page.desc().set(PageState::UPTODATE);
         page.desc().clear(PageState::ERROR);
         self.redirty(page.desc(), index);
         self.mapping
@@ -184,9 +186,10 @@ impl Inode {
 
     /// Finds page `index`, locks it and makes it ready for new bytes (`write_begin`): after
     /// throttling, the page is in the mapping at `index`, locked, up to date and not under
-    /// writeback. With `whole` (the caller overwrites every byte), or for a page wholly past
-    /// end of file, nothing is read: a fresh page is zeroed. Otherwise the page's bytes are
-    /// read first through `ra` (read-modify-write).
+    /// writeback. With `whole` (the caller overwrites every byte) nothing is read, and a fresh
+    /// page is left not up to date for the caller to mark once its copy is done; a page wholly
+    /// past end of file is zeroed. Otherwise the page's bytes are read first through `ra`
+    /// (read-modify-write).
     pub(crate) async fn lock_for_write(
         self: &Arc<Self>,
         index: u64,
@@ -230,7 +233,11 @@ impl Inode {
                 continue; // truncated or evicted while we waited for the lock: start over
             }
             if !st.has(PageState::UPTODATE) {
-                if whole || page_start >= self.mapping.size() {
+                if whole {
+                    // Every byte is about to be overwritten. The page stays not up to date
+                    // until the caller's copy is done, so a reader waits for the lock instead
+                    // of seeing the frame's old bytes (or zeros) in place of file data.
+                } else if page_start >= self.mapping.size() {
                     page.bytes_mut().fill(0);
                     page.desc().set(PageState::UPTODATE);
                 } else {
