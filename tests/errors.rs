@@ -181,7 +181,8 @@ fn a_sync_waits_for_its_write_before_the_flush_and_a_dropped_sync_leaves_nothing
         let flushes = cache.stats().flushes;
         fault.inject(OpKind::Write, Fault::Hold, Some(1));
         {
-            let mut sync = std::pin::pin!(f.sync_data());
+            // sync_all: a lone data sync of one page would need no flush at all (RWF_DSYNC).
+            let mut sync = std::pin::pin!(f.sync_all());
             assert!(
                 poll_once(sync.as_mut()).await.is_none(),
                 "the write is held"
@@ -201,7 +202,11 @@ fn a_sync_waits_for_its_write_before_the_flush_and_a_dropped_sync_leaves_nothing
         f.sync_range(0, 8192).await?; // written, so the next sync flushes at once
         fault.inject(OpKind::Fsync, Fault::Hold, Some(1));
         assert!(futures_poll_once(f.sync_data()).await.is_none());
-        assert_eq!(fault.held(), 1, "the flush was submitted when the sync joined");
+        assert_eq!(
+            fault.held(),
+            1,
+            "the flush was submitted when the sync joined"
+        );
         fault.release(false);
         f.write_all_at(&[4u8; 4096], 4096).await?;
         f.sync_data().await?;

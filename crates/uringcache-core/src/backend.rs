@@ -55,6 +55,9 @@ pub enum Op {
         /// Bytes to write: at most `frames.len() * page_size`, a multiple of the file's direct
         /// I/O alignment (the tail block is written whole).
         len: usize,
+        /// Write with `RWF_DSYNC`: when it completes successfully the bytes are durable, as
+        /// after an `fdatasync` (the kernel issues a FUA write, or the write and a flush).
+        dsync: bool,
     },
     /// Flush the file to stable storage (`fsync`, or `fdatasync` when `datasync`).
     Fsync {

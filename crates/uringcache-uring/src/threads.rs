@@ -197,12 +197,13 @@ fn run(inner: &Inner, job: Job) {
             offset,
             frames,
             len,
-        } => rw(inner, fd, false, offset, &frames, len),
+        } => rw(inner, fd, None, offset, &frames, len),
         Op::Write {
             offset,
             frames,
             len,
-        } => rw(inner, fd, true, offset, &frames, len),
+            dsync,
+        } => rw(inner, fd, Some(dsync), offset, &frames, len),
         Op::Fsync { datasync } => retry(inner, || {
             // SAFETY: plain system calls on a descriptor the caller keeps open until
             // `unregister`, which it calls only when no request is in flight.
@@ -239,12 +240,13 @@ fn retry(inner: &Inner, mut call: impl FnMut() -> libc::c_int) -> io::Result<usi
     }
 }
 
-/// A whole read or write: one `pread`/`pwrite` when the remaining bytes are one run of memory,
-/// else `preadv`/`pwritev` with one iovec per run of frames; short transfers continue.
+/// A whole read or write (`write` is `Some(dsync)`): one `pread`/`pwrite` when the remaining
+/// bytes are one run of memory, else `preadv`/`pwritev` with one iovec per run of frames, and
+/// `pwritev2` with `RWF_DSYNC` for a data-synchronous write; short transfers continue.
 fn rw(
     inner: &Inner,
     fd: RawFd,
-    write: bool,
+    write: Option<bool>,
     offset: u64,
     frames: &[FrameId],
     len: usize,
@@ -253,7 +255,7 @@ fn rw(
     if len == 0 {
         return Ok(0);
     }
-    let mut progress = Progress::new(write, len).with_max(inner.max_transfer);
+    let mut progress = Progress::new(write.is_some(), len).with_max(inner.max_transfer);
     let mut iov: Vec<libc::iovec> = Vec::new();
     loop {
         build_iovecs(
@@ -270,10 +272,13 @@ fn rw(
         // completion runs (Backend contract); the descriptor stays open meanwhile.
         let n = unsafe {
             match (write, iov.len()) {
-                (false, 1) => libc::pread(fd, iov[0].iov_base, iov[0].iov_len, pos),
-                (true, 1) => libc::pwrite(fd, iov[0].iov_base, iov[0].iov_len, pos),
-                (false, k) => libc::preadv(fd, iov.as_ptr(), k as libc::c_int, pos),
-                (true, k) => libc::pwritev(fd, iov.as_ptr(), k as libc::c_int, pos),
+                (None, 1) => libc::pread(fd, iov[0].iov_base, iov[0].iov_len, pos),
+                (Some(false), 1) => libc::pwrite(fd, iov[0].iov_base, iov[0].iov_len, pos),
+                (None, k) => libc::preadv(fd, iov.as_ptr(), k as libc::c_int, pos),
+                (Some(false), k) => libc::pwritev(fd, iov.as_ptr(), k as libc::c_int, pos),
+                (Some(true), k) => {
+                    libc::pwritev2(fd, iov.as_ptr(), k as libc::c_int, pos, libc::RWF_DSYNC)
+                }
             }
         };
         let res = if n < 0 {

@@ -123,6 +123,8 @@ enum Work {
         fixed: Option<u16>,
         iovecs: IoVecs,
         progress: Progress,
+        /// `RWF_DSYNC` on every SQE of the write.
+        dsync: bool,
     },
     Fsync {
         datasync: bool,
@@ -154,7 +156,9 @@ impl InFlight {
                 fixed,
                 iovecs,
                 progress,
+                dsync,
             } => {
+                let rw_flags = if *dsync { libc::RWF_DSYNC } else { 0 };
                 let pos = *offset + progress.done as u64;
                 let left = progress.len - progress.done;
                 match *fixed {
@@ -167,6 +171,7 @@ impl InFlight {
                                 fd, buf, n, buf_index
                             )
                             .offset(pos)
+                            .rw_flags(rw_flags as _)
                             .build())
                         } else {
                             with_target!(target, |fd| opcode::ReadFixed::new(fd, buf, n, buf_index)
@@ -184,6 +189,7 @@ impl InFlight {
                         if progress.write {
                             with_target!(target, |fd| opcode::Writev::new(fd, ptr, n)
                                 .offset(pos)
+                                .rw_flags(rw_flags as _)
                                 .build())
                         } else {
                             with_target!(target, |fd| opcode::Readv::new(fd, ptr, n)
@@ -338,6 +344,7 @@ impl Shared {
         } else {
             Target::Fd(entry.fd)
         };
+        let dsync = matches!(op, Op::Write { dsync: true, .. });
         let work = match op {
             Op::Read {
                 offset,
@@ -348,6 +355,7 @@ impl Shared {
                 offset,
                 frames,
                 len,
+                ..
             } => {
                 if let Err(e) = check_rw(&self.arena, offset, &frames, len) {
                     return Err(Later::Complete(done, kind, Err(e)));
@@ -366,6 +374,7 @@ impl Shared {
                     fixed,
                     iovecs: IoVecs(Box::new([])),
                     progress: Progress::new(kind == Kind::Write, len).with_max(self.max_transfer),
+                    dsync,
                 }
             }
             Op::Fsync { datasync } => Work::Fsync {

@@ -191,6 +191,7 @@ fn write(file: FileId, offset: u64, frames: Vec<FrameId>, len: usize) -> (FileId
             offset,
             frames,
             len,
+            dsync: false,
         },
     )
 }

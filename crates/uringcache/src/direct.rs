@@ -112,6 +112,7 @@ impl Inode {
                 offset,
                 frames,
                 len,
+                dsync: false,
             }
         } else {
             Op::Read {
@@ -126,6 +127,10 @@ impl Inode {
             done: Box::new(move |res| {
                 for f in io_frames {
                     inode.cache.put(f);
+                }
+                if write {
+                    // On the device, not yet flushed: the next sync_data must flush.
+                    inode.note_unflushed();
                 }
                 done(res);
             }),

@@ -104,6 +104,15 @@ struct FlushState {
     running_bound: u64,
     /// Set when a flush first became possible: it waits for the writes submitted up to here.
     cutoff: Option<u64>,
+    /// Completions that left bytes on the device without making them durable (plain writes,
+    /// direct writes, `ftruncate`s). Starts at 1: whatever was written before the cache
+    /// opened the file is not known to be durable.
+    epoch: u64,
+    /// `epoch` at the start of the newest successful flush: when the two are equal, every
+    /// completed write is durable — flushed, or written with `RWF_DSYNC`.
+    flushed_epoch: u64,
+    /// `epoch` at the start of the running flush.
+    running_epoch: u64,
 }
 
 #[derive(Debug)]
@@ -111,7 +120,9 @@ struct FlushWaiter {
     id: u64,
     /// The newest write the flush must cover.
     need: u64,
-    /// Only a full flush will do (`fsync`, not `fdatasync`).
+    /// Only a full flush will do (`fsync`, not `fdatasync`). A waiter that is not full is
+    /// also satisfied without a flush once every write it needs has completed and every
+    /// completed write is durable (data-synchronous writes, see [`FlushState::settle`]).
     full: bool,
 }
 
@@ -122,6 +133,29 @@ impl FlushState {
             Some(&oldest) => oldest - 1,
             None => self.next_seq.max(1) - 1,
         }
+    }
+
+    /// Releases the data-sync waiters that need no flush: every write they need has
+    /// completed and nothing completed since the last flush is non-durable (their writes were
+    /// `RWF_DSYNC`). Returns whether any was released.
+    fn settle(&mut self) -> bool {
+        if self.epoch != self.flushed_epoch {
+            return false;
+        }
+        let covers = self.completed_prefix();
+        let before = self.waiters.len();
+        self.waiters.retain(|w| w.full || w.need > covers);
+        self.waiters.len() != before
+    }
+
+    /// Whether a sync alone on this file may write its pages with `RWF_DSYNC` instead of
+    /// waiting for a flush: nothing in flight or waiting to share a flush with, and nothing
+    /// non-durable to flush.
+    fn alone_and_clean(&self) -> bool {
+        !self.running
+            && self.waiters.is_empty()
+            && self.in_flight.is_empty()
+            && self.epoch == self.flushed_epoch
     }
 
     /// Decides whether a flush may start now: none in flight and some waiter's writes all
@@ -152,6 +186,7 @@ impl FlushState {
         self.running = true;
         self.started += 1;
         self.running_bound = self.next_waiter;
+        self.running_epoch = self.epoch;
         Some((self.started, full, covers))
     }
 }
@@ -163,6 +198,7 @@ impl InodeWriteback {
             synced_size: AtomicU64::new(size),
             flush: Mutex::new(FlushState {
                 next_seq: 1,
+                epoch: 1,
                 ..FlushState::default()
             }),
             flush_done: Event::new(),
@@ -185,6 +221,10 @@ impl Drop for FlushWaiterGuard<'_> {
     }
 }
 
+/// The most pages a sync writes with `RWF_DSYNC` (each such write makes the kernel flush the
+/// device's cache, so a large sync is cheaper as plain writes and one flush).
+const DSYNC_MAX_PAGES: usize = 8;
+
 /// Writes gathered for one submission.
 #[derive(Default)]
 struct WriteBatch {
@@ -194,6 +234,8 @@ struct WriteBatch {
     run_bytes: usize,
     /// The run ends with a partial (tail) page and cannot be extended.
     run_closed: bool,
+    /// Write with `RWF_DSYNC`.
+    dsync: bool,
 }
 
 impl Inode {
@@ -210,11 +252,15 @@ impl Inode {
         self: &Arc<Self>,
         indices: &[u64],
         older_than: Option<u64>,
+        dsync: bool,
     ) -> (usize, Vec<u64>) {
         let cache = &self.cache;
         let pages = cache.pool.pages();
         let ps = cache.page_size;
-        let mut batch = WriteBatch::default();
+        let mut batch = WriteBatch {
+            dsync,
+            ..WriteBatch::default()
+        };
         let mut busy = Vec::new();
         let mut submitted = 0;
         for &index in indices {
@@ -296,6 +342,7 @@ impl Inode {
         let offset = first << self.cache.page_shift;
         let this = self.clone();
         let done_frames = frames.clone();
+        let dsync = batch.dsync;
         let seq = {
             let mut f = self.wb.flush.lock();
             let seq = f.next_seq;
@@ -309,10 +356,12 @@ impl Inode {
                 offset,
                 frames,
                 len,
+                dsync,
             },
             done: Box::new(move |res| {
+                let durable = dsync && res.is_ok();
                 this.complete_write(first, offset, len, &done_frames, res);
-                this.write_done(seq);
+                this.write_done(seq, durable);
             }),
         });
     }
@@ -429,7 +478,7 @@ impl Inode {
         let in_flight = self.mapping.writeback_range(start, end);
         let mut pending = targets.clone();
         while !pending.is_empty() {
-            let (_, busy) = self.write_pages(&pending, None);
+            let (_, busy) = self.write_pages(&pending, None, false);
             for &index in &busy {
                 self.wait_idle(index).await;
             }
@@ -458,20 +507,34 @@ impl Inode {
             )
         })?;
         self.wb.disk_size.store(len, Ordering::Release);
+        self.note_unflushed();
         Ok(())
     }
 
     /// Records the completion of write request `seq` (after its pages and the error sequence
-    /// were updated) and starts the flush it was the last one missing for, if any.
-    fn write_done(self: &Arc<Self>, seq: u64) {
-        let start = {
+    /// were updated; `durable` when it was a successful `RWF_DSYNC` write), releases the syncs
+    /// it made durable, and starts the flush it was the last one missing for, if any.
+    fn write_done(self: &Arc<Self>, seq: u64, durable: bool) {
+        let (settled, start) = {
             let mut f = self.wb.flush.lock();
             f.in_flight.remove(&seq);
-            f.try_start()
+            if !durable {
+                f.epoch += 1;
+            }
+            (f.settle(), f.try_start())
         };
         if let Some((generation, full, covers)) = start {
             self.start_flush(generation, full, covers);
         }
+        if settled {
+            self.wb.flush_done.notify_all();
+        }
+    }
+
+    /// Records that bytes reached the device without being made durable (a direct write, an
+    /// `ftruncate`): the next sync must flush.
+    pub(crate) fn note_unflushed(&self) {
+        self.wb.flush.lock().epoch += 1;
     }
 
     /// The newest write request of this file so far: a sync that has submitted its writes
@@ -490,6 +553,7 @@ impl Inode {
             let id = f.next_waiter;
             f.next_waiter += 1;
             f.waiters.push(FlushWaiter { id, need, full });
+            f.settle();
             (id, f.try_start())
         };
         // A sync dropped while it waits leaves no waiter behind to start flushes for.
@@ -527,11 +591,15 @@ impl Inode {
                 let next = {
                     let mut f = this.wb.flush.lock();
                     f.running = false;
+                    if res.is_ok() {
+                        f.flushed_epoch = f.flushed_epoch.max(f.running_epoch);
+                    }
                     // Satisfied: waiting before this flush started, every write it needs
                     // covered, and wanting no more than this flush gave.
                     let bound = f.running_bound;
                     f.waiters
                         .retain(|w| !(w.id < bound && w.need <= covers && (full || !w.full)));
+                    f.settle();
                     f.try_start()
                 };
                 if let Some((generation, full, covers)) = next {
@@ -562,28 +630,40 @@ impl Inode {
         let fast = !matches!(kind, SyncKind::Range(..))
             && size.is_multiple_of(self.dio_align as u64)
             && self.wb.disk_size.load(Ordering::Acquire) == size;
+        let full = kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
         if fast {
             let targets = self.mapping.dirty_range(start, end, usize::MAX);
-            let mut busy = self.write_pages(&targets, None).1;
+            // A data sync alone on the file, of a few pages: write them with RWF_DSYNC and
+            // need no flush at all (one device round trip, the kernel's FUA or write+flush).
+            // With company, or with many pages, plain writes and one shared flush cost less.
+            let dsync =
+                !full && targets.len() <= DSYNC_MAX_PAGES && self.wb.flush.lock().alone_and_clean();
+            let mut busy = self.write_pages(&targets, None, dsync).1;
             while !busy.is_empty() {
                 for &index in &busy {
                     self.wait_idle(index).await;
                 }
-                busy = self.write_pages(&busy, None).1;
+                busy = self.write_pages(&busy, None, dsync).1;
             }
         } else {
             self.write_and_wait(start, end).await;
         }
         if !matches!(kind, SyncKind::Range(..)) {
             // After the slow path's writes, the length as it is now (as before this change).
-            let size = if fast { size } else { self.mapping.size() };
+            let (size, full) = if fast {
+                (size, full)
+            } else {
+                let size = self.mapping.size();
+                let full =
+                    kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
+                (size, full)
+            };
             if !fast && self.wb.disk_size.load(Ordering::Acquire) != size {
                 if let Err(e) = self.truncate_disk(size).await {
                     self.mapping.wb_err().check_and_advance(cursor);
                     return Err(e);
                 }
             }
-            let full = kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
             self.flush(full, self.last_write_seq()).await;
             if full && self.wb.poisoned.load(Ordering::Acquire) == 0 {
                 self.wb.synced_size.store(size, Ordering::Release);
@@ -614,7 +694,7 @@ impl Inode {
     /// all dirty pages, or those dirtied at or before `older_than`. Returns pages submitted.
     pub(crate) fn write_back(self: &Arc<Self>, older_than: Option<u64>) -> usize {
         let dirty = self.mapping.dirty_range(0, u64::MAX, usize::MAX);
-        self.write_pages(&dirty, older_than).0
+        self.write_pages(&dirty, older_than, false).0
     }
 }
 
