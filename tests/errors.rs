@@ -227,6 +227,46 @@ async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Op
 }
 
 #[test]
+fn a_write_that_lands_while_the_file_is_cut_on_disk_is_written_again() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let path = dir.path().join("cut");
+        let (cache, fault) = faulty_cache(64);
+        let f = cache.open(&path, &rw()).await?;
+        // An unaligned length: sync_all writes the tail block whole, then cuts the file back
+        // to 5000 bytes on disk. That ftruncate is held.
+        f.write_all_at(&[1u8; 5000], 0).await?;
+        fault.inject(OpKind::Truncate, Fault::Hold, Some(1));
+        let a = tokio::spawn({
+            let f = f.clone();
+            async move { f.sync_all().await }
+        });
+        while fault.held() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Meanwhile the file grows and the new page is written back before the cut runs.
+        f.write_all_at(&[7u8; 4096], 8192).await?;
+        let written = cache.stats().pages_written;
+        let b = tokio::spawn({
+            let f = f.clone();
+            async move { f.sync_range(8192, 4096).await }
+        });
+        while cache.stats().pages_written == written {
+            tokio::task::yield_now().await;
+        }
+        fault.release(false);
+        a.await.expect("sync_all task")?;
+        b.await.expect("sync_range task")?;
+        f.sync_all().await?;
+        let mut want = vec![1u8; 5000];
+        want.resize(8192, 0);
+        want.extend_from_slice(&[7u8; 4096]);
+        common::assert_bytes(&std::fs::read(&path)?, &want, "on disk after the cut");
+        Ok(())
+    });
+}
+
+#[test]
 fn a_completion_after_its_future_was_dropped_is_harmless() {
     on_runtimes(|| async {
         let dir = scratch_dir();

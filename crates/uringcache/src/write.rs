@@ -316,15 +316,18 @@ impl Inode {
     pub(crate) async fn set_len(self: &Arc<Self>, len: u64) -> io::Result<()> {
         let old = self.mapping.size();
         if len < old {
+            // Registered before the length drops: a write of the old pages completing from
+            // now on, or of a concurrent extension, is written again after the cut.
+            let cut = self.begin_cut(Some(len));
             self.mapping.set_size(len);
             self.truncate_pages(len.div_ceil(self.cache.page_size as u64))
                 .await;
             self.zero_tail(len).await;
-            self.truncate_disk(len).await
+            self.truncate_disk(cut).await
         } else {
             if len > old {
                 // Grow on disk first, so that the new range reads back as zeros.
-                self.truncate_disk(len).await?;
+                self.truncate_disk(self.begin_cut(Some(len))).await?;
                 self.mapping.extend_size(len);
             }
             Ok(())

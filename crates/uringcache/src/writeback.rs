@@ -26,6 +26,11 @@
 //!   so a `sync_data` costs one task wake-up, not two. When the length on disk must change
 //!   first (an unaligned tail, a grown file), the sync waits for its writes, truncates, then
 //!   joins.
+//! * **Cuts** ([`Cut`]): an `ftruncate` that shortens the file on disk (a sync cutting back an
+//!   overshooting tail block, `set_len`) is registered before its length is decided on; a
+//!   write completing while it is in flight with bytes past that length may lose them to it,
+//!   so its pages go back to dirty and a sync that saw this goes round again once the cut is
+//!   over. A write of a concurrent extension is therefore never lost to a stale cut.
 //! * **Errors**: each handle's cursor into the mapping's error sequence makes the next sync of
 //!   every handle open at the time report a writeback error once. A failed flush poisons the
 //!   inode: data written before it may not be durable, so no later sync of it ever reports
@@ -74,6 +79,9 @@ pub(crate) struct InodeWriteback {
     poisoned: AtomicI32,
     /// The cache's own cursor (for `Cache::shutdown`).
     pub(crate) cache_cursor: ErrCursor,
+    /// Writes whose bytes an `ftruncate` in flight may have cut: their pages went back to
+    /// dirty, and a sync that saw this change while it ran goes round again.
+    redos: AtomicU64,
 }
 
 /// Group commit by write sequence (the shape of jbd2's commit sequence and of a WAL's group
@@ -113,6 +121,10 @@ struct FlushState {
     flushed_epoch: u64,
     /// `epoch` at the start of the running flush.
     running_epoch: u64,
+    /// Lengths the file is being cut to on disk right now (`ftruncate`s in flight), each
+    /// rounded up to the direct-I/O alignment: a write that lands bytes beyond one of them
+    /// may see them cut, so its pages are written again (see [`Cut`]).
+    cuts: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -204,7 +216,32 @@ impl InodeWriteback {
             flush_done: Event::new(),
             poisoned: AtomicI32::new(0),
             cache_cursor,
+            redos: AtomicU64::new(0),
         }
+    }
+}
+
+/// An on-disk cut in progress (`ftruncate` to `len`), registered before the new length is
+/// decided on so that no write of bytes beyond it can complete unnoticed: from registration
+/// until the `ftruncate` completes, a write completing with bytes past the cut puts its pages
+/// back to dirty. Dropping the guard (in the truncation's completion) ends the cut.
+pub(crate) struct Cut {
+    inode: Arc<Inode>,
+    limit: u64,
+    /// The length to cut to.
+    pub(crate) len: u64,
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        {
+            let mut f = self.inode.wb.flush.lock();
+            if let Some(i) = f.cuts.iter().position(|&c| c == self.limit) {
+                f.cuts.swap_remove(i);
+            }
+        }
+        // Syncs whose writes were cut wait for the cuts to end before writing again.
+        self.inode.wb.flush_done.notify_all();
     }
 }
 
@@ -303,7 +340,7 @@ impl Inode {
             cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
             if len == 0 {
                 // Wholly past end of file (a truncation is dropping it): nothing to write.
-                self.finish_writeback(index, frame, None);
+                self.finish_writeback(index, frame, None, false);
                 continue;
             }
             let contiguous = !batch.run.is_empty()
@@ -376,8 +413,24 @@ impl Inode {
         res: io::Result<usize>,
     ) {
         let cache = &self.cache;
+        // Pages from this one on hold bytes that an ftruncate in flight may cut.
+        let mut redo_from = frames.len();
         let errno = match &res {
             Ok(_) => {
+                if let Some(&limit) = self.wb.flush.lock().cuts.iter().min() {
+                    let ps = cache.page_size as u64;
+                    let end = offset + len as u64;
+                    redo_from = (0..frames.len())
+                        .find(|&k| (offset + (k as u64 + 1) * ps).min(end) > limit)
+                        .unwrap_or(frames.len());
+                    if redo_from < frames.len() {
+                        self.wb.redos.fetch_add(1, Ordering::AcqRel);
+                        tracing::debug!(
+                            path = %self.path.display(), offset, len, limit,
+                            "a write raced a truncation; its pages will be written again"
+                        );
+                    }
+                }
                 self.wb
                     .disk_size
                     .fetch_max(offset + len as u64, Ordering::AcqRel);
@@ -398,7 +451,7 @@ impl Inode {
             }
         };
         for (k, &frame) in frames.iter().enumerate() {
-            self.finish_writeback(first + k as u64, frame, errno);
+            self.finish_writeback(first + k as u64, frame, errno, k >= redo_from);
         }
         if let Some(errno) = errno {
             self.mapping.wb_err().set(errno);
@@ -409,8 +462,15 @@ impl Inode {
         }
     }
 
-    /// Ends writeback of one page; on failure the page goes back to dirty first.
-    fn finish_writeback(self: &Arc<Self>, index: u64, frame: FrameId, errno: Option<i32>) {
+    /// Ends writeback of one page; on failure, or with `redo` (its bytes may have been cut),
+    /// the page goes back to dirty first.
+    fn finish_writeback(
+        self: &Arc<Self>,
+        index: u64,
+        frame: FrameId,
+        errno: Option<i32>,
+        redo: bool,
+    ) {
         let cache = &self.cache;
         let desc = cache.pool.pages().get(frame);
         if let Some(errno) = errno {
@@ -421,6 +481,9 @@ impl Inode {
             }
         } else {
             desc.clear(PageState::ERROR);
+            if redo && !desc.state().has(PageState::ORPHAN) {
+                self.redirty(desc, index);
+            }
         }
         self.mapping.end_writeback(index);
         cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
@@ -490,12 +553,17 @@ impl Inode {
     }
 
     /// Cuts (or extends) the file on disk to `len` bytes and waits (`ftruncate`).
-    pub(crate) async fn truncate_disk(&self, len: u64) -> io::Result<()> {
+    pub(crate) async fn truncate_disk(&self, cut: Cut) -> io::Result<()> {
+        let len = cut.len;
         let (cell, done) = OneShot::new();
         self.cache.backend.submit(&mut vec![Request {
             file: self.file_id,
             op: Op::Truncate { len },
-            done,
+            done: Box::new(move |res| {
+                // The cut ends when the ftruncate has, whoever is still waiting for it.
+                drop(cut);
+                done(res)
+            }),
         }]);
         cell.wait().await.map_err(|e| {
             io::Error::new(
@@ -528,6 +596,21 @@ impl Inode {
         }
         if settled {
             self.wb.flush_done.notify_all();
+        }
+    }
+
+    /// Starts a cut of the file on disk to `len`, or, with `None`, to the file's length read
+    /// at this moment (after registration, so that any write of bytes past it completes
+    /// while the cut is known). See [`Cut`].
+    pub(crate) fn begin_cut(self: &Arc<Self>, len: Option<u64>) -> Cut {
+        let mut f = self.wb.flush.lock();
+        let len = len.unwrap_or_else(|| self.mapping.size());
+        let limit = len.next_multiple_of(self.dio_align as u64);
+        f.cuts.push(limit);
+        Cut {
+            inode: self.clone(),
+            limit,
+            len,
         }
     }
 
@@ -611,12 +694,32 @@ impl Inode {
     }
 
     /// `sync_range` / `sync_data` / `sync_all` for a handle whose error cursor is `cursor`.
+    /// A write that raced a truncation while the sync ran (its pages went back to dirty) makes
+    /// the sync go round again.
     pub(crate) async fn sync(
         self: &Arc<Self>,
         kind: SyncKind,
         cursor: &ErrCursor,
     ) -> io::Result<()> {
         self.cache.counters.add(Counter::Syncs, 1);
+        loop {
+            let redos = self.wb.redos.load(Ordering::Acquire);
+            self.sync_once(kind, cursor).await?;
+            if self.wb.redos.load(Ordering::Acquire) == redos {
+                return Ok(());
+            }
+            // Write again once the cuts in flight are over, not while they may cut again.
+            loop {
+                let ticket = self.wb.flush_done.listen();
+                if self.wb.flush.lock().cuts.is_empty() {
+                    break;
+                }
+                ticket.await;
+            }
+        }
+    }
+
+    async fn sync_once(self: &Arc<Self>, kind: SyncKind, cursor: &ErrCursor) -> io::Result<()> {
         let shift = self.cache.page_shift;
         let (start, end) = match kind {
             SyncKind::Range(s, e) => (s >> shift, e.div_ceil(1 << shift)),
@@ -659,7 +762,9 @@ impl Inode {
                 (size, full)
             };
             if !fast && self.wb.disk_size.load(Ordering::Acquire) != size {
-                if let Err(e) = self.truncate_disk(size).await {
+                // The length is read again under the cut: the file may have grown since.
+                let cut = self.begin_cut(None);
+                if let Err(e) = self.truncate_disk(cut).await {
                     self.mapping.wb_err().check_and_advance(cursor);
                     return Err(e);
                 }
