@@ -265,6 +265,7 @@ impl CacheBuilder {
             frame_event: Event::new(),
             alloc_waiters: AtomicUsize::new(0),
             user_pins: AtomicUsize::new(0),
+            user_handles: AtomicUsize::new(0),
             user_pin_counts: (0..frames).map(|_| AtomicU32::new(0)).collect(),
             shut_down: AtomicBool::new(false),
             limits: DirtyLimits::new(frames, self.dirty_background_ratio, self.dirty_ratio),
@@ -279,6 +280,7 @@ impl CacheBuilder {
             dirty_expire_ms: self.dirty_expire.as_millis() as u64,
         });
         inner.flusher.spawn(Arc::downgrade(&inner))?;
+        inner.user_handle_added();
         Ok(Cache { inner })
     }
 
@@ -306,9 +308,23 @@ pub(crate) fn invalid(msg: impl Into<String>) -> io::Error {
 /// A user-space page cache: a budget of page frames shared by every file opened through it.
 ///
 /// Cheap to clone (`Arc` inside), `Send + Sync`. See the crate docs for the model.
-#[derive(Clone)]
 pub struct Cache {
     pub(crate) inner: Arc<CacheInner>,
+}
+
+impl Clone for Cache {
+    fn clone(&self) -> Self {
+        self.inner.user_handle_added();
+        Cache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.inner.user_handle_dropped();
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -377,6 +393,10 @@ impl Cache {
         self.inner.shut_down.store(true, Ordering::Release);
         self.inner.flusher.stop();
         self.inner.backend.shutdown();
+        // Nothing will be written any more: the flusher's references to files (each holding
+        // the cache) go, so that the cache is freed with its last handle.
+        let held: Vec<_> = self.inner.dirty_inodes.lock().drain().collect();
+        drop(held);
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -424,6 +444,10 @@ pub(crate) struct CacheInner {
     alloc_waiters: AtomicUsize,
     /// Frames pinned by long-lived page handles (they do not unpin by themselves).
     pub(crate) user_pins: AtomicUsize,
+    /// `Cache` and `File` handles alive. When the last goes, the flusher writes everything
+    /// back and lets go of the files it holds for writeback, which is what keeps the cache
+    /// alive (an inode holds its cache), so that the cache is freed.
+    pub(crate) user_handles: AtomicUsize,
     /// Per frame, the live page handles pinning it (`user_pins` counts the frames with one).
     pub(crate) user_pin_counts: Box<[AtomicU32]>,
     shut_down: AtomicBool,
@@ -453,6 +477,18 @@ impl CacheInner {
     /// Milliseconds since the cache was built (the clock of `dirtied_at`).
     pub(crate) fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn user_handle_added(&self) {
+        self.user_handles.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The last user handle gone: nothing will sync any more, so write everything back now
+    /// rather than when it expires, and free the cache once that is done.
+    pub(crate) fn user_handle_dropped(&self) {
+        if self.user_handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.flusher.kick(true);
+        }
     }
 
     /// Every inode currently open or holding dirty pages.

@@ -138,6 +138,12 @@ impl std::fmt::Debug for File {
     }
 }
 
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inode.cache.user_handle_dropped();
+    }
+}
+
 impl ReadaheadSource for Handle {
     fn sync_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Window {
         let ps = inode.cache.page_size as u64;
@@ -295,6 +301,7 @@ impl File {
             inode.wb.disk_size.store(0, Ordering::Release);
         }
         let ra = readahead::State::new(cache.ra_max_pages);
+        inode.cache.user_handle_added();
         Ok(File {
             handle: Arc::new(Handle {
                 read,

@@ -924,6 +924,17 @@ impl CacheInner {
             }
         }
         drop(inodes);
+        if self.user_handles.load(Ordering::Acquire) == 0 {
+            // No handle is left to sync or to drop the cache: wait for this pass's writes,
+            // then let go of the clean files, the last references to the cache.
+            while self.nr_writeback.load(Ordering::Acquire) > 0 {
+                let ticket = self.dirty_event.listen();
+                if self.nr_writeback.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                block_on(ticket);
+            }
+        }
         self.prune_dirty_inodes();
         self.wb_last_pass_pages.store(pages, Ordering::Release);
         self.wb_passes.fetch_add(1, Ordering::AcqRel);
