@@ -61,8 +61,9 @@
 //! open when it happened reports it, once; later syncs write the pages again. A failed flush is
 //! never turned into success: every later sync of the file fails until it is reopened.
 //! [`Cache::shutdown`] writes everything back and returns the first error. Dropping a cache
-//! without it loses no synced data and does not block; unsynced dirty pages are written by the
-//! writeback thread while it lives.
+//! without it loses no synced data and does not block: once the last `Cache` and `File` handle
+//! is gone, the writeback thread writes the unsynced dirty pages back at once (errors are only
+//! logged, nobody is left to tell) and then frees the cache's memory and threads.
 //!
 //! ## What it does not do
 //!
