@@ -38,7 +38,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -82,6 +82,11 @@ pub(crate) struct InodeWriteback {
     /// Writes whose bytes an `ftruncate` in flight may have cut: their pages went back to
     /// dirty, and a sync that saw this change while it ran goes round again.
     redos: AtomicU64,
+    /// Cuts registered (`FlushState::cuts` non-empty): lets a write completion skip the lock
+    /// when no cut is in progress, which is nearly always. A completion that reads 0 came
+    /// before the registration, and so before the length of the cut was read: its bytes are
+    /// within that length.
+    cuts_active: AtomicUsize,
 }
 
 /// Group commit by write sequence (the shape of jbd2's commit sequence and of a WAL's group
@@ -217,6 +222,7 @@ impl InodeWriteback {
             poisoned: AtomicI32::new(0),
             cache_cursor,
             redos: AtomicU64::new(0),
+            cuts_active: AtomicUsize::new(0),
         }
     }
 }
@@ -238,6 +244,7 @@ impl Drop for Cut {
             let mut f = self.inode.wb.flush.lock();
             if let Some(i) = f.cuts.iter().position(|&c| c == self.limit) {
                 f.cuts.swap_remove(i);
+                self.inode.wb.cuts_active.fetch_sub(1, Ordering::SeqCst);
             }
         }
         // Syncs whose writes were cut wait for the cuts to end before writing again.
@@ -417,7 +424,12 @@ impl Inode {
         let mut redo_from = frames.len();
         let errno = match &res {
             Ok(_) => {
-                if let Some(&limit) = self.wb.flush.lock().cuts.iter().min() {
+                let limit = if self.wb.cuts_active.load(Ordering::SeqCst) > 0 {
+                    self.wb.flush.lock().cuts.iter().min().copied()
+                } else {
+                    None
+                };
+                if let Some(limit) = limit {
                     let ps = cache.page_size as u64;
                     let end = offset + len as u64;
                     redo_from = (0..frames.len())
@@ -607,6 +619,7 @@ impl Inode {
         let len = len.unwrap_or_else(|| self.mapping.size());
         let limit = len.next_multiple_of(self.dio_align as u64);
         f.cuts.push(limit);
+        self.wb.cuts_active.fetch_add(1, Ordering::SeqCst);
         Cut {
             inode: self.clone(),
             limit,
