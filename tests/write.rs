@@ -414,8 +414,10 @@ fn concurrent_syncs_share_flushes() {
         let syncs = s.syncs - before.syncs;
         let flushes = s.flushes - before.flushes;
         assert_eq!(syncs, 320);
+        // Sixteen tasks keep overlapping, so most syncs find company and share a flush (a
+        // sync alone may need none at all: RWF_DSYNC).
         assert!(
-            flushes < syncs,
+            flushes >= 1 && flushes * 2 <= syncs,
             "group commit: {flushes} flushes for {syncs} syncs"
         );
         let disk = on_disk(&path);
