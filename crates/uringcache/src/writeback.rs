@@ -105,8 +105,6 @@ struct FlushState {
     in_flight: BTreeSet<u64>,
     /// A flush is in flight.
     running: bool,
-    /// Flushes started so far (the generation of the newest).
-    started: u64,
     /// Syncs waiting for a flush, each removed by the completion of the first flush that
     /// satisfies it.
     waiters: Vec<FlushWaiter>,
@@ -176,8 +174,8 @@ impl FlushState {
     }
 
     /// Decides whether a flush may start now: none in flight and some waiter's writes all
-    /// complete. Returns its generation, whether it is full, and the prefix it covers.
-    fn try_start(&mut self) -> Option<(u64, bool, u64)> {
+    /// complete. Returns whether it is full and the prefix of writes it covers.
+    fn try_start(&mut self) -> Option<(bool, u64)> {
         if self.running {
             return None;
         }
@@ -201,10 +199,9 @@ impl FlushState {
         }
         self.cutoff = None;
         self.running = true;
-        self.started += 1;
         self.running_bound = self.next_waiter;
         self.running_epoch = self.epoch;
-        Some((self.started, full, covers))
+        Some((full, covers))
     }
 }
 
@@ -551,16 +548,22 @@ impl Inode {
     pub(crate) async fn write_and_wait(self: &Arc<Self>, start: u64, end: u64) {
         let targets = self.mapping.dirty_range(start, end, usize::MAX);
         let in_flight = self.mapping.writeback_range(start, end);
-        let mut pending = targets.clone();
-        while !pending.is_empty() {
-            let (_, busy) = self.write_pages(&pending, None, false);
+        self.submit_all(&targets, false).await;
+        for &index in targets.iter().chain(in_flight.iter()) {
+            self.wait_idle(index).await;
+        }
+    }
+
+    /// Starts writeback of the dirty pages among `targets`, waiting only for those that are
+    /// busy (locked, or under an earlier writeback while dirty again) before writing them;
+    /// returns once every one is submitted or found clean.
+    async fn submit_all(self: &Arc<Self>, targets: &[u64], dsync: bool) {
+        let mut busy = self.write_pages(targets, None, dsync).1;
+        while !busy.is_empty() {
             for &index in &busy {
                 self.wait_idle(index).await;
             }
-            pending = busy;
-        }
-        for &index in targets.iter().chain(in_flight.iter()) {
-            self.wait_idle(index).await;
+            busy = self.write_pages(&busy, None, dsync).1;
         }
     }
 
@@ -603,8 +606,8 @@ impl Inode {
             }
             (f.settle(), f.try_start())
         };
-        if let Some((generation, full, covers)) = start {
-            self.start_flush(generation, full, covers);
+        if let Some((full, covers)) = start {
+            self.start_flush(full, covers);
         }
         if settled {
             self.wb.flush_done.notify_all();
@@ -654,8 +657,8 @@ impl Inode {
         };
         // A sync dropped while it waits leaves no waiter behind to start flushes for.
         let _guard = FlushWaiterGuard { inode: self, id };
-        if let Some((generation, full, covers)) = start {
-            self.start_flush(generation, full, covers);
+        if let Some((full, covers)) = start {
+            self.start_flush(full, covers);
         }
         loop {
             let ticket = self.wb.flush_done.listen();
@@ -666,13 +669,13 @@ impl Inode {
         }
     }
 
-    /// Submits flush `generation` covering writes up to `covers`; its completion (not the
+    /// Submits a flush covering writes up to `covers`; its completion (not the
     /// caller, who may go away) records the outcome, releases every waiter it satisfies, starts
     /// the next flush if one is due, and wakes the waiters.
-    fn start_flush(self: &Arc<Self>, generation: u64, full: bool, covers: u64) {
+    fn start_flush(self: &Arc<Self>, full: bool, covers: u64) {
         let this = self.clone();
         self.cache.counters.add(Counter::Flushes, 1);
-        tracing::trace!(generation, full, covers, "flush");
+        tracing::trace!(full, covers, "flush");
         self.cache.backend.submit(&mut vec![Request {
             file: self.file_id,
             op: Op::Fsync { datasync: !full },
@@ -698,8 +701,8 @@ impl Inode {
                     f.settle();
                     f.try_start()
                 };
-                if let Some((generation, full, covers)) = next {
-                    this.start_flush(generation, full, covers);
+                if let Some((full, covers)) = next {
+                    this.start_flush(full, covers);
                 }
                 this.wb.flush_done.notify_all();
             }),
@@ -746,7 +749,10 @@ impl Inode {
         let fast = !matches!(kind, SyncKind::Range(..))
             && size.is_multiple_of(self.dio_align as u64)
             && self.wb.disk_size.load(Ordering::Acquire) == size;
-        let full = kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
+        // A full flush for sync_all, and for sync_data when the length changed since the last.
+        let full_for =
+            |size| kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
+        let full = full_for(size);
         if fast {
             let targets = self.mapping.dirty_range(start, end, usize::MAX);
             // A data sync alone on the file, of a few pages: write them with RWF_DSYNC and
@@ -754,13 +760,7 @@ impl Inode {
             // With company, or with many pages, plain writes and one shared flush cost less.
             let dsync =
                 !full && targets.len() <= DSYNC_MAX_PAGES && self.wb.flush.lock().alone_and_clean();
-            let mut busy = self.write_pages(&targets, None, dsync).1;
-            while !busy.is_empty() {
-                for &index in &busy {
-                    self.wait_idle(index).await;
-                }
-                busy = self.write_pages(&busy, None, dsync).1;
-            }
+            self.submit_all(&targets, dsync).await;
         } else {
             self.write_and_wait(start, end).await;
         }
@@ -770,9 +770,7 @@ impl Inode {
                 (size, full)
             } else {
                 let size = self.mapping.size();
-                let full =
-                    kind == SyncKind::All || self.wb.synced_size.load(Ordering::Acquire) != size;
-                (size, full)
+                (size, full_for(size))
             };
             if !fast && self.wb.disk_size.load(Ordering::Acquire) != size {
                 // The length is read again under the cut: the file may have grown since.
@@ -1030,7 +1028,7 @@ mod tests {
             "write {a} is older and still in flight"
         );
         f.in_flight.remove(&a);
-        assert_eq!(f.try_start(), Some((1, false, 2)));
+        assert_eq!(f.try_start(), Some((false, 2)));
         assert_eq!(f.try_start(), None, "one flush at a time");
     }
 
@@ -1050,7 +1048,7 @@ mod tests {
         join(&mut f, c, true);
         f.in_flight.remove(&b);
         // Covers 2 (c is in flight), and only the first waiter is ready: a data flush.
-        assert_eq!(f.try_start(), Some((1, false, 2)));
+        assert_eq!(f.try_start(), Some((false, 2)));
     }
 
     #[test]
@@ -1060,7 +1058,7 @@ mod tests {
         f.in_flight.remove(&a);
         join(&mut f, a, false);
         join(&mut f, a, true);
-        assert_eq!(f.try_start(), Some((1, true, 1)));
+        assert_eq!(f.try_start(), Some((true, 1)));
         assert_eq!(f.running_bound, 2, "both waiters joined before it started");
     }
 }
