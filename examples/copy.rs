@@ -2,13 +2,17 @@
 //! (written back by the cache in large coalesced writes), makes DST durable with `sync_all`,
 //! and prints the throughput and the cache's statistics.
 //!
+//! Like `cp`, it refuses to copy a file onto itself (exit code 1): opening DST with truncation
+//! would empty SRC before a byte of it was read.
+//!
 //! ```text
 //! cargo run --release --example copy -- SRC DST
 //! cargo run --example copy           # no arguments: copies an 8 MiB scratch file and checks it
 //! ```
 
 use std::io;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use uringcache::{Advice, Cache, OpenOptions};
@@ -37,6 +41,16 @@ async fn main() -> io::Result<()> {
             std::process::exit(2);
         }
     };
+
+    // Before DST is opened with truncation: if it is SRC, that would destroy SRC.
+    if same_file(&src, &dst) {
+        eprintln!(
+            "copy: '{}' and '{}' are the same file",
+            src.display(),
+            dst.display()
+        );
+        std::process::exit(1);
+    }
 
     let cache = Cache::builder().memory_limit(64 << 20).build()?;
     let input = cache
@@ -91,4 +105,14 @@ async fn main() -> io::Result<()> {
         println!("verified: the copy matches the source byte for byte");
     }
     Ok(())
+}
+
+/// Whether `src` and an existing `dst` are the same file: the same device and inode
+/// (`st_dev`, `st_ino`), which also catches a hard link, a symbolic link to it and another
+/// spelling of the same path. A missing `dst` (or `src`: its open reports that) is not.
+fn same_file(src: &Path, dst: &Path) -> bool {
+    match (std::fs::metadata(src), std::fs::metadata(dst)) {
+        (Ok(s), Ok(d)) => (s.dev(), s.ino()) == (d.dev(), d.ino()),
+        _ => false,
+    }
 }

@@ -227,7 +227,7 @@ async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Op
 }
 
 #[test]
-fn a_write_that_lands_while_the_file_is_cut_on_disk_is_written_again() {
+fn a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it() {
     on_runtimes(|| async {
         let dir = scratch_dir();
         let path = dir.path().join("cut");
@@ -244,16 +244,23 @@ fn a_write_that_lands_while_the_file_is_cut_on_disk_is_written_again() {
         while fault.held() == 0 {
             tokio::task::yield_now().await;
         }
-        // Meanwhile the file grows and the new page is written back before the cut runs.
+        let writes_before_extension = cache.stats().device_writes;
+        // Meanwhile the file grows and a sync writes the new page back: its write is held
+        // behind the cut (the disk gate), never in flight with it, and lands after it.
         f.write_all_at(&[7u8; 4096], 8192).await?;
-        let written = cache.stats().pages_written;
         let b = tokio::spawn({
             let f = f.clone();
             async move { f.sync_range(8192, 4096).await }
         });
-        while cache.stats().pages_written == written {
+        for _ in 0..200 {
             tokio::task::yield_now().await;
         }
+        assert_eq!(fault.held(), 1, "only the cut reached the backend");
+        assert_eq!(
+            cache.stats().device_writes,
+            writes_before_extension,
+            "no write goes out while the file is being cut"
+        );
         fault.release(false);
         a.await.expect("sync_all task")?;
         b.await.expect("sync_range task")?;

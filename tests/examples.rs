@@ -73,6 +73,22 @@ fn run_ok(name: &str, args: &[&Path]) -> Output {
     out
 }
 
+/// Runs example `name` with `args` and returns its output, failing the test if it succeeds.
+fn run_fails(name: &str, args: &[&Path]) -> Output {
+    let out = run(name, args);
+    assert!(
+        !out.status.success(),
+        "example {name} {args:?} succeeded but should have failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn run(name: &str, args: &[&Path]) -> Output {
     Command::new(example(name))
         .args(args)
@@ -136,6 +152,65 @@ fn copy_copies_a_file() {
     let got = std::fs::read(&dst).expect("read dst");
     assert_eq!(got.len(), data.len());
     assert!(got == data, "copy differs from the source");
+}
+
+#[test]
+fn copy_onto_itself_is_refused_and_the_source_kept() {
+    let dir = scratch_dir();
+    let (src, data) = make_file(dir.path(), "src", (1 << 20) + 77, 5);
+    // The same path, and another spelling of it.
+    let respelt = dir.path().join(".").join("src");
+    for dst in [&src, &respelt] {
+        let out = run_fails("copy", &[&src, dst]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "'{}' and '{}' are the same file",
+                src.display(),
+                dst.display()
+            )),
+            "{err}"
+        );
+        let got = std::fs::read(&src).expect("read src");
+        assert!(got == data, "copy onto itself changed the source");
+    }
+}
+
+#[test]
+fn copy_onto_a_hard_link_of_the_source_is_refused() {
+    let dir = scratch_dir();
+    let (src, data) = make_file(dir.path(), "src", (2 << 20) + 5, 6);
+    let link = dir.path().join("link");
+    std::fs::hard_link(&src, &link).expect("hard link");
+    let out = run_fails("copy", &[&src, &link]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("are the same file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        std::fs::read(&src).expect("read src") == data,
+        "source changed"
+    );
+    // A symbolic link to the source is the same file too.
+    let sym = dir.path().join("sym");
+    std::os::unix::fs::symlink(&src, &sym).expect("symlink");
+    let out = run_fails("copy", &[&src, &sym]);
+    assert!(
+        stderr(&out).contains("are the same file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        std::fs::read(&src).expect("read src") == data,
+        "source changed"
+    );
+    // A different existing file is overwritten as before.
+    let (other, _) = make_file(dir.path(), "other", 12_345, 7);
+    run_ok("copy", &[&src, &other]);
+    assert!(std::fs::read(&other).expect("read other") == data);
 }
 
 #[test]

@@ -17,6 +17,7 @@
 //! | [`errseq`] | `errseq_t` (`lib/errseq.c`) | writeback error sequences and per-handle cursors |
 //! | [`writeback`] | `mm/page-writeback.c` | dirty thresholds, coalescing dirty runs, the tail block |
 //! | [`backend`] | `address_space_operations` | the trait the I/O layer implements |
+//! | [`disk_gate`] | `i_rwsem` around `setattr` against direct writes | keeping device writes and `ftruncate`s of a file apart in time |
 //!
 //! The async API that puts these together is the `uringcache` crate; the I/O layer is
 //! `uringcache-uring`.
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod disk_gate;
 pub mod errseq;
 pub mod evict;
 pub mod frames;

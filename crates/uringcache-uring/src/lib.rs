@@ -7,8 +7,14 @@
 //! * [`ThreadsBackend`] runs blocking `pread` / `pwrite` / `fsync` calls on a few threads, for
 //!   where `io_uring` is missing or refused (seccomp, `kernel.io_uring_disabled`).
 //!
-//! plus two helpers for the files themselves: [`open_direct`] and [`dio_alignment`], and
-//! [`FaultBackend`], which wraps either to inject failures and delays in tests.
+//! plus helpers for the files themselves: [`open_direct`] (and [`open_direct_tracked`], which
+//! tells whether it created the file, with [`remove_created`] to undo that), [`dio_alignment`],
+//! [`fits_in_file`] and [`max_file_size`] (the filesystem's file-size limit); and
+//! [`FaultBackend`], which wraps either backend to inject failures and delays in tests.
+//!
+//! Errors that come from the OS keep it: the `io::Error` they return has the OS error's kind
+//! and the OS error itself as its `source()`, so its errno is
+//! `e.raw_os_error().or_else(|| e.source()?.downcast_ref::<io::Error>()?.raw_os_error())`.
 //!
 //! ## The `io_uring` driver
 //!
@@ -59,11 +65,14 @@
 
 mod common;
 mod direct;
+mod error;
 pub mod fault;
+mod limits;
 pub mod threads;
 pub mod uring;
 
-pub use direct::{dio_alignment, open_direct};
+pub use direct::{dio_alignment, open_direct, open_direct_tracked, remove_created, Opened};
 pub use fault::FaultBackend;
+pub use limits::{fits_in_file, max_file_size};
 pub use threads::ThreadsBackend;
 pub use uring::{UringBackend, UringConfig};

@@ -23,6 +23,7 @@ use crate::common::{
     build_iovecs, check_rw, complete, shut_down_error, unknown_file_error, Counters, Kind,
     Progress, Step, MAX_RETRIES, MAX_RW,
 };
+use crate::error;
 
 const NAME: &str = "threads";
 
@@ -96,10 +97,7 @@ impl ThreadsBackend {
                     for w in workers {
                         let _ = w.join();
                     }
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot start an I/O worker thread: {e}"),
-                    ));
+                    return Err(error::os(e, "cannot start an I/O worker thread"));
                 }
             }
         }

@@ -27,6 +27,7 @@ use crate::common::{
     build_iovecs, check_rw, complete, consecutive, shut_down_error, unknown_file_error,
     used_frames, Counters, Kind, Progress, Step, MAX_RETRIES, MAX_RW,
 };
+use crate::error;
 
 /// `user_data` of the NOP that wakes the driver at shutdown; never a slab key.
 const WAKE: u64 = u64::MAX;
@@ -434,47 +435,46 @@ fn check_ops(probe: &Probe) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
-                "the kernel's io_uring lacks {}; upgrade the kernel, or use Backend::Threads \
-                 or set URINGCACHE_BACKEND=threads",
+                "the kernel's io_uring lacks {}; upgrade the kernel, or {THREADS_ADVICE}",
                 missing.join(", ")
             ),
         ))
     }
 }
 
-/// Rewrites an `io_uring_setup` error into one that says what to change.
+/// Rewrites an `io_uring_setup` error into one that says what to change, keeping the OS
+/// error as its `source()`.
 fn explain_setup_error(e: io::Error, entries: u32) -> io::Error {
     let (kind, msg) = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => (
             io::ErrorKind::PermissionDenied,
-            format!(
-                "io_uring is refused (seccomp or kernel.io_uring_disabled): {e}; use \
-                 Backend::Threads or set URINGCACHE_BACKEND=threads"
-            ),
+            format!("io_uring is refused (seccomp or kernel.io_uring_disabled); {THREADS_ADVICE}"),
         ),
         Some(libc::ENOSYS) => (
             io::ErrorKind::Unsupported,
-            format!(
-                "the kernel lacks io_uring (Linux 5.6 or later is needed): {e}; use \
-                 Backend::Threads or set URINGCACHE_BACKEND=threads"
-            ),
+            format!("the kernel lacks io_uring (Linux 5.6 or later is needed); {THREADS_ADVICE}"),
         ),
         Some(libc::ENOMEM) => (
             io::ErrorKind::OutOfMemory,
-            format!(
-                "io_uring setup could not get memory for its rings: {e}; on kernels before \
-                 5.12 the rings count against RLIMIT_MEMLOCK (`ulimit -l`): raise it, lower \
-                 `entries`, or use Backend::Threads"
-            ),
+            "io_uring setup could not get memory for its rings; on kernels before 5.12 the \
+             rings count against RLIMIT_MEMLOCK (`ulimit -l`): raise it, lower `entries`, or \
+             use the threads backend"
+                .to_string(),
         ),
         Some(libc::EINVAL) => (
             io::ErrorKind::InvalidInput,
-            format!("io_uring setup refused {entries} entries with these flags: {e}"),
+            format!("io_uring setup refused {entries} entries with these flags"),
         ),
-        _ => (e.kind(), format!("io_uring setup failed: {e}")),
+        _ => (e.kind(), "io_uring setup failed".to_string()),
     };
-    io::Error::new(kind, msg)
+    error::with_kind(kind, e, msg)
 }
+
+/// What to do when `io_uring` is unusable, in words that do not depend on how the API crate
+/// spells its choice of backend: the thread pool by the name it reports
+/// ([`ThreadsBackend`](crate::ThreadsBackend)'s `name()`, "threads"; `tests/fallback.rs` of
+/// the workspace checks that the advice names it).
+const THREADS_ADVICE: &str = "use the threads backend (a thread pool) instead";
 
 fn build_ring(config: &UringConfig) -> io::Result<IoUring> {
     if config.entries == 0 {
@@ -602,11 +602,12 @@ impl UringBackend {
         })?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe).map_err(|e| {
-            io::Error::new(
+            error::with_kind(
                 io::ErrorKind::Unsupported,
+                e,
                 format!(
-                    "the kernel's io_uring cannot report its opcodes ({e}): Linux 5.6 or \
-                     later is needed; use Backend::Threads or set URINGCACHE_BACKEND=threads"
+                    "the kernel's io_uring cannot report its opcodes (Linux 5.6 or later is \
+                     needed); {THREADS_ADVICE}"
                 ),
             )
         })?;
@@ -861,4 +862,32 @@ fn drive(shared: &Shared) {
         }
     }
     tracing::debug!("uringcache-uring driver stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errors_keep_their_errno_and_say_what_to_do() {
+        for (errno, kind) in [
+            (libc::EPERM, io::ErrorKind::PermissionDenied),
+            (libc::EACCES, io::ErrorKind::PermissionDenied),
+            (libc::ENOSYS, io::ErrorKind::Unsupported),
+            (libc::ENOMEM, io::ErrorKind::OutOfMemory),
+            (libc::EINVAL, io::ErrorKind::InvalidInput),
+            (
+                libc::EFAULT,
+                io::Error::from_raw_os_error(libc::EFAULT).kind(),
+            ),
+        ] {
+            let e = explain_setup_error(io::Error::from_raw_os_error(errno), 64);
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(error::raw_os_error_of(&e), Some(errno), "{e}");
+            assert!(e.to_string().contains("io_uring"), "{e}");
+            if matches!(errno, libc::EPERM | libc::EACCES | libc::ENOSYS) {
+                assert!(e.to_string().contains("threads backend"), "{e}");
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //!   mapping. Taken only by `open` and by an inode's drop.
 //! * The hit path takes neither: a `File` holds its inode directly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -32,9 +32,10 @@ use uringcache_core::wait::{Event, WaitTable};
 use uringcache_core::writeback::DirtyLimits;
 
 use crate::file::{File, OpenOptions};
-use crate::inode::Inode;
+use crate::inode::{FileStamp, Inode};
 use crate::latency::Timed;
 use crate::stats::{Counter, Counters, Stats};
+use crate::util::block_on;
 use crate::writeback::Flusher;
 
 /// Which I/O layer moves the bytes.
@@ -268,6 +269,9 @@ impl CacheBuilder {
             user_handles: AtomicUsize::new(0),
             user_pin_counts: (0..frames).map(|_| AtomicU32::new(0)).collect(),
             shut_down: AtomicBool::new(false),
+            shutdown_started: AtomicBool::new(false),
+            shutdown_done: Event::new(),
+            idle: Mutex::new(VecDeque::new()),
             limits: DirtyLimits::new(frames, self.dirty_background_ratio, self.dirty_ratio),
             nr_dirty: AtomicUsize::new(0),
             nr_writeback: AtomicUsize::new(0),
@@ -276,6 +280,7 @@ impl CacheBuilder {
             flusher: Flusher::new(self.writeback_interval),
             wb_passes: AtomicU64::new(0),
             wb_last_pass_pages: AtomicUsize::new(0),
+            orphan_failed_passes: AtomicU32::new(0),
             clock: Instant::now(),
             dirty_expire_ms: self.dirty_expire.as_millis() as u64,
         });
@@ -380,8 +385,19 @@ impl Cache {
     /// fail, and the backend stops once every submitted I/O has completed. Returns the first
     /// error met; pages that failed stay dirty and the error names the file.
     pub async fn shutdown(&self) -> io::Result<()> {
+        let inner = &self.inner;
+        if inner.shutdown_started.swap(true, Ordering::AcqRel) {
+            // Another call did (or is doing) the work: nothing is left to do but wait for it.
+            loop {
+                let ticket = inner.shutdown_done.listen();
+                if inner.shut_down.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                ticket.await;
+            }
+        }
         let mut first_err = None;
-        for inode in self.inner.open_inodes() {
+        for inode in inner.open_inodes() {
             if let Err(e) = inode
                 .sync(crate::writeback::SyncKind::All, inode.cache_cursor())
                 .await
@@ -390,19 +406,25 @@ impl Cache {
                 first_err.get_or_insert(e);
             }
         }
-        self.inner.shut_down.store(true, Ordering::Release);
-        self.inner.flusher.stop();
-        self.inner.backend.shutdown();
-        // Nothing will be written any more: the flusher's references to files (each holding
-        // the cache) go, so that the cache is freed with its last handle.
-        let held: Vec<_> = self.inner.dirty_inodes.lock().drain().collect();
+        inner.shut_down.store(true, Ordering::Release);
+        inner.shutdown_done.notify_all();
+        inner.flusher.stop();
+        inner.backend.shutdown();
+        // Nothing will be written any more: the references to files held for writeback or
+        // kept closed (each holding the cache) go, so that the cache is freed with its last
+        // handle.
+        let held: Vec<_> = inner.dirty_inodes.lock().drain().collect();
         drop(held);
+        inner.clear_idle();
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 }
+
+/// Closed files kept with their clean pages at most (each holds its descriptors open).
+pub(crate) const MAX_IDLE_FILES: usize = 64;
 
 /// (device, inode number): what makes two opens the same file.
 type InodeKey = (u64, u64);
@@ -451,6 +473,12 @@ pub(crate) struct CacheInner {
     /// Per frame, the live page handles pinning it (`user_pins` counts the frames with one).
     pub(crate) user_pin_counts: Box<[AtomicU32]>,
     shut_down: AtomicBool,
+    /// `shutdown` was called (a second call waits for the first, then returns `Ok`).
+    shutdown_started: AtomicBool,
+    /// Notified when `shut_down` is set.
+    shutdown_done: Event,
+    /// Closed files whose clean pages are kept, oldest first (see [`CacheInner::park_idle`]).
+    idle: Mutex<VecDeque<Arc<Inode>>>,
     /// Background threshold and hard limit on dirty pages.
     pub(crate) limits: DirtyLimits,
     /// Dirty pages in the whole cache.
@@ -469,6 +497,8 @@ pub(crate) struct CacheInner {
     /// `PageMut`s) goes on past the limit instead of waiting for writeback that cannot come.
     pub(crate) wb_passes: AtomicU64,
     pub(crate) wb_last_pass_pages: AtomicUsize,
+    /// Writeback passes in a row, with no user handle left, that ended with pages still dirty.
+    pub(crate) orphan_failed_passes: AtomicU32,
     clock: Instant,
     pub(crate) dirty_expire_ms: u64,
 }
@@ -508,20 +538,35 @@ impl CacheInner {
         }
     }
 
-    /// The inode already open for (device, inode number), if any.
-    pub(crate) fn find_inode(&self, key: (u64, u64)) -> Option<Arc<Inode>> {
-        self.by_key.lock().get(&key).and_then(|(_, w)| w.upgrade())
-    }
-
-    /// Registers a new inode, or returns the one another open registered first.
-    pub(crate) fn add_inode(
+    /// The inode for the file `seen` describes (just opened, `fstat`ed), with one more handle:
+    /// the one already open, or kept closed and unchanged on disk since; else a new one from
+    /// `make`. A closed inode whose file changed on disk (see [`FileStamp`]) is forgotten with
+    /// its pages, so that no stale page is ever served.
+    pub(crate) fn attach_inode(
         self: &Arc<Self>,
+        seen: &FileStamp,
         key: (u64, u64),
         make: impl FnOnce(u32) -> io::Result<Inode>,
     ) -> io::Result<Arc<Inode>> {
+        let mut stale = None;
         let mut by_key = self.by_key.lock();
         if let Some(existing) = by_key.get(&key).and_then(|(_, w)| w.upgrade()) {
-            return Ok(existing);
+            if existing.handles.load(Ordering::Acquire) > 0 || existing.matches_disk(seen) {
+                if existing.handles.fetch_add(1, Ordering::AcqRel) == 0 {
+                    *existing.stamp.lock() = None;
+                    self.counters.add(Counter::Reopens, 1);
+                }
+                drop(by_key);
+                drop(self.unpark_idle(existing.mapping.id()));
+                return Ok(existing);
+            }
+            tracing::debug!(
+                path = %existing.path.display(),
+                "the file changed on disk since it was closed; its cached pages are dropped"
+            );
+            self.counters.add(Counter::StaleReopens, 1);
+            by_key.remove(&key);
+            stale = Some(existing);
         }
         let id = loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -529,10 +574,114 @@ impl CacheInner {
                 break id;
             }
         };
-        let inode = Arc::new(make(id)?);
-        by_key.insert(key, (id, Arc::downgrade(&inode)));
-        self.inodes.write().insert(id, Arc::downgrade(&inode));
-        Ok(inode)
+        let made = make(id).map(Arc::new);
+        if let Ok(inode) = &made {
+            inode.handles.store(1, Ordering::Release);
+            by_key.insert(key, (id, Arc::downgrade(inode)));
+            self.inodes.write().insert(id, Arc::downgrade(inode));
+        }
+        drop(by_key);
+        if let Some(stale) = stale {
+            drop(self.unpark_idle(stale.mapping.id()));
+            // Pages pinned by page handles stay with their holders; the rest go now.
+            stale.drop_all_pages();
+        }
+        made
+    }
+
+    /// A handle of `inode` closed. At the last one, the cache lets go of the file once it has
+    /// no work left on it: at once if every page is clean and the length on disk is right,
+    /// else after writeback (see `prune_dirty_inodes`). The file then stays in the cache,
+    /// closed, until memory or the idle list's bound pushes it out.
+    pub(crate) fn file_closed(&self, inode: &Arc<Inode>) {
+        let by_key = self.by_key.lock();
+        if inode.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if inode.is_clean() && inode.disk_len_right() {
+            inode.take_stamp();
+            drop(by_key);
+            self.park_idle(inode.clone());
+        } else {
+            *inode.stamp.lock() = None;
+            drop(by_key);
+            // Written back as usual; once clean, the flusher cuts the length on disk back and
+            // lets go of it.
+            inode.hold_for_writeback();
+            self.flusher.kick(false);
+        }
+    }
+
+    /// Called by the flusher for a file without handles whose pages are all clean: cuts the
+    /// file on disk back to `len()` if the tail block overshot it, records it as it is on
+    /// disk, and keeps it closed with its pages.
+    pub(crate) fn let_go(&self, inode: Arc<Inode>) {
+        if inode.writable && !inode.disk_len_right() {
+            if let Err(e) = block_on(inode.cut_disk(None)) {
+                tracing::warn!(path = %inode.path.display(), error = %e,
+                    "letting go of a closed file: cannot cut it back to its length");
+            }
+        }
+        let by_key = self.by_key.lock();
+        if inode.handles.load(Ordering::Acquire) > 0 || !inode.is_clean() {
+            return; // reopened or dirtied again meanwhile: not ours to let go of yet
+        }
+        inode.take_stamp();
+        drop(by_key);
+        self.park_idle(inode);
+    }
+
+    /// Keeps a closed, clean file with its pages (as the kernel keeps an inode's pages after
+    /// the last close), at most [`MAX_IDLE_FILES`] of them: the oldest goes first.
+    fn park_idle(&self, inode: Arc<Inode>) {
+        if self.shut_down.load(Ordering::Acquire) {
+            return; // nothing more will be read: keeping it would only keep the cache alive
+        }
+        let evicted = {
+            let mut idle = self.idle.lock();
+            if idle.iter().any(|i| Arc::ptr_eq(i, &inode)) {
+                return;
+            }
+            idle.push_back(inode);
+            if idle.len() > MAX_IDLE_FILES {
+                idle.pop_front()
+            } else {
+                None
+            }
+        };
+        drop(evicted); // outside the lock: it may be the last reference
+    }
+
+    /// Takes a file out of the idle list (it was reopened or is being dropped).
+    fn unpark_idle(&self, id: u32) -> Option<Arc<Inode>> {
+        let mut idle = self.idle.lock();
+        let at = idle.iter().position(|i| i.mapping.id() == id)?;
+        idle.remove(at)
+    }
+
+    /// Drops the idle files that no longer earn their descriptor: deleted ones (their space is
+    /// freed only when the descriptor closes) and ones whose pages were all evicted.
+    pub(crate) fn prune_idle(&self) {
+        let gone: VecDeque<Arc<Inode>> = {
+            let mut idle = self.idle.lock();
+            let (gone, keep) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|i| i.mapping.nr_pages() == 0 || i.unlinked());
+            *idle = keep;
+            gone
+        };
+        drop(gone);
+    }
+
+    /// Lets go of every idle file (the cache is going away).
+    pub(crate) fn clear_idle(&self) {
+        let gone = std::mem::take(&mut *self.idle.lock());
+        drop(gone);
+    }
+
+    /// Files kept closed with their pages.
+    fn idle_files(&self) -> usize {
+        self.idle.lock().len()
     }
 
     /// Forgets a dropped inode.
@@ -688,6 +837,15 @@ impl CacheInner {
             flush_errors: c.get(Counter::FlushErrors),
             syncs: c.get(Counter::Syncs),
             throttle_waits: c.get(Counter::ThrottleWaits),
+            open_files: self
+                .open_inodes()
+                .iter()
+                .filter(|i| i.handles.load(Ordering::Acquire) > 0)
+                .count(),
+            idle_files: self.idle_files(),
+            reopens: c.get(Counter::Reopens),
+            stale_reopens: c.get(Counter::StaleReopens),
+            dirty_pages_dropped: c.get(Counter::DirtyPagesDropped),
             read_latency: lat[0],
             write_latency: lat[1],
             flush_latency: lat[2],

@@ -121,7 +121,7 @@ impl Inode {
                 len,
             }
         };
-        self.cache.backend.submit(&mut vec![Request {
+        let request = Request {
             file: self.file_id,
             op,
             done: Box::new(move |res| {
@@ -129,12 +129,26 @@ impl Inode {
                     inode.cache.put(f);
                 }
                 if write {
+                    if res.is_ok() {
+                        // Recorded before the gate may start a cut, which records its own.
+                        inode
+                            .wb
+                            .disk_size
+                            .fetch_max(offset + len as u64, Ordering::AcqRel);
+                    }
                     // On the device, not yet flushed: the next sync_data must flush.
                     inode.note_unflushed();
+                    inode.disk_write_done();
                 }
                 done(res);
             }),
-        }]);
+        };
+        if write {
+            // Through the disk gate: never while the file is being cut on disk.
+            self.submit_writes(vec![request]);
+        } else {
+            self.cache.backend.submit(&mut vec![request]);
+        }
         cell.wait().await.map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -288,6 +302,9 @@ impl File {
             return Ok(0);
         }
         let inode = self.inode();
+        inode.check_fits(end)?;
+        // Under the size lock, as buffered writes: never while set_len changes the size.
+        let _size = inode.size_lock.shared().await;
         let shift = inode.cache.page_shift;
         let ps = inode.cache.page_size;
         let first = offset >> shift;
@@ -335,10 +352,6 @@ impl File {
                 k * ps
             };
             inode.device_io(true, chunk, &frames.frames, len).await?;
-            inode
-                .wb
-                .disk_size
-                .fetch_max(chunk + len as u64, Ordering::AcqRel);
             index += k as u64;
         }
         // Size first, then the cached pages: a page made past the old end of file meanwhile

@@ -25,7 +25,7 @@ use uringcache_core::readahead::{self, Advice, Window};
 use uringcache_core::errseq::ErrCursor;
 
 use crate::cache::{invalid, CacheInner};
-use crate::inode::{Inode, ReadaheadSource};
+use crate::inode::{FileStamp, Inode, ReadaheadSource};
 use crate::writeback::SyncKind;
 
 /// A page check run on every page filled from the device: `Ok` accepts the page, `Err` rejects
@@ -140,6 +140,7 @@ impl std::fmt::Debug for File {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.inode.cache.file_closed(&self.inode);
         self.inode.cache.user_handle_dropped();
     }
 }
@@ -237,7 +238,7 @@ impl File {
                 )));
             }
         }
-        let fd = uringcache_uring::open_direct(path, read, write, create, truncate)?;
+        let fd = uringcache_uring::open_direct(path, read, write, create, false)?;
         let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
         if !meta.file_type().is_file() {
             return Err(invalid(format!(
@@ -255,65 +256,75 @@ impl File {
             )));
         }
         let key = (meta.dev(), meta.ino());
-        let inode = match cache.find_inode(key) {
-            Some(inode) => inode,
-            None => cache.add_inode(key, |id| {
-                // The inode's own descriptor serves every handle: read-write when the file
-                // allows it, whatever this first handle asked for.
-                let (io_fd, writable) = if read && write {
-                    (fd.try_clone()?, true)
-                } else {
-                    match uringcache_uring::open_direct(path, true, true, false, false) {
-                        Ok(rw) => (rw, true),
-                        Err(_) => (fd.try_clone()?, write),
-                    }
-                };
-                Inode::new(
-                    cache.clone(),
-                    id,
-                    key,
-                    io_fd,
-                    writable,
-                    align.max(1) as usize,
-                    meta.len(),
-                    path.to_path_buf(),
-                )
-            })?,
+        let seen = FileStamp::of_meta(&meta);
+        let inode = cache.attach_inode(&seen, key, |id| {
+            // The inode's own descriptor serves every handle: read-write when the file
+            // allows it, whatever this first handle asked for.
+            let (io_fd, writable) = if read && write {
+                (fd.try_clone()?, true)
+            } else {
+                match uringcache_uring::open_direct(path, true, true, false, false) {
+                    Ok(rw) => (rw, true),
+                    Err(_) => (fd.try_clone()?, write),
+                }
+            };
+            Inode::new(
+                cache.clone(),
+                id,
+                key,
+                io_fd,
+                writable,
+                align.max(1) as usize,
+                meta.len(),
+                path.to_path_buf(),
+            )
+        })?;
+        // From here on the inode counts this handle: a failure must close it again.
+        let handle = Handle {
+            read,
+            write,
+            ra: Mutex::new(readahead::State::new(cache.ra_max_pages)),
+            prev_pos: AtomicU64::new(0),
+            wb_cursor: inode.mapping.wb_err().sample(),
+            inode,
         };
-        if write && !inode.writable {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "cannot open {} for writing: the cache holds it through a read-only \
-                     descriptor (its permissions changed since it was first opened); close \
-                     every handle and reopen",
-                    path.display()
-                ),
-            ));
-        }
-        if let Some(hook) = verify {
-            *inode.verify.write() = Some(hook.clone());
-        }
+        // Counted as a user handle as long as it lives (its drop uncounts it, also on failure
+        // below; the caller's `Cache` keeps the count above zero meanwhile).
+        handle.inode.cache.user_handle_added();
+        inode_checks(&handle, path, verify.as_ref())?;
+        let file = File {
+            handle: Arc::new(handle),
+        };
         if truncate {
-            // O_TRUNC already cut the file on disk; drop what the cache still holds.
-            inode.mapping.set_size(0);
-            inode.truncate_pages(0).await;
-            inode.wb.disk_size.store(0, Ordering::Release);
+            // O_TRUNC through the cache, under the size lock and the disk gate, after every
+            // check: an open that fails cuts nothing.
+            file.inode().set_len(0).await?;
         }
-        let ra = readahead::State::new(cache.ra_max_pages);
-        inode.cache.user_handle_added();
-        Ok(File {
-            handle: Arc::new(Handle {
-                read,
-                write,
-                ra: Mutex::new(ra),
-                prev_pos: AtomicU64::new(0),
-                wb_cursor: inode.mapping.wb_err().sample(),
-                inode,
-            }),
-        })
+        Ok(file)
     }
+}
 
+/// The checks of an open that need the inode, and the verify hook it installs.
+fn inode_checks(handle: &Handle, path: &Path, verify: Option<&VerifyFn>) -> io::Result<()> {
+    let inode = &handle.inode;
+    if handle.write && !inode.writable {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "cannot open {} for writing: the cache holds it through a read-only \
+                 descriptor (its permissions changed since it was first opened); close \
+                 every handle and reopen",
+                path.display()
+            ),
+        ));
+    }
+    if let Some(hook) = verify {
+        *inode.verify.write() = Some(hook.clone());
+    }
+    Ok(())
+}
+
+impl File {
     pub(crate) fn inode(&self) -> &Arc<Inode> {
         &self.handle.inode
     }

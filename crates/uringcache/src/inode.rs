@@ -41,9 +41,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -56,6 +56,7 @@ use uringcache_core::readahead::Window;
 use crate::cache::CacheInner;
 use crate::file::VerifyFn;
 use crate::stats::Counter;
+use crate::util::SizeLock;
 use crate::writeback::InodeWriteback;
 
 /// The cached state of one open file (`struct inode` + its `address_space`).
@@ -78,6 +79,70 @@ pub(crate) struct Inode {
     pub(crate) verify: RwLock<Option<VerifyFn>>,
     /// The hook's message for each page it rejected, until the page is filled again.
     verify_errors: Mutex<HashMap<u64, String>>,
+    /// Held shared by writes (buffered and direct), exclusive by size changes (`i_rwsem`).
+    pub(crate) size_lock: SizeLock,
+    /// The largest file length known to fit in the filesystem (see [`Inode::check_fits`]).
+    fits_up_to: AtomicU64,
+    /// Open [`File`](crate::File) handles of this inode (changed under the cache's `by_key`
+    /// lock, so that an open and the last close never cross).
+    pub(crate) handles: AtomicUsize,
+    /// The file as it was on disk when the cache let go of it (last handle closed, every page
+    /// clean, the length on disk cut to `len()`); `None` while open or while the cache still has
+    /// work on it. An open that finds the inode without handles compares it with the disk.
+    pub(crate) stamp: Mutex<Option<FileStamp>>,
+}
+
+/// What an open compares to tell whether a closed file changed on disk since the cache let go
+/// of it: device and inode number, size, and modification and change times to the nanosecond
+/// (`fstat`). Any write, truncation, `chmod` or rename onto the path changes one of them (the
+/// change time cannot be set by `utimes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of an open file's metadata.
+    pub(crate) fn of_meta(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The stamp of the file open on `fd`.
+    fn of_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<FileStamp> {
+        // SAFETY: `stat` is a plain C struct for which all-zero bytes are valid, and `fstat`
+        // writes it whole on success.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and a pointer to a live `stat`.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileStamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        })
+    }
+
+    /// Whether the file is linked nowhere any more (deleted while the cache held it).
+    fn unlinked(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+        // SAFETY: as in `of_fd`.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as in `of_fd`.
+        unsafe { libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_nlink == 0 }
+    }
 }
 
 /// A pinned page of an inode; dropping it drops the pin (`put_page`).
@@ -161,7 +226,73 @@ impl Inode {
             in_dirty_list: AtomicBool::new(false),
             verify: RwLock::new(None),
             verify_errors: Mutex::new(HashMap::new()),
+            size_lock: SizeLock::default(),
+            fits_up_to: AtomicU64::new(size),
+            handles: AtomicUsize::new(0),
+            stamp: Mutex::new(None),
         })
+    }
+
+    /// Refuses a write or `set_len` that would make the file longer than its filesystem can
+    /// hold (`FileTooLarge`, `EFBIG`), as `pwrite` and `ftruncate` do, before anything changes:
+    /// otherwise the page could never be written back and every later sync would fail. The
+    /// limit is asked of the kernel (a side-effect-free `lseek`) only for lengths past the
+    /// largest one already known to fit, so an appending writer asks about once per page
+    /// only while it grows the file past its high-water mark.
+    pub(crate) fn check_fits(&self, len: u64) -> io::Result<()> {
+        if len <= self.fits_up_to.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // The tail block is written whole: the rounded-up length must fit too.
+        let on_disk = len.checked_next_multiple_of(self.dio_align as u64);
+        let fits = match on_disk {
+            Some(l) => uringcache_uring::fits_in_file(self.fd.as_fd(), l)?,
+            None => false,
+        };
+        if !fits {
+            let os = io::Error::from_raw_os_error(libc::EFBIG);
+            return Err(crate::error::os(
+                os,
+                format!(
+                    "{} cannot grow to {len} bytes: that is past the largest file its filesystem \
+                     can hold",
+                    self.path.display()
+                ),
+            ));
+        }
+        self.fits_up_to.fetch_max(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether no page of the file is dirty or under writeback.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.mapping.nr_dirty() == 0 && self.mapping.nr_writeback() == 0
+    }
+
+    /// Whether the file on disk is exactly `len()` long, as far as the cache knows.
+    pub(crate) fn disk_len_right(&self) -> bool {
+        self.wb.disk_size.load(Ordering::Acquire) == self.mapping.size()
+    }
+
+    /// Records the file as the disk has it now, for a later open to compare; the caller holds
+    /// the cache's `by_key` lock and has seen the inode without handles and clean.
+    pub(crate) fn take_stamp(&self) {
+        *self.stamp.lock() = FileStamp::of_fd(self.fd.as_fd()).ok();
+    }
+
+    /// Whether the file on disk is the one the cache let go of (see [`FileStamp`]). An inode
+    /// without a stamp is one the cache has not let go of yet (its own writeback or cut is
+    /// still to come): it is the cache's file, taken as it is.
+    pub(crate) fn matches_disk(&self, seen: &FileStamp) -> bool {
+        match *self.stamp.lock() {
+            Some(stamp) => stamp == *seen,
+            None => true,
+        }
+    }
+
+    /// Whether the file was deleted while the cache held it closed.
+    pub(crate) fn unlinked(&self) -> bool {
+        FileStamp::unlinked(self.fd.as_fd())
     }
 
     #[inline]

@@ -78,6 +78,7 @@
 mod backend;
 mod cache;
 mod direct;
+mod error;
 mod file;
 mod inode;
 #[cfg(feature = "tokio")]

@@ -35,9 +35,12 @@ pub(crate) enum Counter {
     FlushErrors,
     Syncs,
     ThrottleWaits,
+    Reopens,
+    StaleReopens,
+    DirtyPagesDropped,
 }
 
-const COUNTERS: usize = Counter::ThrottleWaits as usize + 1;
+const COUNTERS: usize = Counter::DirtyPagesDropped as usize + 1;
 
 #[derive(Default)]
 struct Shard([AtomicU64; COUNTERS]);
@@ -129,6 +132,19 @@ pub struct Stats {
     pub syncs: u64,
     /// Times a writer waited because too many pages were dirty.
     pub throttle_waits: u64,
+    /// Files open through the cache (with at least one [`File`](crate::File) handle).
+    pub open_files: usize,
+    /// Files closed but kept with their clean pages (reopening one unchanged on disk finds
+    /// its pages cached); at most 64, each holding its descriptor.
+    pub idle_files: usize,
+    /// Opens that found the file closed but still cached, unchanged on disk: its pages kept.
+    pub reopens: u64,
+    /// Opens that found the file closed but changed on disk since: its cached pages dropped.
+    pub stale_reopens: u64,
+    /// Dirty pages given up on: pages that kept failing to be written after the last handle of
+    /// the cache was gone (nobody is left to report the error to); each is logged with its
+    /// file, byte range and error.
+    pub dirty_pages_dropped: u64,
     /// Device read latency, submission to completion.
     pub read_latency: Latency,
     /// Device write latency.
@@ -196,8 +212,14 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "syncs {} sharing {} flushes, flush errors {}",
-            self.syncs, self.flushes, self.flush_errors
+            "syncs {} sharing {} flushes, flush errors {}; files open {} idle {} (reopened {}, stale {})",
+            self.syncs,
+            self.flushes,
+            self.flush_errors,
+            self.open_files,
+            self.idle_files,
+            self.reopens,
+            self.stale_reopens
         )?;
         write!(
             f,

@@ -153,6 +153,8 @@ impl Inode {
         let ps = self.cache.page_size as u64;
         let mut pos = offset;
         let end = offset + buf.len() as u64;
+        self.check_fits(end)?;
+        let _size = self.size_lock.shared().await;
         while pos < end {
             let index = pos >> self.cache.page_shift;
             let in_page = (pos & (ps - 1)) as usize;
@@ -312,22 +314,26 @@ impl Inode {
         }
     }
 
-    /// Sets the file's length (`truncate_setsize` + the filesystem's `setattr`).
+    /// Sets the file's length (`truncate_setsize` + the filesystem's `setattr`), under the size
+    /// lock: no buffered or direct write runs meanwhile, as under the kernel's `i_rwsem`.
+    ///
+    /// Shrinking drops the pages past the end (waiting for their writeback), zeroes the rest of
+    /// the last page, and only then cuts the file on disk: every write of the old bytes past the
+    /// end has completed by then, so none can land after the cut.
     pub(crate) async fn set_len(self: &Arc<Self>, len: u64) -> io::Result<()> {
+        self.check_fits(len)?;
+        let _size = self.size_lock.exclusive().await;
         let old = self.mapping.size();
         if len < old {
-            // Registered before the length drops: a write of the old pages completing from
-            // now on, or of a concurrent extension, is written again after the cut.
-            let cut = self.begin_cut(Some(len));
             self.mapping.set_size(len);
             self.truncate_pages(len.div_ceil(self.cache.page_size as u64))
                 .await;
             self.zero_tail(len).await;
-            self.truncate_disk(cut).await
+            self.cut_disk(Some(len)).await
         } else {
             if len > old {
                 // Grow on disk first, so that the new range reads back as zeros.
-                self.truncate_disk(self.begin_cut(Some(len))).await?;
+                self.cut_disk(Some(len)).await?;
                 self.mapping.extend_size(len);
             }
             Ok(())

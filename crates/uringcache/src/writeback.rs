@@ -26,11 +26,15 @@
 //!   so a `sync_data` costs one task wake-up, not two. When the length on disk must change
 //!   first (an unaligned tail, a grown file), the sync waits for its writes, truncates, then
 //!   joins.
-//! * **Cuts** ([`Cut`]): an `ftruncate` that shortens the file on disk (a sync cutting back an
-//!   overshooting tail block, `set_len`) is registered before its length is decided on; a
-//!   write completing while it is in flight with bytes past that length may lose them to it,
-//!   so its pages go back to dirty and a sync that saw this goes round again once the cut is
-//!   over. A write of a concurrent extension is therefore never lost to a stale cut.
+//! * **Cuts** ([`Inode::cut_disk`]): an `ftruncate` of the file on disk (a sync cutting back an
+//!   overshooting tail block, `set_len`, letting go of a file) never overlaps a device write of
+//!   the same file ([`DiskGate`]): it waits for the writes in flight, and writes submitted
+//!   meanwhile are held until it has completed. So an `ftruncate` to an unaligned length never
+//!   meets an `O_DIRECT` write of the block it zeroes (ext4 would record a false `EIO`), and
+//!   no write lands after a cut it preceded in the cache's view. A sync's cut takes the length
+//!   at registration; a write that extends the file after that is held and lands after the cut.
+//!   `set_len` holds the size lock against buffered and direct writes while it drops pages and
+//!   cuts, as the kernel's `i_rwsem` does.
 //! * **Errors**: each handle's cursor into the mapping's error sequence makes the next sync of
 //!   every handle open at the time report a writeback error once. A failed flush poisons the
 //!   inode: data written before it may not be durable, so no later sync of it ever reports
@@ -38,12 +42,13 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use uringcache_core::backend::{Op, Request};
+use uringcache_core::backend::{Completion, Op, Request};
+use uringcache_core::disk_gate::DiskGate;
 use uringcache_core::errseq::ErrCursor;
 use uringcache_core::page::{FrameId, PageState};
 use uringcache_core::wait::Event;
@@ -79,14 +84,6 @@ pub(crate) struct InodeWriteback {
     poisoned: AtomicI32,
     /// The cache's own cursor (for `Cache::shutdown`).
     pub(crate) cache_cursor: ErrCursor,
-    /// Writes whose bytes an `ftruncate` in flight may have cut: their pages went back to
-    /// dirty, and a sync that saw this change while it ran goes round again.
-    redos: AtomicU64,
-    /// Cuts registered (`FlushState::cuts` non-empty): lets a write completion skip the lock
-    /// when no cut is in progress, which is nearly always. A completion that reads 0 came
-    /// before the registration, and so before the length of the cut was read: its bytes are
-    /// within that length.
-    cuts_active: AtomicUsize,
 }
 
 /// Group commit by write sequence (the shape of jbd2's commit sequence and of a WAL's group
@@ -124,10 +121,22 @@ struct FlushState {
     flushed_epoch: u64,
     /// `epoch` at the start of the running flush.
     running_epoch: u64,
-    /// Lengths the file is being cut to on disk right now (`ftruncate`s in flight), each
-    /// rounded up to the direct-I/O alignment: a write that lands bytes beyond one of them
-    /// may see them cut, so its pages are written again (see [`Cut`]).
-    cuts: Vec<u64>,
+    /// Device writes (writeback and direct) against cuts of the file on disk.
+    gate: DiskGate<Request, PendingCut>,
+}
+
+/// A cut of the file on disk waiting in the [`DiskGate`]: the length, and whom to tell.
+struct PendingCut {
+    len: u64,
+    done: Completion,
+}
+
+impl std::fmt::Debug for PendingCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCut")
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -218,34 +227,7 @@ impl InodeWriteback {
             flush_done: Event::new(),
             poisoned: AtomicI32::new(0),
             cache_cursor,
-            redos: AtomicU64::new(0),
-            cuts_active: AtomicUsize::new(0),
         }
-    }
-}
-
-/// An on-disk cut in progress (`ftruncate` to `len`), registered before the new length is
-/// decided on so that no write of bytes beyond it can complete unnoticed: from registration
-/// until the `ftruncate` completes, a write completing with bytes past the cut puts its pages
-/// back to dirty. Dropping the guard (in the truncation's completion) ends the cut.
-pub(crate) struct Cut {
-    inode: Arc<Inode>,
-    limit: u64,
-    /// The length to cut to.
-    pub(crate) len: u64,
-}
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        {
-            let mut f = self.inode.wb.flush.lock();
-            if let Some(i) = f.cuts.iter().position(|&c| c == self.limit) {
-                f.cuts.swap_remove(i);
-                self.inode.wb.cuts_active.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        // Syncs whose writes were cut wait for the cuts to end before writing again.
-        self.inode.wb.flush_done.notify_all();
     }
 }
 
@@ -344,7 +326,7 @@ impl Inode {
             cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
             if len == 0 {
                 // Wholly past end of file (a truncation is dropping it): nothing to write.
-                self.finish_writeback(index, frame, None, false);
+                self.finish_writeback(index, frame, None);
                 continue;
             }
             let contiguous = !batch.run.is_empty()
@@ -361,9 +343,7 @@ impl Inode {
             submitted += 1;
         }
         self.flush_write_run(&mut batch);
-        if !batch.requests.is_empty() {
-            cache.backend.submit(&mut batch.requests);
-        }
+        self.submit_writes(batch.requests);
         (submitted, busy)
     }
 
@@ -417,29 +397,10 @@ impl Inode {
         res: io::Result<usize>,
     ) {
         let cache = &self.cache;
-        // Pages from this one on hold bytes that an ftruncate in flight may cut.
-        let mut redo_from = frames.len();
         let errno = match &res {
             Ok(_) => {
-                let limit = if self.wb.cuts_active.load(Ordering::SeqCst) > 0 {
-                    self.wb.flush.lock().cuts.iter().min().copied()
-                } else {
-                    None
-                };
-                if let Some(limit) = limit {
-                    let ps = cache.page_size as u64;
-                    let end = offset + len as u64;
-                    redo_from = (0..frames.len())
-                        .find(|&k| (offset + (k as u64 + 1) * ps).min(end) > limit)
-                        .unwrap_or(frames.len());
-                    if redo_from < frames.len() {
-                        self.wb.redos.fetch_add(1, Ordering::AcqRel);
-                        tracing::debug!(
-                            path = %self.path.display(), offset, len, limit,
-                            "a write raced a truncation; its pages will be written again"
-                        );
-                    }
-                }
+                // No cut runs while a write is in flight (the disk gate), so this cannot be
+                // overtaken by a cut's own record of the length.
                 self.wb
                     .disk_size
                     .fetch_max(offset + len as u64, Ordering::AcqRel);
@@ -460,7 +421,7 @@ impl Inode {
             }
         };
         for (k, &frame) in frames.iter().enumerate() {
-            self.finish_writeback(first + k as u64, frame, errno, k >= redo_from);
+            self.finish_writeback(first + k as u64, frame, errno);
         }
         if let Some(errno) = errno {
             self.mapping.wb_err().set(errno);
@@ -471,15 +432,8 @@ impl Inode {
         }
     }
 
-    /// Ends writeback of one page; on failure, or with `redo` (its bytes may have been cut),
-    /// the page goes back to dirty first.
-    fn finish_writeback(
-        self: &Arc<Self>,
-        index: u64,
-        frame: FrameId,
-        errno: Option<i32>,
-        redo: bool,
-    ) {
+    /// Ends writeback of one page; on failure the page goes back to dirty first.
+    fn finish_writeback(self: &Arc<Self>, index: u64, frame: FrameId, errno: Option<i32>) {
         let cache = &self.cache;
         let desc = cache.pool.pages().get(frame);
         if let Some(errno) = errno {
@@ -490,9 +444,6 @@ impl Inode {
             }
         } else {
             desc.clear(PageState::ERROR);
-            if redo && !desc.state().has(PageState::ORPHAN) {
-                self.redirty(desc, index);
-            }
         }
         self.mapping.end_writeback(index);
         cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
@@ -516,16 +467,26 @@ impl Inode {
         desc.set_dirtied_at(cache.now_ms());
         self.mapping.tag_dirty(index);
         cache.nr_dirty.fetch_add(1, Ordering::AcqRel);
-        if !self.in_dirty_list.swap(true, Ordering::AcqRel) {
-            cache
-                .dirty_inodes
-                .lock()
-                .insert(self.mapping.id(), self.clone());
-        }
+        self.hold_for_writeback();
         if cache.nr_dirty.load(Ordering::Relaxed) > cache.limits.background {
             cache.flusher.kick(false);
         }
         true
+    }
+
+    /// Puts the inode in the flusher's list (`__mark_inode_dirty`), which holds it until its
+    /// pages are clean, even after its last handle is gone. A closed file dirtied again (by a
+    /// page handle that outlived it) is the cache's work again: its stamp is void.
+    pub(crate) fn hold_for_writeback(self: &Arc<Self>) {
+        if !self.in_dirty_list.swap(true, Ordering::AcqRel) {
+            if self.handles.load(Ordering::Acquire) == 0 {
+                *self.stamp.lock() = None;
+            }
+            self.cache
+                .dirty_inodes
+                .lock()
+                .insert(self.mapping.id(), self.clone());
+        }
     }
 
     /// Waits until the page at `index`, if cached, is neither locked nor under writeback.
@@ -567,19 +528,41 @@ impl Inode {
         }
     }
 
-    /// Cuts (or extends) the file on disk to `len` bytes and waits (`ftruncate`).
-    pub(crate) async fn truncate_disk(&self, cut: Cut) -> io::Result<()> {
-        let len = cut.len;
+    /// Submits device writes of this file through the disk gate: at once, or after the cuts
+    /// registered before them (see [`DiskGate`]). Each write's completion must call
+    /// [`disk_write_done`](Self::disk_write_done).
+    pub(crate) fn submit_writes(self: &Arc<Self>, writes: Vec<Request>) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut go = self.wb.flush.lock().gate.admit(writes);
+        if !go.is_empty() {
+            self.cache.backend.submit(&mut go);
+        }
+    }
+
+    /// A device write admitted by the gate has completed (after its pages and `disk_size`
+    /// were updated): starts the cut it was the last one holding back, if any.
+    pub(crate) fn disk_write_done(self: &Arc<Self>) {
+        let cut = self.wb.flush.lock().gate.write_done();
+        if let Some(cut) = cut {
+            self.start_cut(cut);
+        }
+    }
+
+    /// Cuts (or extends) the file on disk to `len` bytes, or with `None` to `len()` read at
+    /// registration, and waits (`ftruncate`). The cut runs when no device write of the file
+    /// is in flight, and writes submitted meanwhile wait for it (see [`DiskGate`]).
+    pub(crate) async fn cut_disk(self: &Arc<Self>, len: Option<u64>) -> io::Result<()> {
         let (cell, done) = OneShot::new();
-        self.cache.backend.submit(&mut vec![Request {
-            file: self.file_id,
-            op: Op::Truncate { len },
-            done: Box::new(move |res| {
-                // The cut ends when the ftruncate has, whoever is still waiting for it.
-                drop(cut);
-                done(res)
-            }),
-        }]);
+        let (len, start) = {
+            let mut f = self.wb.flush.lock();
+            let len = len.unwrap_or_else(|| self.mapping.size());
+            (len, f.gate.register_cut(PendingCut { len, done }))
+        };
+        if let Some(cut) = start {
+            self.start_cut(cut);
+        }
         cell.wait().await.map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -589,44 +572,61 @@ impl Inode {
                 ),
             )
         })?;
-        self.wb.disk_size.store(len, Ordering::Release);
-        self.note_unflushed();
         Ok(())
+    }
+
+    /// Submits the `ftruncate` of a cut the gate let through. Its completion records the new
+    /// length on disk, then starts the next cut or releases the writes held behind it, then
+    /// tells the waiter.
+    fn start_cut(self: &Arc<Self>, cut: PendingCut) {
+        let PendingCut { len, done } = cut;
+        let this = self.clone();
+        self.cache.backend.submit(&mut vec![Request {
+            file: self.file_id,
+            op: Op::Truncate { len },
+            done: Box::new(move |res| {
+                if res.is_ok() {
+                    this.wb.disk_size.store(len, Ordering::Release);
+                }
+                let next = {
+                    let mut f = this.wb.flush.lock();
+                    // On the device, not yet durable (a metadata change): the next sync
+                    // flushes.
+                    f.epoch += 1;
+                    f.gate.cut_done()
+                };
+                if let Some(cut) = next.next_cut {
+                    this.start_cut(cut);
+                }
+                let mut release = next.release;
+                if !release.is_empty() {
+                    this.cache.backend.submit(&mut release);
+                }
+                done(res);
+            }),
+        }]);
     }
 
     /// Records the completion of write request `seq` (after its pages and the error sequence
     /// were updated; `durable` when it was a successful `RWF_DSYNC` write), releases the syncs
     /// it made durable, and starts the flush it was the last one missing for, if any.
     fn write_done(self: &Arc<Self>, seq: u64, durable: bool) {
-        let (settled, start) = {
+        let (settled, start, cut) = {
             let mut f = self.wb.flush.lock();
             f.in_flight.remove(&seq);
             if !durable {
                 f.epoch += 1;
             }
-            (f.settle(), f.try_start())
+            (f.settle(), f.try_start(), f.gate.write_done())
         };
+        if let Some(cut) = cut {
+            self.start_cut(cut);
+        }
         if let Some((full, covers)) = start {
             self.start_flush(full, covers);
         }
         if settled {
             self.wb.flush_done.notify_all();
-        }
-    }
-
-    /// Starts a cut of the file on disk to `len`, or, with `None`, to the file's length read
-    /// at this moment (after registration, so that any write of bytes past it completes
-    /// while the cut is known). See [`Cut`].
-    pub(crate) fn begin_cut(self: &Arc<Self>, len: Option<u64>) -> Cut {
-        let mut f = self.wb.flush.lock();
-        let len = len.unwrap_or_else(|| self.mapping.size());
-        let limit = len.next_multiple_of(self.dio_align as u64);
-        f.cuts.push(limit);
-        self.wb.cuts_active.fetch_add(1, Ordering::SeqCst);
-        Cut {
-            inode: self.clone(),
-            limit,
-            len,
         }
     }
 
@@ -718,21 +718,7 @@ impl Inode {
         cursor: &ErrCursor,
     ) -> io::Result<()> {
         self.cache.counters.add(Counter::Syncs, 1);
-        loop {
-            let redos = self.wb.redos.load(Ordering::Acquire);
-            self.sync_once(kind, cursor).await?;
-            if self.wb.redos.load(Ordering::Acquire) == redos {
-                return Ok(());
-            }
-            // Write again once the cuts in flight are over, not while they may cut again.
-            loop {
-                let ticket = self.wb.flush_done.listen();
-                if self.wb.flush.lock().cuts.is_empty() {
-                    break;
-                }
-                ticket.await;
-            }
-        }
+        self.sync_once(kind, cursor).await
     }
 
     async fn sync_once(self: &Arc<Self>, kind: SyncKind, cursor: &ErrCursor) -> io::Result<()> {
@@ -773,9 +759,9 @@ impl Inode {
                 (size, full_for(size))
             };
             if !fast && self.wb.disk_size.load(Ordering::Acquire) != size {
-                // The length is read again under the cut: the file may have grown since.
-                let cut = self.begin_cut(None);
-                if let Err(e) = self.truncate_disk(cut).await {
+                // The length is read again at the cut's registration: the file may have grown
+                // since (its new pages' writes are held behind the cut).
+                if let Err(e) = self.cut_disk(None).await {
                     self.mapping.wb_err().check_and_advance(cursor);
                     return Err(e);
                 }
@@ -867,6 +853,11 @@ impl Flusher {
         self.shared.wake.notify_one();
     }
 
+    /// Makes the next timed pass write every dirty page, without waking the thread now.
+    pub(crate) fn kick_later(&self) {
+        self.shared.cmd.lock().all = true;
+    }
+
     /// Stops the thread after its current pass.
     pub(crate) fn stop(&self) {
         self.shared.cmd.lock().stop = true;
@@ -918,7 +909,7 @@ impl CacheInner {
         let started = std::time::Instant::now();
         // What to write: every dirty page when eviction needs frames or above the background
         // threshold; otherwise the pages older than `dirty_expire`.
-        let older_than = if all || over {
+        let older_than = if all || over || self.user_handles.load(Ordering::Acquire) == 0 {
             None
         } else {
             Some(self.now_ms().saturating_sub(self.dirty_expire_ms))
@@ -935,7 +926,8 @@ impl CacheInner {
             }
         }
         drop(inodes);
-        if self.user_handles.load(Ordering::Acquire) == 0 {
+        let orphaned = self.user_handles.load(Ordering::Acquire) == 0;
+        if orphaned {
             // No handle is left to sync or to drop the cache: wait for this pass's writes,
             // then let go of the clean files, the last references to the cache.
             while self.nr_writeback.load(Ordering::Acquire) > 0 {
@@ -945,8 +937,22 @@ impl CacheInner {
                 }
                 block_on(ticket);
             }
+            if self.nr_dirty.load(Ordering::Acquire) > 0 {
+                let failed = self.orphan_failed_passes.fetch_add(1, Ordering::AcqRel) + 1;
+                if failed >= GIVE_UP_AFTER {
+                    self.give_up_on_failed_pages();
+                } else {
+                    // Try again at the next interval, all of it.
+                    self.flusher.kick_later();
+                }
+            }
+        } else {
+            self.orphan_failed_passes.store(0, Ordering::Release);
         }
         self.prune_dirty_inodes();
+        if orphaned {
+            self.clear_idle();
+        }
         self.wb_last_pass_pages.store(pages, Ordering::Release);
         self.wb_passes.fetch_add(1, Ordering::AcqRel);
         // Throttled writers re-check: the dirty count may have dropped, or writeback may have
@@ -967,14 +973,15 @@ impl CacheInner {
         }
     }
 
-    /// Drops the flusher's references to inodes with no dirty page and no writeback.
+    /// Drops the flusher's references to inodes with no dirty page and no writeback; those
+    /// without handles are let go of (cut back to `len()` on disk, kept idle).
     fn prune_dirty_inodes(&self) {
         let mut gone = Vec::new();
         {
             let mut list = self.dirty_inodes.lock();
             list.retain(|_, inode| {
                 inode.in_dirty_list.store(false, Ordering::Release);
-                let clean = inode.mapping.nr_dirty() == 0 && inode.mapping.nr_writeback() == 0;
+                let clean = inode.is_clean();
                 if !clean {
                     inode.in_dirty_list.store(true, Ordering::Release);
                 } else {
@@ -983,8 +990,84 @@ impl CacheInner {
                 !clean
             });
         }
-        // Dropped outside the lock: the last reference to an inode may drop it.
-        drop(gone);
+        // Outside the lock: letting go waits for a cut, and the last reference to an inode
+        // may drop it.
+        for inode in gone {
+            if inode.handles.load(Ordering::Acquire) == 0 {
+                self.let_go(inode);
+            }
+        }
+        self.prune_idle();
+    }
+
+    /// After the last handle of the cache is gone, dirty pages that failed to be written
+    /// [`GIVE_UP_AFTER`] passes in a row are dropped, each file's lost byte ranges logged with
+    /// the error: nobody is left to report it to, and keeping them would keep the cache's
+    /// threads and memory forever.
+    fn give_up_on_failed_pages(&self) {
+        let inodes: Vec<Arc<Inode>> = self.dirty_inodes.lock().values().cloned().collect();
+        for inode in inodes {
+            let (indices, errno) = inode.discard_dirty_pages();
+            if indices.is_empty() {
+                continue;
+            }
+            let ps = self.page_size as u64;
+            let ranges: Vec<String> = uringcache_core::writeback::coalesce(&indices, usize::MAX)
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}..{}",
+                        r.start * ps,
+                        (r.end * ps).min(inode.mapping.size())
+                    )
+                })
+                .collect();
+            let error = io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno });
+            tracing::error!(
+                path = %inode.path.display(),
+                bytes = %ranges.join(", "),
+                pages = indices.len(),
+                %error,
+                "no handle is left and writing back kept failing: these unsynced bytes are lost"
+            );
+            self.counters
+                .add(Counter::DirtyPagesDropped, indices.len() as u64);
+        }
+    }
+}
+
+/// Writeback passes in a row that leave pages dirty, with no handle of the cache left, before
+/// those pages are given up on.
+pub(crate) const GIVE_UP_AFTER: u32 = 3;
+
+impl Inode {
+    /// Forgets every dirty page that is not under writeback (it stays cached, clean, with the
+    /// bytes that could not be written). Returns their indices and the last errno seen on one.
+    fn discard_dirty_pages(self: &Arc<Self>) -> (Vec<u64>, i32) {
+        let cache = &self.cache;
+        let pages = cache.pool.pages();
+        let mut dropped = Vec::new();
+        let mut errno = 0;
+        for index in self.mapping.dirty_range(0, u64::MAX, usize::MAX) {
+            let Some(frame) = self.mapping.lookup(index, pages) else {
+                continue;
+            };
+            let desc = pages.get(frame);
+            if desc.try_lock() {
+                let st = desc.state();
+                if !st.has(PageState::WRITEBACK)
+                    && desc.clear(PageState::DIRTY).has(PageState::DIRTY)
+                {
+                    self.mapping.untag_dirty(index);
+                    cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+                    errno = desc.errno();
+                    dropped.push(index);
+                }
+                cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+            }
+            cache.put(frame);
+        }
+        (dropped, errno)
     }
 }
 
