@@ -150,10 +150,10 @@ impl Inode {
             self.cache.backend.submit(&mut vec![request]);
         }
         cell.wait().await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
+            crate::error::os(
+                e,
                 format!(
-                    "direct {} of {len} bytes at offset {offset} of {} failed: {e}",
+                    "direct {} of {len} bytes at offset {offset} of {} failed",
                     if write { "write" } else { "read" },
                     self.path.display()
                 ),
@@ -175,11 +175,10 @@ impl Inode {
             let errno = desc.errno();
             self.cache.put(frame);
             if st.has(PageState::DIRTY | PageState::ERROR) {
-                let os = io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno });
-                return Err(io::Error::new(
-                    os.kind(),
+                return Err(crate::error::errno(
+                    errno,
                     format!(
-                        "writing back page {index} of {} before direct I/O failed: {os}",
+                        "writing back page {index} of {} before direct I/O failed",
                         self.path.display()
                     ),
                 ));

@@ -29,7 +29,6 @@
 
 // The call sites of this crate are converted to these helpers one by one; until every one is,
 // some helpers have no caller outside the tests.
-#![allow(dead_code)]
 
 use std::error::Error;
 use std::fmt;
@@ -40,18 +39,6 @@ use std::io;
 pub(crate) struct Context {
     msg: String,
     source: io::Error,
-}
-
-impl Context {
-    /// The message, without the source's text.
-    pub(crate) fn message(&self) -> &str {
-        &self.msg
-    }
-
-    /// The error under the message.
-    pub(crate) fn inner(&self) -> &io::Error {
-        &self.source
-    }
 }
 
 impl fmt::Display for Context {
@@ -98,8 +85,12 @@ pub(crate) fn with_kind(
 }
 
 /// `errno` as an error with `msg` in front: [`os`] of `io::Error::from_raw_os_error(errno)`.
+/// An errno of 0 (a page marked failed without one) is reported as `EIO`.
 pub(crate) fn errno(errno: i32, msg: impl Into<String>) -> io::Error {
-    os(io::Error::from_raw_os_error(errno), msg)
+    os(
+        io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno }),
+        msg,
+    )
 }
 
 /// The errno of `e`: its own `raw_os_error()`, else the first one down its `source()` chain
@@ -145,8 +136,8 @@ mod tests {
         assert_eq!(found, Some(libc::ENOENT));
         // The payload is reachable, and debug-prints like a string payload.
         let ctx = e.get_ref().unwrap().downcast_ref::<Context>().unwrap();
-        assert_eq!(ctx.message(), "cannot open /x");
-        assert_eq!(ctx.inner().raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(ctx.msg, "cannot open /x");
+        assert_eq!(ctx.source.raw_os_error(), Some(libc::ENOENT));
         assert_eq!(
             format!("{e:?}"),
             format!("Custom {{ kind: NotFound, error: {:?} }}", e.to_string())

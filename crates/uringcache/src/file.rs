@@ -13,7 +13,7 @@
 //!   any size works with a budget of four frames.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +39,7 @@ pub struct OpenOptions {
     read: bool,
     write: bool,
     create: bool,
+    create_new: bool,
     truncate: bool,
     verify: Option<VerifyFn>,
 }
@@ -49,6 +50,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("read", &self.read)
             .field("write", &self.write)
             .field("create", &self.create)
+            .field("create_new", &self.create_new)
             .field("truncate", &self.truncate)
             .field("verify", &self.verify.as_ref().map(|_| "Fn(u64, &[u8])"))
             .finish()
@@ -76,6 +78,30 @@ impl OpenOptions {
     /// Create the file if it does not exist (needs `write`).
     pub fn create(&mut self, create: bool) -> &mut Self {
         self.create = create;
+        self
+    }
+
+    /// Create the file, failing with [`io::ErrorKind::AlreadyExists`] if it exists (`O_EXCL`;
+    /// needs `write`). Implies [`create`](Self::create), whatever that is set to.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("new.db");
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// let mut opts = uringcache::OpenOptions::new();
+    /// opts.read(true).write(true).create_new(true);
+    /// let file = cache.open(&path, &opts).await?;
+    /// let again = cache.open(&path, &opts).await.unwrap_err();
+    /// assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+    /// # drop(file);
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub fn create_new(&mut self, create_new: bool) -> &mut Self {
+        self.create_new = create_new;
         self
     }
 
@@ -201,7 +227,7 @@ fn page_spans(offset: u64, end: u64, shift: u32) -> impl Iterator<Item = PageSpa
 }
 
 fn with_path(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    crate::error::os(e, path.display().to_string())
 }
 
 impl File {
@@ -215,8 +241,9 @@ impl File {
             read,
             write,
             create,
+            create_new,
             truncate,
-            ref verify,
+            ..
         } = *options;
         if !read && !write {
             return Err(invalid(format!(
@@ -224,9 +251,9 @@ impl File {
                 path.display()
             )));
         }
-        if (create || truncate) && !write {
+        if (create || create_new || truncate) && !write {
             return Err(invalid(format!(
-                "cannot open {}: create and truncate need write(true)",
+                "cannot open {}: create, create_new and truncate need write(true)",
                 path.display()
             )));
         }
@@ -238,7 +265,36 @@ impl File {
                 )));
             }
         }
-        let fd = uringcache_uring::open_direct(path, read, write, create, false)?;
+        // O_TRUNC is done through the cache once every check has passed (see `attach`).
+        let opened =
+            uringcache_uring::open_direct_tracked(path, read, write, create, create_new, false)?;
+        match Self::attach(cache, path, options, &opened.fd).await {
+            Ok(file) => Ok(file),
+            Err(e) => {
+                // An open that fails changes nothing: not even the file it created.
+                if opened.created {
+                    uringcache_uring::remove_created(path, opened.fd.as_fd());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of an open after the descriptor `fd` of `path` is open: the checks, the inode,
+    /// the handle, and the truncation.
+    async fn attach(
+        cache: &Arc<CacheInner>,
+        path: &Path,
+        options: &OpenOptions,
+        fd: &OwnedFd,
+    ) -> io::Result<File> {
+        let OpenOptions {
+            read,
+            write,
+            truncate,
+            ref verify,
+            ..
+        } = *options;
         let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
         if !meta.file_type().is_file() {
             return Err(invalid(format!(

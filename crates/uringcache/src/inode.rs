@@ -206,9 +206,9 @@ impl Inode {
         path: PathBuf,
     ) -> io::Result<Inode> {
         let file_id = cache.backend.register(fd.as_raw_fd()).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot register {} with the backend: {e}", path.display()),
+            crate::error::os(
+                e,
+                format!("cannot register {} with the backend", path.display()),
             )
         })?;
         let mapping = Mapping::new(id, size);
@@ -422,11 +422,10 @@ impl Inode {
                 ),
             );
         }
-        let os = io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno });
-        io::Error::new(
-            os.kind(),
+        crate::error::errno(
+            errno,
             format!(
-                "reading page {index} (offset {}) of {} failed: {os}",
+                "reading page {index} (offset {}) of {} failed",
                 index << self.cache.page_shift,
                 self.path.display()
             ),
@@ -649,7 +648,7 @@ impl Inode {
                 }
             }
             Err(e) => {
-                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let errno = crate::error::raw_os_error_of(&e).unwrap_or(libc::EIO);
                 tracing::debug!(path = %self.path.display(), error = %e, pages = frames.len(), "read failed");
                 self.cache
                     .counters

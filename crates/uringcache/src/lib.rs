@@ -69,7 +69,26 @@
 //!
 //! The cache owns the files it opens. Another process writing the same file at the same time is
 //! not made coherent, exactly as with a database's buffer pool: a page cached here does not see
-//! a write made elsewhere. Closing the last handle of a file drops its clean cached pages.
+//! a write made elsewhere.
+//!
+//! ## Closing and reopening
+//!
+//! Closing the last handle of a file does not drop its cached pages, as in the kernel: once
+//! every page is clean (background writeback or a sync) the cache cuts the file on disk back to
+//! [`File::len`] if the tail block overshot it, records the file's device, inode number, size,
+//! modification and change times, and keeps it closed with its pages (at most 64 files, each
+//! holding its descriptor; see [`Stats::idle_files`]). An open that finds such a file compares
+//! the file on disk with that record: unchanged, its pages are hits again
+//! ([`Stats::reopens`]); changed in any of those fields — another process wrote it, cut it, or
+//! replaced it — the cached pages are dropped and the file is read afresh
+//! ([`Stats::stale_reopens`]).
+//!
+//! What is not detected: a change made while a handle is open (no coherence, as above); a
+//! change made after the last close but before the cache let go of the file (its own writeback
+//! or cut still to come: the reopen takes the cache's file as it is); and, on a filesystem
+//! whose timestamps are coarser than its writes, a change that keeps the size and lands in the
+//! same timestamp tick as the cache's own last write (ext4, xfs and btrfs on Linux 6.13+ give
+//! such a change a fine-grained time once the old one has been read, which the cache does).
 //! Holding a [`PageMut`] while syncing, truncating or doing direct I/O on the same page from the
 //! same task never finishes (the page stays locked): drop it first.
 

@@ -411,7 +411,7 @@ impl Inode {
                 None
             }
             Err(e) => {
-                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let errno = crate::error::raw_os_error_of(e).unwrap_or(libc::EIO);
                 tracing::warn!(
                     path = %self.path.display(), offset, len, error = %e,
                     "writeback failed; the pages stay dirty"
@@ -564,10 +564,10 @@ impl Inode {
             self.start_cut(cut);
         }
         cell.wait().await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
+            crate::error::os(
+                e,
                 format!(
-                    "cannot set the length of {} to {len} bytes: {e}",
+                    "cannot set the length of {} to {len} bytes",
                     self.path.display()
                 ),
             )
@@ -681,7 +681,7 @@ impl Inode {
             op: Op::Fsync { datasync: !full },
             done: Box::new(move |res| {
                 if let Err(e) = &res {
-                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    let errno = crate::error::raw_os_error_of(e).unwrap_or(libc::EIO);
                     tracing::error!(path = %this.path.display(), error = %e, "flush failed");
                     this.cache.counters.add(Counter::FlushErrors, 1);
                     this.wb.poisoned.store(errno, Ordering::Release);
@@ -785,11 +785,7 @@ impl Inode {
     }
 
     fn sync_error(&self, what: &str, errno: i32) -> io::Error {
-        let os = io::Error::from_raw_os_error(errno);
-        io::Error::new(
-            os.kind(),
-            format!("{what} {} failed: {os}", self.path.display()),
-        )
+        crate::error::errno(errno, format!("{what} {} failed", self.path.display()))
     }
 
     /// Writes back pages of this inode (the flusher's `writeback_sb_inodes` for one inode):
@@ -837,9 +833,7 @@ impl Flusher {
             .name("uringcache-wb".into())
             .spawn(move || flusher_main(&shared, &cache))
             .map(|_| ())
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot start the writeback thread: {e}"))
-            })
+            .map_err(|e| crate::error::os(e, "cannot start the writeback thread"))
     }
 
     /// Wakes the thread for a pass now; `all` writes every dirty page, not only expired ones.
@@ -1022,7 +1016,7 @@ impl CacheInner {
                     )
                 })
                 .collect();
-            let error = io::Error::from_raw_os_error(if errno == 0 { libc::EIO } else { errno });
+            let error = crate::error::errno(errno, "writing back");
             tracing::error!(
                 path = %inode.path.display(),
                 bytes = %ranges.join(", "),
