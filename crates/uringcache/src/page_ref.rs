@@ -355,6 +355,8 @@ impl File {
             ));
         }
         let inode = self.inode();
+        // Releasing the handle dirty grows the file to the end of the page: it must fit.
+        inode.check_fits(start + self.cache().page_size as u64)?;
         let page = inode.lock_for_write(index, false, self.ra_source()).await?;
         page.desc().mark_accessed();
         let frame = page.into_frame();
