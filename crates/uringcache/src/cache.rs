@@ -380,8 +380,9 @@ impl Cache {
         self.inner.page_size
     }
 
-    /// Writes back every dirty page of every open file, waits for it, truncates each file on
-    /// disk to its length and flushes it (`sync_all`), then stops the cache: further operations
+    /// Writes back every dirty page of every open file (and of every closed file the cache
+    /// still holds), waits for it, truncates each file on disk to its length and flushes it
+    /// (`sync_all`), then stops the cache: further operations
     /// fail, and the backend stops once every submitted I/O has completed. Returns the first
     /// error met; pages that failed stay dirty and the error names the file.
     pub async fn shutdown(&self) -> io::Result<()> {
@@ -398,10 +399,12 @@ impl Cache {
         }
         let mut first_err = None;
         for inode in inner.open_inodes() {
-            if let Err(e) = inode
-                .sync(crate::writeback::SyncKind::All, inode.cache_cursor())
-                .await
-            {
+            // Errors from now on: a writeback error recorded earlier left its pages dirty, so
+            // this sync writes them again and reports a failure only if that fails too. An
+            // error some handle was told of, and whose pages were written since, is not
+            // reported again as if the shutdown had failed.
+            let cursor = inode.mapping.wb_err().sample();
+            if let Err(e) = inode.sync(crate::writeback::SyncKind::All, &cursor).await {
                 tracing::error!(path = %inode.path.display(), error = %e, "shutdown: sync failed");
                 first_err.get_or_insert(e);
             }

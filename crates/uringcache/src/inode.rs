@@ -212,7 +212,7 @@ impl Inode {
             )
         })?;
         let mapping = Mapping::new(id, size);
-        let wb = InodeWriteback::new(size, mapping.wb_err().sample());
+        let wb = InodeWriteback::new(size);
         Ok(Inode {
             cache,
             mapping,

@@ -82,8 +82,6 @@ pub(crate) struct InodeWriteback {
     flush_done: Event,
     /// The errno of a failed flush; once set, every later sync fails.
     poisoned: AtomicI32,
-    /// The cache's own cursor (for `Cache::shutdown`).
-    pub(crate) cache_cursor: ErrCursor,
 }
 
 /// Group commit by write sequence (the shape of jbd2's commit sequence and of a WAL's group
@@ -215,7 +213,7 @@ impl FlushState {
 }
 
 impl InodeWriteback {
-    pub(crate) fn new(size: u64, cache_cursor: ErrCursor) -> Self {
+    pub(crate) fn new(size: u64) -> Self {
         InodeWriteback {
             disk_size: AtomicU64::new(size),
             synced_size: AtomicU64::new(size),
@@ -226,7 +224,6 @@ impl InodeWriteback {
             }),
             flush_done: Event::new(),
             poisoned: AtomicI32::new(0),
-            cache_cursor,
         }
     }
 }
@@ -262,11 +259,6 @@ struct WriteBatch {
 }
 
 impl Inode {
-    /// The cache's cursor into this file's error sequence.
-    pub(crate) fn cache_cursor(&self) -> &ErrCursor {
-        &self.wb.cache_cursor
-    }
-
     /// Starts writeback of the dirty pages in `indices` (sorted) without waiting
     /// (`write_cache_pages`). With `older_than`, only pages dirtied at or before that time
     /// (cache clock, ms) are written. Returns how many pages were submitted and which pages
