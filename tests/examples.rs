@@ -183,30 +183,21 @@ fn copy_onto_a_hard_link_of_the_source_is_refused() {
     let (src, data) = make_file(dir.path(), "src", (2 << 20) + 5, 6);
     let link = dir.path().join("link");
     std::fs::hard_link(&src, &link).expect("hard link");
-    let out = run_fails("copy", &[&src, &link]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("are the same file"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        std::fs::read(&src).expect("read src") == data,
-        "source changed"
-    );
-    // A symbolic link to the source is the same file too.
-    let sym = dir.path().join("sym");
-    std::os::unix::fs::symlink(&src, &sym).expect("symlink");
-    let out = run_fails("copy", &[&src, &sym]);
-    assert!(
-        stderr(&out).contains("are the same file"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        std::fs::read(&src).expect("read src") == data,
-        "source changed"
-    );
+    std::os::unix::fs::symlink(&src, dir.path().join("sym")).expect("symlink");
+    // A hard link and a symbolic link to the source are the same file.
+    for dst in [link, dir.path().join("sym")] {
+        let out = run_fails("copy", &[&src, &dst]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("are the same file"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            std::fs::read(&src).expect("read src") == data,
+            "source changed"
+        );
+    }
     // A different existing file is overwritten as before.
     let (other, _) = make_file(dir.path(), "other", 12_345, 7);
     run_ok("copy", &[&src, &other]);

@@ -65,7 +65,7 @@
 
 mod common;
 mod direct;
-mod error;
+pub mod error;
 pub mod fault;
 mod limits;
 pub mod threads;
