@@ -15,6 +15,7 @@
 //! | [`pool`] | `add_to_page_cache_lru`, reclaim | frame allocation: free list, then eviction |
 //! | [`readahead`] | `mm/readahead.c`, `file_ra_state` | the on-demand readahead state machine |
 //! | [`errseq`] | `errseq_t` (`lib/errseq.c`) | writeback error sequences and per-handle cursors |
+//! | [`group_commit`] | jbd2's commit sequence, a WAL's group commit | concurrent syncs of a file sharing flushes |
 //! | [`writeback`] | `mm/page-writeback.c` | dirty thresholds, coalescing dirty runs, the tail block |
 //! | [`backend`] | `address_space_operations` | the trait the I/O layer implements |
 //! | [`disk_gate`] | `i_rwsem` around `setattr` against direct writes | keeping device writes and `ftruncate`s of a file apart in time |
@@ -29,6 +30,7 @@ pub mod disk_gate;
 pub mod errseq;
 pub mod evict;
 pub mod frames;
+pub mod group_commit;
 pub mod mapping;
 pub mod page;
 pub mod pool;

@@ -12,8 +12,16 @@
 //!   inode (an `Arc` is cloned out first), so dropping an inode from the evictor cannot
 //!   deadlock on it.
 //! * `by_key` (mutex): (device, inode number) → inode, so that two opens of one file share one
-//!   mapping. Taken only by `open` and by an inode's drop.
-//! * The hit path takes neither: a `File` holds its inode directly.
+//!   mapping. It also orders opens against closes: an inode's handle count, its stamp (the file
+//!   as the disk had it when the cache let go of it) and its place in the idle list change
+//!   only under it, and an open `fstat`s the file under it. Taken by `open`, by the last close
+//!   of a file, by the flusher letting go of a closed file, and by an inode's drop.
+//! * `idle` (mutex): closed files kept with their pages. Taken under `by_key` or alone; an
+//!   inode pushed out of it is dropped only after both are released (its drop takes
+//!   `by_key`).
+//! * Lock order: `by_key` → `idle`, `by_key` → `inodes`; nothing is taken under `idle` or
+//!   `inodes`. `dirty_inodes` (the flusher's list) is taken alone.
+//! * The hit path takes none of them: a `File` holds its inode directly.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -541,26 +549,39 @@ impl CacheInner {
         }
     }
 
-    /// The inode for the file `seen` describes (just opened, `fstat`ed), with one more handle:
-    /// the one already open, or kept closed and unchanged on disk since; else a new one from
-    /// `make`. A closed inode whose file changed on disk (see [`FileStamp`]) is forgotten with
-    /// its pages, so that no stale page is ever served.
+    /// The inode for the file just opened on `fd` (device and inode number `key`), with one
+    /// more handle: the one already open, or kept closed and unchanged on disk since; else a
+    /// new one from `make(id, size on disk)`. A closed inode whose file changed on disk (see
+    /// [`FileStamp`]) is forgotten with its pages, so that no stale page is ever served.
+    ///
+    /// The file is `fstat`ed under `by_key`, where a closed inode's stamp is taken too: the
+    /// flusher's cut of a closed file (before its stamp) can then never fall between the two
+    /// looks at the disk and pass for another writer's change.
     pub(crate) fn attach_inode(
         self: &Arc<Self>,
-        seen: &FileStamp,
+        fd: std::os::fd::BorrowedFd<'_>,
         key: (u64, u64),
-        make: impl FnOnce(u32) -> io::Result<Inode>,
+        make: impl FnOnce(u32, u64) -> io::Result<Inode>,
     ) -> io::Result<Arc<Inode>> {
         let mut stale = None;
         let mut by_key = self.by_key.lock();
+        let seen = FileStamp::of_fd(fd)?;
         if let Some(existing) = by_key.get(&key).and_then(|(_, w)| w.upgrade()) {
-            if existing.handles.load(Ordering::Acquire) > 0 || existing.matches_disk(seen) {
+            if existing.handles.load(Ordering::Acquire) > 0 || existing.matches_disk(&seen) {
                 if existing.handles.fetch_add(1, Ordering::AcqRel) == 0 {
                     *existing.stamp.lock() = None;
+                    // A new open after every handle closed: an earlier failed flush was the
+                    // closed handles' to hear of (they did); this one starts afresh, as a
+                    // reopen of a file the cache had let go of always did.
+                    existing.wb.clear_poison();
                     self.counters.add(Counter::Reopens, 1);
                 }
+                let id = existing.mapping.id();
+                // Out of the idle list before `by_key` goes: a close in between must not find
+                // it there and leave it parked while open.
+                let parked = self.unpark_idle(id);
                 drop(by_key);
-                drop(self.unpark_idle(existing.mapping.id()));
+                drop(parked);
                 return Ok(existing);
             }
             tracing::debug!(
@@ -577,7 +598,7 @@ impl CacheInner {
                 break id;
             }
         };
-        let made = make(id).map(Arc::new);
+        let made = make(id, seen.size()).map(Arc::new);
         if let Ok(inode) = &made {
             inode.handles.store(1, Ordering::Release);
             by_key.insert(key, (id, Arc::downgrade(inode)));
@@ -603,8 +624,9 @@ impl CacheInner {
         }
         if inode.is_clean() && inode.disk_len_right() {
             inode.take_stamp();
+            let evicted = self.park_idle(inode.clone());
             drop(by_key);
-            self.park_idle(inode.clone());
+            drop(evicted);
         } else {
             *inode.stamp.lock() = None;
             drop(by_key);
@@ -630,29 +652,32 @@ impl CacheInner {
             return; // reopened or dirtied again meanwhile: not ours to let go of yet
         }
         inode.take_stamp();
+        let evicted = self.park_idle(inode);
         drop(by_key);
-        self.park_idle(inode);
+        drop(evicted);
     }
 
     /// Keeps a closed, clean file with its pages (as the kernel keeps an inode's pages after
-    /// the last close), at most [`MAX_IDLE_FILES`] of them: the oldest goes first.
-    fn park_idle(&self, inode: Arc<Inode>) {
+    /// the last close), at most [`MAX_IDLE_FILES`] of them: the oldest goes, and is returned,
+    /// to be dropped once the caller has let go of `by_key` (it may be the last reference,
+    /// and an inode's drop takes `by_key`). Called under `by_key`, so that an open cannot
+    /// take the file between the decision and the parking.
+    #[must_use = "the evicted inode must be dropped outside by_key"]
+    fn park_idle(&self, inode: Arc<Inode>) -> Option<Arc<Inode>> {
         if self.shut_down.load(Ordering::Acquire) {
-            return; // nothing more will be read: keeping it would only keep the cache alive
+            // Nothing more will be read: keeping it would only keep the cache alive.
+            return Some(inode);
         }
-        let evicted = {
-            let mut idle = self.idle.lock();
-            if idle.iter().any(|i| Arc::ptr_eq(i, &inode)) {
-                return;
-            }
-            idle.push_back(inode);
-            if idle.len() > MAX_IDLE_FILES {
-                idle.pop_front()
-            } else {
-                None
-            }
-        };
-        drop(evicted); // outside the lock: it may be the last reference
+        let mut idle = self.idle.lock();
+        if idle.iter().any(|i| Arc::ptr_eq(i, &inode)) {
+            return None;
+        }
+        idle.push_back(inode);
+        if idle.len() > MAX_IDLE_FILES {
+            idle.pop_front()
+        } else {
+            None
+        }
     }
 
     /// Takes a file out of the idle list (it was reopened or is being dropped).

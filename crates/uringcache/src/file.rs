@@ -25,7 +25,7 @@ use uringcache_core::readahead::{self, Advice, Window};
 use uringcache_core::errseq::ErrCursor;
 
 use crate::cache::{invalid, CacheInner};
-use crate::inode::{FileStamp, Inode, ReadaheadSource};
+use crate::inode::{Inode, ReadaheadSource};
 use crate::writeback::SyncKind;
 
 /// A page check run on every page filled from the device: `Ok` accepts the page, `Err` rejects
@@ -312,8 +312,7 @@ impl File {
             )));
         }
         let key = (meta.dev(), meta.ino());
-        let seen = FileStamp::of_meta(&meta);
-        let inode = cache.attach_inode(&seen, key, |id| {
+        let inode = cache.attach_inode(fd.as_fd(), key, |id, size| {
             // The inode's own descriptor serves every handle: read-write when the file
             // allows it, whatever this first handle asked for.
             let (io_fd, writable) = if read && write {
@@ -331,7 +330,7 @@ impl File {
                 io_fd,
                 writable,
                 align.max(1) as usize,
-                meta.len(),
+                size,
                 path.to_path_buf(),
             )
         })?;

@@ -106,20 +106,13 @@ pub(crate) struct FileStamp {
 }
 
 impl FileStamp {
-    /// The stamp of an open file's metadata.
-    pub(crate) fn of_meta(meta: &std::fs::Metadata) -> FileStamp {
-        use std::os::unix::fs::MetadataExt;
-        FileStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
+    /// The size on disk the stamp recorded.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
     }
 
     /// The stamp of the file open on `fd`.
-    fn of_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<FileStamp> {
+    pub(crate) fn of_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<FileStamp> {
         // SAFETY: `stat` is a plain C struct for which all-zero bytes are valid, and `fstat`
         // writes it whole on success.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };

@@ -1,0 +1,385 @@
+//! Writeback: from dirty pages to durable bytes (`mm/page-writeback.c`, `fs/fs-writeback.c`,
+//! `filemap_write_and_wait_range`, `vfs_fsync_range`).
+//!
+//! * **Starting writeback** ([`Inode::write_pages`], `write_cache_pages`): a dirty page is
+//!   locked, moved from `DIRTY` to `WRITEBACK` (and from the mapping's dirty tag to its
+//!   writeback tag), unlocked, and gathered with its neighbours into one `O_DIRECT` write per run
+//!   of consecutive pages. The page holding end of file is written up to the end rounded up to
+//!   the direct-I/O alignment (the tail block is written whole).
+//! * **Stable pages**: a writer waits for `WRITEBACK` to clear before it changes a page, so the
+//!   bytes on their way to the device never change under the device's feet; a page dirtied
+//!   again after its writeback started is simply dirty again, and is written again.
+//! * **Completion**: success clears `WRITEBACK`; failure puts the page back to `DIRTY` (never
+//!   clean), records the errno in the mapping's error sequence and clears `WRITEBACK`. Either
+//!   way waiters on the page and throttled writers are woken.
+//! * **The flusher** ([`Flusher`]): one thread per cache, asleep on a condition variable; woken
+//!   every `writeback_interval` to write pages older than `dirty_expire`, or at once when the
+//!   dirty count passes the background threshold or eviction finds only dirty pages.
+//! * **Sync** ([`Inode::sync`]): the dirty pages of the range at the moment of the call are the
+//!   ones to write (a snapshot of the dirty set, as the TOWRITE tag is in the kernel, so writers that keep dirtying cannot starve a sync); then
+//!   every page of the range under writeback is waited for; then, for `sync_data`/`sync_all`,
+//!   the on-disk length is cut back to `len()` if the tail block overshot it, and the file is
+//!   flushed. Concurrent syncs of a file share flushes (group commit, [`Inode::flush`]): each
+//!   write request carries a per-file sequence number, a sync waits for a flush covering the
+//!   newest one at the time it submitted its writes, and the flush is started by the
+//!   completion that makes it possible — usually the last write's, on the completing thread,
+//!   so a `sync_data` costs one task wake-up, not two. When the length on disk must change
+//!   first (an unaligned tail, a grown file), the sync waits for its writes, truncates, then
+//!   joins.
+//! * **Cuts** ([`Inode::cut_disk`]): an `ftruncate` of the file on disk (a sync cutting back an
+//!   overshooting tail block, `set_len`, letting go of a file) never overlaps a device write of
+//!   the same file ([`DiskGate`]): it waits for the writes in flight, and writes submitted
+//!   meanwhile are held until it has completed. So an `ftruncate` to an unaligned length never
+//!   meets an `O_DIRECT` write of the block it zeroes (ext4 would record a false `EIO`), and
+//!   no write lands after a cut it preceded in the cache's view. A sync's cut takes the length
+//!   at registration; a write that extends the file after that is held and lands after the cut.
+//!   `set_len` holds the size lock against buffered and direct writes while it drops pages and
+//!   cuts, as the kernel's `i_rwsem` does.
+//! * **Errors**: each handle's cursor into the mapping's error sequence makes the next sync of
+//!   every handle open at the time report a writeback error once. A failed flush poisons the
+//!   inode: data written before it may not be durable, so no later sync of it ever reports
+//!   success until every handle is closed and the file reopened.
+
+//!
+//! The module is split by job: this file has the per-inode state and the write path (starting
+//! writeback, completions, dirtying), [`sync`] the syncs, cuts and flushes, [`flusher`] the
+//! writeback thread and what it does when handles go away.
+//!
+//! # Lock order
+//!
+//! `InodeWriteback::flush` (group commit and the disk gate) is a leaf: taken for a few
+//! instructions, never while submitting to the backend, taking a page lock or another lock.
+//! The flusher's command mutex is a leaf too. `CacheInner::dirty_inodes` is taken alone (an
+//! `Arc` is cloned out before any inode is called into).
+
+mod flusher;
+mod sync;
+
+use std::io;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use uringcache_core::backend::{Completion, Op, Request};
+use uringcache_core::disk_gate::DiskGate;
+use uringcache_core::group_commit::GroupCommit;
+use uringcache_core::page::{FrameId, PageState};
+use uringcache_core::wait::Event;
+use uringcache_core::writeback::tail_len;
+
+use crate::inode::Inode;
+use crate::stats::Counter;
+
+pub(crate) use flusher::Flusher;
+
+/// What a sync covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// Write back and wait on a byte range; no flush (`filemap_write_and_wait_range`).
+    Range(u64, u64),
+    /// Everything, then a data flush (`fdatasync`; a full one if the length changed).
+    Data,
+    /// Everything, then a full flush (`fsync`).
+    All,
+}
+
+/// Per-inode writeback state: what is on disk, and the group-commit flush sequence.
+#[derive(Debug)]
+pub(crate) struct InodeWriteback {
+    /// The file's length on disk as far as the cache knows (writes of the tail block may make
+    /// it longer than `len()` until the next sync cuts it back).
+    pub(crate) disk_size: AtomicU64,
+    /// `len()` at the last successful full flush.
+    synced_size: AtomicU64,
+    flush: Mutex<FlushState>,
+    flush_done: Event,
+    /// The errno of a failed flush; once set, every later sync fails.
+    poisoned: AtomicI32,
+}
+
+/// What the flush mutex guards: group commit of the file's syncs and the disk gate between
+/// its device writes and cuts. One mutex, so that a write's completion updates both at once.
+#[derive(Debug, Default)]
+struct FlushState {
+    commit: GroupCommit,
+    /// Device writes (writeback and direct) against cuts of the file on disk.
+    gate: DiskGate<Request, PendingCut>,
+}
+
+/// A cut of the file on disk waiting in the [`DiskGate`]: the length, and whom to tell.
+struct PendingCut {
+    len: u64,
+    done: Completion,
+}
+
+impl std::fmt::Debug for PendingCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCut")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl InodeWriteback {
+    /// Forgets a failed flush (a reopen after every handle that could hear of it closed).
+    pub(crate) fn clear_poison(&self) {
+        self.poisoned.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn new(size: u64) -> Self {
+        InodeWriteback {
+            disk_size: AtomicU64::new(size),
+            synced_size: AtomicU64::new(size),
+            flush: Mutex::new(FlushState::default()),
+            flush_done: Event::new(),
+            poisoned: AtomicI32::new(0),
+        }
+    }
+}
+
+/// Removes a sync's flush waiter if the sync is dropped while it waits.
+struct FlushWaiterGuard<'a> {
+    inode: &'a Inode,
+    id: u64,
+}
+
+impl Drop for FlushWaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.inode.wb.flush.lock().commit.leave(self.id);
+    }
+}
+
+/// The most pages a sync writes with `RWF_DSYNC` (each such write makes the kernel flush the
+/// device's cache, so a large sync is cheaper as plain writes and one flush).
+const DSYNC_MAX_PAGES: usize = 8;
+
+/// Writes gathered for one submission.
+#[derive(Default)]
+struct WriteBatch {
+    requests: Vec<Request>,
+    run_start: u64,
+    run: Vec<FrameId>,
+    run_bytes: usize,
+    /// The run ends with a partial (tail) page and cannot be extended.
+    run_closed: bool,
+    /// Write with `RWF_DSYNC`.
+    dsync: bool,
+}
+
+impl Inode {
+    /// Starts writeback of the dirty pages in `indices` (sorted) without waiting
+    /// (`write_cache_pages`). With `older_than`, only pages dirtied at or before that time
+    /// (cache clock, ms) are written. Returns how many pages were submitted and which pages
+    /// were busy (locked, or already under writeback) and were skipped.
+    pub(crate) fn write_pages(
+        self: &Arc<Self>,
+        indices: &[u64],
+        older_than: Option<u64>,
+        dsync: bool,
+    ) -> (usize, Vec<u64>) {
+        let cache = &self.cache;
+        let pages = cache.pool.pages();
+        let ps = cache.page_size;
+        let mut batch = WriteBatch {
+            dsync,
+            ..WriteBatch::default()
+        };
+        let mut busy = Vec::new();
+        let mut submitted = 0;
+        for &index in indices {
+            let Some(frame) = self.mapping.lookup(index, pages) else {
+                continue;
+            };
+            let desc = pages.get(frame);
+            if !desc.try_lock() {
+                busy.push(index);
+                cache.put(frame);
+                continue;
+            }
+            let st = desc.state();
+            let skip = if !st.has(PageState::DIRTY) || st.has(PageState::ORPHAN) {
+                Some(false)
+            } else if st.has(PageState::WRITEBACK) {
+                Some(true)
+            } else if older_than.is_some_and(|t| desc.dirtied_at() > t) {
+                Some(false)
+            } else {
+                None
+            };
+            if let Some(is_busy) = skip {
+                if is_busy {
+                    busy.push(index);
+                }
+                cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+                cache.put(frame);
+                continue;
+            }
+            // Read the size under the page lock: a writer extends it before unlocking, so it
+            // covers every byte of this page that was written.
+            let len = tail_len(index, ps, self.mapping.size(), self.dio_align);
+            // clear_page_dirty_for_io + set_page_writeback, under the page lock.
+            desc.set(PageState::WRITEBACK);
+            desc.clear(PageState::DIRTY);
+            self.mapping.start_writeback(index);
+            cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+            cache.nr_writeback.fetch_add(1, Ordering::AcqRel);
+            cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+            if len == 0 {
+                // Wholly past end of file (a truncation is dropping it): nothing to write.
+                self.finish_writeback(index, frame, None);
+                continue;
+            }
+            let contiguous = !batch.run.is_empty()
+                && !batch.run_closed
+                && batch.run_start + batch.run.len() as u64 == index
+                && batch.run.len() < self.max_write_pages();
+            if !contiguous {
+                self.flush_write_run(&mut batch);
+                batch.run_start = index;
+            }
+            batch.run.push(frame); // the lookup's pin now belongs to the write
+            batch.run_bytes += len;
+            batch.run_closed = len < ps;
+            submitted += 1;
+        }
+        self.flush_write_run(&mut batch);
+        self.submit_writes(batch.requests);
+        (submitted, busy)
+    }
+
+    fn max_write_pages(&self) -> usize {
+        // As large as the largest read window: big writes reach the device's bandwidth.
+        self.cache.ra_max_pages.max(1) as usize
+    }
+
+    fn flush_write_run(self: &Arc<Self>, batch: &mut WriteBatch) {
+        if batch.run.is_empty() {
+            return;
+        }
+        let frames = std::mem::take(&mut batch.run);
+        let len = std::mem::take(&mut batch.run_bytes);
+        batch.run_closed = false;
+        let first = batch.run_start;
+        let offset = first << self.cache.page_shift;
+        let this = self.clone();
+        let done_frames = frames.clone();
+        let dsync = batch.dsync;
+        let seq = self.wb.flush.lock().commit.begin_write();
+        batch.requests.push(Request {
+            file: self.file_id,
+            op: Op::Write {
+                offset,
+                frames,
+                len,
+                dsync,
+            },
+            done: Box::new(move |res| {
+                let durable = dsync && res.is_ok();
+                this.complete_write(first, offset, len, &done_frames, res);
+                this.write_done(seq, durable);
+            }),
+        });
+    }
+
+    /// The completion of a write (`end_page_writeback`, `mapping_set_error`).
+    fn complete_write(
+        self: &Arc<Self>,
+        first: u64,
+        offset: u64,
+        len: usize,
+        frames: &[FrameId],
+        res: io::Result<usize>,
+    ) {
+        let cache = &self.cache;
+        let errno = match &res {
+            Ok(_) => {
+                // No cut runs while a write is in flight (the disk gate), so this cannot be
+                // overtaken by a cut's own record of the length.
+                self.wb
+                    .disk_size
+                    .fetch_max(offset + len as u64, Ordering::AcqRel);
+                cache
+                    .counters
+                    .add(Counter::PagesWritten, frames.len() as u64);
+                cache.counters.add(Counter::WriteRequests, 1);
+                None
+            }
+            Err(e) => {
+                let errno = crate::error::raw_os_error_of(e).unwrap_or(libc::EIO);
+                tracing::warn!(
+                    path = %self.path.display(), offset, len, error = %e,
+                    "writeback failed; the pages stay dirty"
+                );
+                cache.counters.add(Counter::WriteErrors, 1);
+                Some(errno)
+            }
+        };
+        for (k, &frame) in frames.iter().enumerate() {
+            self.finish_writeback(first + k as u64, frame, errno);
+        }
+        if let Some(errno) = errno {
+            self.mapping.wb_err().set(errno);
+        }
+        cache.dirty_event.notify_all();
+        if cache.has_alloc_waiters() {
+            cache.frame_event.notify_all();
+        }
+    }
+
+    /// Ends writeback of one page; on failure the page goes back to dirty first.
+    fn finish_writeback(self: &Arc<Self>, index: u64, frame: FrameId, errno: Option<i32>) {
+        let cache = &self.cache;
+        let desc = cache.pool.pages().get(frame);
+        if let Some(errno) = errno {
+            desc.set_errno(errno);
+            desc.set(PageState::ERROR);
+            if !desc.state().has(PageState::ORPHAN) {
+                self.redirty(desc, index);
+            }
+        } else {
+            desc.clear(PageState::ERROR);
+        }
+        self.mapping.end_writeback(index);
+        cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
+        cache
+            .waits
+            .clear_and_wake(desc, frame, PageState::WRITEBACK);
+        cache.put(frame);
+    }
+
+    /// Marks a page dirty (`set_page_dirty` → `__mark_inode_dirty`): tags it, counts it and
+    /// makes sure the flusher knows the inode. Returns whether the page was clean.
+    pub(crate) fn redirty(
+        self: &Arc<Self>,
+        desc: &uringcache_core::page::PageDesc,
+        index: u64,
+    ) -> bool {
+        if desc.set(PageState::DIRTY).has(PageState::DIRTY) {
+            return false;
+        }
+        let cache = &self.cache;
+        desc.set_dirtied_at(cache.now_ms());
+        self.mapping.tag_dirty(index);
+        cache.nr_dirty.fetch_add(1, Ordering::AcqRel);
+        self.hold_for_writeback();
+        if cache.nr_dirty.load(Ordering::Relaxed) > cache.limits.background {
+            cache.flusher.kick(false);
+        }
+        true
+    }
+
+    /// Puts the inode in the flusher's list (`__mark_inode_dirty`), which holds it until its
+    /// pages are clean, even after its last handle is gone. A closed file dirtied again (by a
+    /// page handle that outlived it) is the cache's work again: its stamp is void.
+    pub(crate) fn hold_for_writeback(self: &Arc<Self>) {
+        if !self.in_dirty_list.swap(true, Ordering::AcqRel) {
+            if self.handles.load(Ordering::Acquire) == 0 {
+                *self.stamp.lock() = None;
+            }
+            self.cache
+                .dirty_inodes
+                .lock()
+                .insert(self.mapping.id(), self.clone());
+        }
+    }
+}
