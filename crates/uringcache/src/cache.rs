@@ -138,7 +138,8 @@ impl CacheBuilder {
     }
 
     /// The largest readahead window in bytes (default 2 MiB, sized for SSDs; the kernel's
-    /// default is 128 KiB). Windows are further capped to a quarter of the budget.
+    /// default is 128 KiB). Windows are further capped to a quarter of the budget. At least one
+    /// page; to read only what is asked, advise [`Advice::Random`](crate::Advice::Random).
     pub fn readahead_max(&mut self, bytes: usize) -> &mut Self {
         self.readahead_max = bytes;
         self
@@ -158,9 +159,9 @@ impl CacheBuilder {
     }
 
     /// Threads of the thread-pool backend (default 32: each runs one blocking request, so this
-    /// is the backend's queue depth; idle threads sleep).
+    /// is the backend's queue depth; idle threads sleep). At least 1.
     pub fn threads(&mut self, threads: usize) -> &mut Self {
-        self.threads = threads.max(1);
+        self.threads = threads;
         self
     }
 
@@ -210,30 +211,12 @@ impl CacheBuilder {
         self
     }
 
-    /// Builds the cache: maps the frame arena and starts the backend.
+    /// Builds the cache: checks every setting (an `InvalidInput` error names the first one
+    /// that is out of range and says what is allowed), then maps the frame arena and starts
+    /// the backend.
     pub fn build(&self) -> io::Result<Cache> {
+        let frames = self.validate()?;
         let ps = self.page_size;
-        if ps == 0 || !ps.is_power_of_two() || ps < 512 {
-            return Err(invalid(format!(
-                "page size {ps} is invalid: it must be a power of two of at least 512 bytes"
-            )));
-        }
-        let frames = self.memory_limit / ps;
-        if frames < 4 {
-            return Err(invalid(format!(
-                "memory limit of {} bytes holds {frames} pages of {ps} bytes; at least 4 pages \
-                 ({} bytes) are needed",
-                self.memory_limit,
-                4 * ps
-            )));
-        }
-        if frames >= NO_OWNER as usize {
-            return Err(invalid(format!(
-                "memory limit of {} bytes is more than 2^32 pages of {ps} bytes; use a larger \
-                 page size",
-                self.memory_limit
-            )));
-        }
         let arena = Arc::new(FrameArena::new(frames, ps)?);
         let mut backend = crate::backend::start(self, arena.clone())?;
         if let Some(layer) = &self.layer {
@@ -241,22 +224,6 @@ impl CacheBuilder {
         }
         let timed = Arc::new(Timed::new(backend));
         let backend: Arc<dyn IoBackend> = timed.clone();
-        if self.max_transfer < 512 || !self.max_transfer.is_multiple_of(512) {
-            return Err(invalid(format!(
-                "max_transfer {} is invalid: it must be a non-zero multiple of 512 bytes",
-                self.max_transfer
-            )));
-        }
-        for (name, r) in [
-            ("dirty_ratio", self.dirty_ratio),
-            ("dirty_background_ratio", self.dirty_background_ratio),
-        ] {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(invalid(format!(
-                    "{name} {r} is not a fraction between 0 and 1"
-                )));
-            }
-        }
         let ra_max_pages = ((self.readahead_max / ps).min(frames / 4)).max(1) as u64;
         let inner = Arc::new(CacheInner {
             arena,
@@ -295,6 +262,62 @@ impl CacheBuilder {
         inner.flusher.spawn(Arc::downgrade(&inner))?;
         inner.user_handle_added();
         Ok(Cache { inner })
+    }
+
+    /// Checks every setting before anything is mapped or started; returns the number of
+    /// frames the budget holds. Each error is `InvalidInput` and names the setting.
+    fn validate(&self) -> io::Result<usize> {
+        let ps = self.page_size;
+        if ps == 0 || !ps.is_power_of_two() || ps < 512 {
+            return Err(invalid(format!(
+                "page size {ps} is invalid: it must be a power of two of at least 512 bytes"
+            )));
+        }
+        let frames = self.memory_limit / ps;
+        if frames < 4 {
+            return Err(invalid(format!(
+                "memory limit of {} bytes holds {frames} pages of {ps} bytes; at least 4 pages \
+                 ({} bytes) are needed",
+                self.memory_limit,
+                4 * ps
+            )));
+        }
+        if frames >= NO_OWNER as usize {
+            return Err(invalid(format!(
+                "memory limit of {} bytes is more than 2^32 pages of {ps} bytes; use a larger \
+                 page size",
+                self.memory_limit
+            )));
+        }
+        if self.max_transfer < 512 || !self.max_transfer.is_multiple_of(512) {
+            return Err(invalid(format!(
+                "max_transfer {} is invalid: it must be a non-zero multiple of 512 bytes",
+                self.max_transfer
+            )));
+        }
+        for (name, r) in [
+            ("dirty_ratio", self.dirty_ratio),
+            ("dirty_background_ratio", self.dirty_background_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(invalid(format!(
+                    "{name} {r} is not a fraction between 0 and 1"
+                )));
+            }
+        }
+        if self.readahead_max < ps {
+            return Err(invalid(format!(
+                "readahead_max {} is invalid: it must be at least one page ({ps} bytes); to \
+                 read only what is asked, use `File::advise(Advice::Random)`",
+                self.readahead_max
+            )));
+        }
+        if self.threads == 0 {
+            return Err(invalid(
+                "threads 0 is invalid: the thread pool needs at least 1 thread",
+            ));
+        }
+        Ok(frames)
     }
 
     pub(crate) fn backend_choice(&self) -> Backend {
@@ -885,5 +908,107 @@ impl CacheInner {
             submit_calls: b.submit_calls,
             io_errors: b.errors,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of the `InvalidInput` error `validate` returns for `builder`.
+    fn refusal(builder: &CacheBuilder) -> String {
+        let e = builder.validate().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn validate_accepts_the_defaults() {
+        let b = CacheBuilder::default();
+        assert_eq!(b.validate().unwrap(), (256 << 20) / 4096);
+    }
+
+    #[test]
+    fn validate_names_each_setting_out_of_range() {
+        type Set = fn(&mut CacheBuilder);
+        let cases: [(&str, Set); 12] = [
+            ("page size 0", |b| {
+                b.page_size(0);
+            }),
+            ("page size 3000", |b| {
+                b.page_size(3000);
+            }),
+            ("page size 256", |b| {
+                b.page_size(256);
+            }),
+            ("at least 4 pages", |b| {
+                b.memory_limit(3 * 4096);
+            }),
+            ("max_transfer 0", |b| {
+                b.max_transfer(0);
+            }),
+            ("max_transfer 1000", |b| {
+                b.max_transfer(1000);
+            }),
+            ("dirty_ratio 1.5", |b| {
+                b.dirty_ratio(1.5);
+            }),
+            ("dirty_ratio NaN", |b| {
+                b.dirty_ratio(f64::NAN);
+            }),
+            ("dirty_background_ratio -0.1", |b| {
+                b.dirty_background_ratio(-0.1);
+            }),
+            ("readahead_max 0", |b| {
+                b.readahead_max(0);
+            }),
+            ("readahead_max 4095", |b| {
+                b.readahead_max(4095);
+            }),
+            ("threads 0", |b| {
+                b.threads(0);
+            }),
+        ];
+        for (expected, set) in cases {
+            let mut b = CacheBuilder::default();
+            set(&mut b);
+            let msg = refusal(&b);
+            assert!(msg.contains(expected), "{expected:?} not in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn validate_accepts_the_edges() {
+        let mut b = CacheBuilder::default();
+        b.page_size(512)
+            .memory_limit(4 * 512)
+            .max_transfer(512)
+            .dirty_ratio(1.0)
+            .dirty_background_ratio(0.0)
+            .readahead_max(512)
+            .threads(1);
+        assert_eq!(b.validate().unwrap(), 4);
+    }
+
+    #[test]
+    fn bad_settings_fail_before_a_backend_is_started() {
+        // The layer runs on the backend just started: a bad setting must be refused before.
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = started.clone();
+        let mut b = CacheBuilder::default();
+        b.backend(Backend::Threads)
+            .memory_limit(1 << 20)
+            .max_transfer(1000)
+            .wrap_backend(move |inner| {
+                seen.store(true, Ordering::SeqCst);
+                inner
+            });
+        let e = b.build().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("max_transfer"), "{e}");
+        assert!(
+            !started.load(Ordering::SeqCst),
+            "a backend was started first"
+        );
     }
 }
