@@ -40,11 +40,15 @@ const SQPOLL_IDLE_MS: u32 = 50;
 
 const NAME: &str = "io_uring";
 
+/// The most submission queue entries a ring can have (the kernel's `IORING_MAX_ENTRIES`).
+/// Larger values of [`UringConfig::entries`] are clamped to it (`IORING_SETUP_CLAMP`).
+pub const MAX_ENTRIES: u32 = 32768;
+
 /// Settings of a [`UringBackend`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UringConfig {
     /// Submission queue entries (rounded up to a power of two by the kernel, clamped to its
-    /// maximum). The completion queue gets twice as many, and at most that many operations less
+    /// maximum, [`MAX_ENTRIES`]). The completion queue gets twice as many, and at most that many operations less
     /// one are in flight at once; further requests wait in the backend until room frees up.
     /// Default 256.
     pub entries: u32,

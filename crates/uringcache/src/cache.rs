@@ -38,6 +38,7 @@ use uringcache_core::page::{FrameId, PageState, NO_OWNER};
 use uringcache_core::pool::FramePool;
 use uringcache_core::wait::{Event, WaitTable};
 use uringcache_core::writeback::DirtyLimits;
+use uringcache_uring::uring::MAX_ENTRIES as MAX_URING_ENTRIES;
 
 use crate::file::{File, OpenOptions};
 use crate::inode::{FileStamp, Inode};
@@ -145,7 +146,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Submission queue entries of the `io_uring` backend (default 256).
+    /// Submission queue entries of the `io_uring` backend (default 256): from 1 to 32768 (the
+    /// kernel's `IORING_MAX_ENTRIES`), rounded up to a power of two by the kernel. Checked
+    /// whichever backend is chosen.
     pub fn uring_entries(&mut self, entries: u32) -> &mut Self {
         self.uring_entries = entries;
         self
@@ -310,6 +313,13 @@ impl CacheBuilder {
                 "readahead_max {} is invalid: it must be at least one page ({ps} bytes); to \
                  read only what is asked, use `File::advise(Advice::Random)`",
                 self.readahead_max
+            )));
+        }
+        if self.uring_entries == 0 || self.uring_entries > MAX_URING_ENTRIES {
+            return Err(invalid(format!(
+                "uring_entries {} is invalid: it must be at least 1 and at most \
+                 {MAX_URING_ENTRIES} (the kernel's IORING_MAX_ENTRIES)",
+                self.uring_entries
             )));
         }
         if self.threads == 0 {
@@ -931,7 +941,7 @@ mod tests {
     #[test]
     fn validate_names_each_setting_out_of_range() {
         type Set = fn(&mut CacheBuilder);
-        let cases: [(&str, Set); 12] = [
+        let cases: [(&str, Set); 14] = [
             ("page size 0", |b| {
                 b.page_size(0);
             }),
@@ -965,6 +975,12 @@ mod tests {
             ("readahead_max 4095", |b| {
                 b.readahead_max(4095);
             }),
+            ("uring_entries 0 is invalid: it must be at least 1", |b| {
+                b.uring_entries(0);
+            }),
+            ("uring_entries 32769", |b| {
+                b.uring_entries(32769);
+            }),
             ("threads 0", |b| {
                 b.threads(0);
             }),
@@ -986,7 +1002,10 @@ mod tests {
             .dirty_ratio(1.0)
             .dirty_background_ratio(0.0)
             .readahead_max(512)
-            .threads(1);
+            .threads(1)
+            .uring_entries(1);
+        assert_eq!(b.validate().unwrap(), 4);
+        b.uring_entries(32768);
         assert_eq!(b.validate().unwrap(), 4);
     }
 
@@ -1010,5 +1029,14 @@ mod tests {
             !started.load(Ordering::SeqCst),
             "a backend was started first"
         );
+    }
+
+    #[test]
+    fn zero_uring_entries_is_refused_not_a_fallback() {
+        // Before, `Auto` took the ring's refusal of 0 entries for "io_uring unavailable" and
+        // quietly used the thread pool.
+        let e = Cache::builder().uring_entries(0).build().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("uring_entries"), "{e}");
     }
 }
