@@ -4,6 +4,8 @@
 //! cache: `Backend::IoUring` must fail with a message saying what to change, `Backend::Auto`
 //! must fall back to the thread pool and work. The filter only ever applies to the child, so the
 //! shared machine's settings are left alone.
+//!
+//! Also here, in children too: `URINGCACHE_BACKEND` steers `Backend::Auto` only.
 
 mod common;
 
@@ -129,4 +131,59 @@ fn refused_io_uring_falls_back_to_the_thread_pool() {
         line.contains("threads") || line.contains("Threads"),
         "the error must say what to do instead: {line}"
     );
+}
+
+const CHOICE_CHILD_ENV: &str = "URINGCACHE_CHOICE_CHILD";
+
+#[test]
+#[ignore = "run in a child process by an_explicit_backend_wins_over_the_environment"]
+fn backend_choice_child() {
+    if std::env::var(CHOICE_CHILD_ENV).is_err() {
+        return;
+    }
+    let env = std::env::var(uringcache::BACKEND_ENV).unwrap();
+    let uring_ok = uringcache_uring::UringBackend::probe().is_ok();
+    let name = |b| {
+        Cache::builder()
+            .memory_limit(64 * 4096)
+            .backend(b)
+            .build()
+            .map(|c| c.stats().backend)
+    };
+    assert_eq!(name(Backend::Threads).unwrap(), "threads", "{env}");
+    if uring_ok {
+        assert_eq!(name(Backend::IoUring).unwrap(), "io_uring", "{env}");
+    }
+    match env.as_str() {
+        "threads" => assert_eq!(name(Backend::Auto).unwrap(), "threads"),
+        _ if uring_ok => assert_eq!(name(Backend::Auto).unwrap(), "io_uring"),
+        _ => {}
+    }
+    println!("choice ok (io_uring available: {uring_ok})");
+}
+
+/// `URINGCACHE_BACKEND` steers `Backend::Auto` only: a backend chosen in code wins.
+#[test]
+fn an_explicit_backend_wins_over_the_environment() {
+    for env in ["threads", "uring"] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "backend_choice_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHOICE_CHILD_ENV, "1")
+            .env(uringcache::BACKEND_ENV, env)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("choice ok"),
+            "child with {}={env} failed:\n{stdout}\n{stderr}",
+            uringcache::BACKEND_ENV
+        );
+    }
 }

@@ -10,21 +10,53 @@ use uringcache_uring::{ThreadsBackend, UringBackend, UringConfig};
 
 use crate::cache::{invalid, Backend, CacheBuilder};
 
-/// The environment variable that overrides [`Backend`] (`uring`, `threads` or `auto`).
+/// The environment variable that picks the backend of a cache built with [`Backend::Auto`]
+/// (`uring`, `threads` or `auto`): for operators, and to run a test suite on each backend.
+///
+/// It steers only `Auto`: a [`Backend::IoUring`] or [`Backend::Threads`] chosen in code wins,
+/// and a variable asking for another backend is then ignored (said once per build through
+/// `tracing::info!`). A value that is none of the three fails the build of an `Auto` cache
+/// with `InvalidInput`.
 pub const BACKEND_ENV: &str = "URINGCACHE_BACKEND";
 
-fn choice(builder: &CacheBuilder) -> io::Result<Backend> {
-    match std::env::var(BACKEND_ENV) {
-        Err(_) => Ok(builder.backend_choice()),
-        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "uring" | "io_uring" | "iouring" => Ok(Backend::IoUring),
-            "threads" | "thread" => Ok(Backend::Threads),
-            "auto" | "" => Ok(builder.backend_choice()),
-            other => Err(invalid(format!(
+/// The backend to start for `asked` (the builder's choice) given the value of [`BACKEND_ENV`]
+/// (`None` when unset), and whether the variable was overruled by an explicit choice.
+fn resolve(asked: Backend, env: Option<&str>) -> io::Result<(Backend, bool)> {
+    let Some(v) = env else {
+        return Ok((asked, false));
+    };
+    let from_env = match v.trim().to_ascii_lowercase().as_str() {
+        "uring" | "io_uring" | "iouring" => Some(Backend::IoUring),
+        "threads" | "thread" => Some(Backend::Threads),
+        "auto" | "" => None,
+        other => {
+            if asked != Backend::Auto {
+                return Ok((asked, true));
+            }
+            return Err(invalid(format!(
                 "{BACKEND_ENV}={other} is not one of: uring, threads, auto"
-            ))),
-        },
+            )));
+        }
+    };
+    Ok(match (asked, from_env) {
+        (Backend::Auto, Some(b)) => (b, false),
+        (asked, Some(b)) => (asked, b != asked),
+        (asked, None) => (asked, false),
+    })
+}
+
+fn choice(builder: &CacheBuilder) -> io::Result<Backend> {
+    let asked = builder.backend_choice();
+    let env = std::env::var(BACKEND_ENV).ok();
+    let (chosen, overruled) = resolve(asked, env.as_deref())?;
+    if overruled {
+        tracing::info!(
+            "{BACKEND_ENV}={} is ignored: the code chose Backend::{asked:?}, which wins over the \
+             variable (it steers only Backend::Auto)",
+            env.as_deref().unwrap_or_default()
+        );
     }
+    Ok(chosen)
 }
 
 /// Starts the backend the builder (or the environment) asks for.
@@ -65,4 +97,34 @@ pub(crate) fn start(
     }?;
     tracing::info!(backend = backend.name(), asked = ?chosen, "uringcache backend started");
     Ok(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_steers_only_auto() {
+        use Backend::*;
+        let ok = |asked, env| resolve(asked, env).unwrap();
+        // Unset or `auto`: the builder's choice.
+        for asked in [Auto, IoUring, Threads] {
+            assert_eq!(ok(asked, None), (asked, false));
+            assert_eq!(ok(asked, Some("auto")), (asked, false));
+            assert_eq!(ok(asked, Some("")), (asked, false));
+        }
+        // Auto follows the variable.
+        assert_eq!(ok(Auto, Some("threads")), (Threads, false));
+        assert_eq!(ok(Auto, Some(" URING ")), (IoUring, false));
+        assert_eq!(ok(Auto, Some("io_uring")), (IoUring, false));
+        // An explicit choice wins; a conflicting variable is reported as overruled.
+        assert_eq!(ok(IoUring, Some("threads")), (IoUring, true));
+        assert_eq!(ok(Threads, Some("uring")), (Threads, true));
+        assert_eq!(ok(Threads, Some("threads")), (Threads, false));
+        assert_eq!(ok(IoUring, Some("bogus")), (IoUring, true));
+        // A bad value matters only where it would steer.
+        let e = resolve(Auto, Some("bogus")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("URINGCACHE_BACKEND=bogus"), "{e}");
+    }
 }

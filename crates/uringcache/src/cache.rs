@@ -51,7 +51,8 @@ use crate::writeback::Flusher;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// `io_uring` when the kernel allows it, else the thread pool (logged through `tracing`).
-    /// The environment variable `URINGCACHE_BACKEND=uring|threads` overrides the choice.
+    /// The environment variable [`URINGCACHE_BACKEND`](crate::BACKEND_ENV)`=uring|threads`
+    /// picks one instead; it steers only `Auto`, never an explicit choice below.
     #[default]
     Auto,
     /// `io_uring` only: building the cache fails with the reason if it is unavailable.
