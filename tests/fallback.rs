@@ -84,7 +84,17 @@ fn fallback_child() {
     };
     println!("io_uring error: {err}");
     let cache = Cache::builder().memory_limit(64 * 4096).build().unwrap();
-    println!("backend: {}", cache.stats().backend);
+    let stats = cache.stats();
+    println!("backend: {}", stats.backend);
+    assert!(!stats.fixed_buffers);
+    println!(
+        "fallback reason: {}",
+        stats.backend_fallback.as_deref().unwrap_or("(none)")
+    );
+    assert!(
+        stats.to_string().contains("fell back to the thread pool"),
+        "{stats}"
+    );
     let (path, data) = common::make_file(std::path::Path::new(&dir), "fb", 300_000, 5);
     common::multi_thread().block_on(async {
         let file = cache.open(&path, &common::rw()).await.unwrap();
@@ -123,6 +133,15 @@ fn refused_io_uring_falls_back_to_the_thread_pool() {
         "child failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("backend: threads"), "{stdout}");
+    // `Stats::backend_fallback` keeps the io_uring error that made Auto fall back.
+    let reason = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("fallback reason: "))
+        .expect("the fallback reason line");
+    assert!(
+        reason.contains("io_uring is refused") && reason.contains("threads"),
+        "the reason must say what happened and what to do: {reason}"
+    );
     let line = stdout
         .lines()
         .find(|l| l.contains("io_uring error:"))

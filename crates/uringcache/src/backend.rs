@@ -59,20 +59,36 @@ fn choice(builder: &CacheBuilder) -> io::Result<Backend> {
     Ok(chosen)
 }
 
+/// Facts about the backend that was started, fixed for the cache's life and shown in
+/// [`Stats`](crate::Stats). Read off the concrete backend here, before any
+/// [`wrap_backend`](crate::CacheBuilder::wrap_backend) layer hides it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BackendInfo {
+    /// The `io_uring` backend registered the frame arena as fixed buffers.
+    pub(crate) fixed_buffers: bool,
+    /// Why `Auto` fell back to the thread pool (the `io_uring` error), `None` if it did not.
+    pub(crate) fallback: Option<String>,
+}
+
 /// Starts the backend the builder (or the environment) asks for.
 pub(crate) fn start(
     builder: &CacheBuilder,
     arena: Arc<FrameArena>,
-) -> io::Result<Arc<dyn IoBackend>> {
+) -> io::Result<(Arc<dyn IoBackend>, BackendInfo)> {
     let (entries, sqpoll) = builder.uring_settings();
-    let uring = |arena| -> io::Result<Arc<dyn IoBackend>> {
+    let uring = |arena| -> io::Result<(Arc<dyn IoBackend>, BackendInfo)> {
         let config = UringConfig {
             entries,
             sqpoll,
             max_transfer: builder.transfer_cap(),
             ..UringConfig::default()
         };
-        Ok(Arc::new(UringBackend::new(arena, config)?))
+        let backend = UringBackend::new(arena, config)?;
+        let info = BackendInfo {
+            fixed_buffers: backend.uses_fixed_buffers(),
+            fallback: None,
+        };
+        Ok((Arc::new(backend), info))
     };
     let threads = |arena| -> io::Result<Arc<dyn IoBackend>> {
         Ok(Arc::new(ThreadsBackend::new(
@@ -81,22 +97,31 @@ pub(crate) fn start(
         )?))
     };
     let chosen = choice(builder)?;
-    let backend = match chosen {
-        Backend::IoUring => uring(arena),
-        Backend::Threads => threads(arena),
+    let (backend, info) = match chosen {
+        Backend::IoUring => uring(arena)?,
+        Backend::Threads => (threads(arena)?, BackendInfo::default()),
         Backend::Auto => match UringBackend::probe().and_then(|()| uring(arena.clone())) {
-            Ok(b) => Ok(b),
+            Ok(started) => started,
             Err(e) => {
                 tracing::warn!(
                     error = %e,
                     "io_uring is unavailable; uringcache falls back to its thread-pool backend"
                 );
-                threads(arena)
+                let info = BackendInfo {
+                    fixed_buffers: false,
+                    fallback: Some(e.to_string()),
+                };
+                (threads(arena)?, info)
             }
         },
-    }?;
-    tracing::info!(backend = backend.name(), asked = ?chosen, "uringcache backend started");
-    Ok(backend)
+    };
+    tracing::info!(
+        backend = backend.name(),
+        asked = ?chosen,
+        fixed_buffers = info.fixed_buffers,
+        "uringcache backend started"
+    );
+    Ok((backend, info))
 }
 
 #[cfg(test)]

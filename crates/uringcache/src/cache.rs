@@ -40,6 +40,7 @@ use uringcache_core::wait::{Event, WaitTable};
 use uringcache_core::writeback::DirtyLimits;
 use uringcache_uring::uring::MAX_ENTRIES as MAX_URING_ENTRIES;
 
+use crate::backend::BackendInfo;
 use crate::file::{File, OpenOptions};
 use crate::inode::{FileStamp, Inode};
 use crate::latency::Timed;
@@ -50,7 +51,8 @@ use crate::writeback::Flusher;
 /// Which I/O layer moves the bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// `io_uring` when the kernel allows it, else the thread pool (logged through `tracing`).
+    /// `io_uring` when the kernel allows it, else the thread pool (logged through `tracing`,
+    /// and the reason kept in [`Stats::backend_fallback`](crate::Stats::backend_fallback)).
     /// The environment variable [`URINGCACHE_BACKEND`](crate::BACKEND_ENV)`=uring|threads`
     /// picks one instead; it steers only `Auto`, never an explicit choice below.
     #[default]
@@ -222,7 +224,7 @@ impl CacheBuilder {
         let frames = self.validate()?;
         let ps = self.page_size;
         let arena = Arc::new(FrameArena::new(frames, ps)?);
-        let mut backend = crate::backend::start(self, arena.clone())?;
+        let (mut backend, backend_info) = crate::backend::start(self, arena.clone())?;
         if let Some(layer) = &self.layer {
             backend = layer(backend);
         }
@@ -235,6 +237,7 @@ impl CacheBuilder {
             waits: WaitTable::new(),
             backend,
             timed,
+            backend_info,
             inodes: RwLock::new(HashMap::new()),
             by_key: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(0),
@@ -495,6 +498,8 @@ pub(crate) struct CacheInner {
     pub(crate) pool: FramePool,
     pub(crate) waits: WaitTable,
     pub(crate) backend: Arc<dyn IoBackend>,
+    /// What was learnt while starting the backend (fixed buffers, a fallback's reason).
+    backend_info: BackendInfo,
     /// The timing layer around `backend` (the same object), for latency statistics.
     timed: Arc<Timed>,
     inodes: RwLock<HashMap<u32, Weak<Inode>>>,
@@ -878,6 +883,8 @@ impl CacheInner {
         let c = &self.counters;
         Stats {
             backend: self.backend.name(),
+            fixed_buffers: self.backend_info.fixed_buffers,
+            backend_fallback: self.backend_info.fallback.clone(),
             page_size: self.page_size,
             frames: self.pool.frames(),
             cached_pages: self.pool.frames() - self.pool.nr_free(),
@@ -1039,5 +1046,32 @@ mod tests {
         let e = Cache::builder().uring_entries(0).build().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(e.to_string().contains("uring_entries"), "{e}");
+    }
+
+    #[test]
+    fn stats_tell_fixed_buffers_and_fallback() {
+        let cache = Cache::builder()
+            .memory_limit(64 * 4096)
+            .backend(Backend::Threads)
+            .build()
+            .unwrap();
+        let s = cache.stats();
+        assert_eq!(s.backend, "threads");
+        assert!(!s.fixed_buffers);
+        assert_eq!(
+            s.backend_fallback, None,
+            "Threads was asked for, not fallen back to"
+        );
+        drop(cache);
+        // Auto here: either io_uring started (no fallback) or the reason is kept.
+        let s = Cache::builder()
+            .memory_limit(64 * 4096)
+            .build()
+            .unwrap()
+            .stats();
+        match s.backend {
+            "io_uring" => assert_eq!(s.backend_fallback, None),
+            _ => assert!(!s.fixed_buffers),
+        }
     }
 }

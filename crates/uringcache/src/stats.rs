@@ -88,6 +88,15 @@ impl Counters {
 pub struct Stats {
     /// Which backend moves the bytes (`"io_uring"` or `"threads"`).
     pub backend: &'static str,
+    /// Whether the `io_uring` backend registered the frame arena as fixed buffers
+    /// (`IORING_REGISTER_BUFFERS`). `false` on the thread pool, and where registration was
+    /// refused — typically by `RLIMIT_MEMLOCK` (`ulimit -l`): I/O then goes into the same
+    /// frames unregistered, a little slower.
+    pub fixed_buffers: bool,
+    /// Why [`Backend::Auto`](crate::Backend::Auto) fell back to the thread pool (the
+    /// `io_uring` error, which says what to change); `None` when it did not fall back or
+    /// another backend was asked for.
+    pub backend_fallback: Option<String>,
     /// Page size in bytes.
     pub page_size: usize,
     /// Frames in the budget.
@@ -181,11 +190,19 @@ impl Stats {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let buffers = match (self.backend, self.fixed_buffers) {
+            (_, true) => " (fixed buffers)",
+            ("io_uring", false) => " (no fixed buffers)",
+            _ => "",
+        };
         writeln!(
             f,
-            "backend {}, {} frames of {} B, {} cached",
+            "backend {}{buffers}, {} frames of {} B, {} cached",
             self.backend, self.frames, self.page_size, self.cached_pages
         )?;
+        if let Some(why) = &self.backend_fallback {
+            writeln!(f, "fell back to the thread pool: {why}")?;
+        }
         writeln!(
             f,
             "hits {} misses {} waits {} (hit ratio {:.1} %), evictions {}",
@@ -276,5 +293,27 @@ mod tests {
         let text = s.to_string();
         assert!(text.contains("hit ratio 75.0 %"), "{text}");
         assert!(text.contains("io_uring"));
+        assert!(text.contains("(no fixed buffers)"), "{text}");
+        assert!(!text.contains("fell back"), "{text}");
+        let s = Stats {
+            backend: "io_uring",
+            fixed_buffers: true,
+            ..Default::default()
+        };
+        assert!(
+            s.to_string().contains("backend io_uring (fixed buffers)"),
+            "{s}"
+        );
+        let s = Stats {
+            backend: "threads",
+            backend_fallback: Some("io_uring is refused".into()),
+            ..Default::default()
+        };
+        let text = s.to_string();
+        assert!(text.starts_with("backend threads, "), "{text}");
+        assert!(
+            text.contains("fell back to the thread pool: io_uring is refused"),
+            "{text}"
+        );
     }
 }
