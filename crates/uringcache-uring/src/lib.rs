@@ -9,8 +9,14 @@
 //!
 //! plus helpers for the files themselves: [`open_direct`] (and [`open_direct_tracked`], which
 //! tells whether it created the file, with [`remove_created`] to undo that), [`dio_alignment`],
-//! [`fits_in_file`] and [`max_file_size`] (the filesystem's file-size limit); and
-//! [`FaultBackend`], which wraps either backend to inject failures and delays in tests.
+//! [`fits_in_file`] and [`max_file_size`] (the filesystem's file-size limit).
+//!
+//! ## Cargo features
+//!
+//! * `fault-injection` (off by default): the module `fault` and its `FaultBackend`, which wraps
+//!   either backend to fail or hold back chosen requests — a test tool, kept out of
+//!   production builds. Enable it in `[dev-dependencies]`:
+//!   `uringcache-uring = { version = "0.1", features = ["fault-injection"] }`.
 //!
 //! Errors that come from the OS keep it: the `io::Error` they return has the OS error's kind
 //! and the OS error itself as its `source()`, so its errno is
@@ -66,12 +72,14 @@
 mod common;
 mod direct;
 pub mod error;
+#[cfg(feature = "fault-injection")]
 pub mod fault;
 mod limits;
 pub mod threads;
 pub mod uring;
 
 pub use direct::{dio_alignment, open_direct, open_direct_tracked, remove_created, Opened};
+#[cfg(feature = "fault-injection")]
 pub use fault::FaultBackend;
 pub use limits::{fits_in_file, max_file_size};
 pub use threads::ThreadsBackend;

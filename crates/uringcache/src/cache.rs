@@ -207,8 +207,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Wraps the backend in another layer, e.g. `uringcache_uring::FaultBackend` to inject
-    /// failures in tests, or an instrumenting backend. The layer sees every request.
+    /// Wraps the backend in another layer, e.g. `uringcache_uring::FaultBackend` (feature
+    /// `fault-injection` of `uringcache-uring`) to inject failures in tests, or an
+    /// instrumenting backend. The layer sees every request.
     pub fn wrap_backend(
         &mut self,
         layer: impl Fn(Arc<dyn IoBackend>) -> Arc<dyn IoBackend> + Send + Sync + 'static,
