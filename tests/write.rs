@@ -204,6 +204,61 @@ fn bad_writes_are_refused_before_anything_changes() {
     });
 }
 
+/// `OpenOptions::append` as in std: it grants write access and refuses truncate; positional
+/// writes go where they are told; a writer from an append handle starts at the end.
+#[test]
+fn append_implies_write_and_its_writer_starts_at_the_end() {
+    on_runtimes(|| async {
+        use tokio::io::AsyncWriteExt;
+        let dir = scratch_dir();
+        let (path, mut model) = make_file(dir.path(), "log", 5000, 21);
+        let cache = cache(16);
+        let mut append = OpenOptions::new();
+        append.append(true);
+        let log = cache.open(&path, &append).await?;
+        // Write access without write(true); no read access.
+        let mut buf = [0u8; 10];
+        let err = log.read_at(&mut buf, 0).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        // A positional write goes where it is told.
+        log.write_all_at(b"XY", 10).await?;
+        model[10..12].copy_from_slice(b"XY");
+        // The writer starts at the end, whatever offset is passed.
+        let mut w = log.writer(0);
+        assert_eq!(w.position(), 5000);
+        w.write_all(b"appended").await?;
+        w.shutdown().await?;
+        model.extend_from_slice(b"appended");
+        // Another handle extends the file: a writer made after starts at the new end.
+        let other = cache.open(&path, &rw()).await?;
+        other.write_all_at(b"more", other.len()).await?;
+        model.extend_from_slice(b"more");
+        let mut w = log.writer(0);
+        assert_eq!(w.position(), model.len() as u64);
+        w.write_all(b"!").await?;
+        w.sync_all().await?;
+        model.push(b'!');
+        common::assert_bytes(&on_disk(&path), &model, "appended on disk");
+        // A plain read-write handle's writer still starts where it is told.
+        assert_eq!(other.writer(3).position(), 3);
+        // Truncate with append is refused, as std refuses it.
+        let mut both = OpenOptions::new();
+        both.append(true).truncate(true);
+        let err = cache.open(&path, &both).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("truncate and append"), "{err}");
+        // Append alone may create the file, as in std.
+        let mut create = OpenOptions::new();
+        create.append(true).create(true);
+        let new = cache.open(dir.path().join("new-log"), &create).await?;
+        let mut w = new.writer(0);
+        w.write_all(b"x").await?;
+        w.shutdown().await?;
+        assert_eq!(new.len(), 1);
+        Ok(())
+    });
+}
+
 #[test]
 fn opening_with_truncate_drops_cached_and_dirty_pages() {
     on_runtimes(|| async {

@@ -38,6 +38,7 @@ pub type VerifyFn = Arc<dyn Fn(u64, &[u8]) -> Result<(), String> + Send + Sync>;
 pub struct OpenOptions {
     read: bool,
     write: bool,
+    append: bool,
     create: bool,
     create_new: bool,
     truncate: bool,
@@ -49,6 +50,7 @@ impl std::fmt::Debug for OpenOptions {
         f.debug_struct("OpenOptions")
             .field("read", &self.read)
             .field("write", &self.write)
+            .field("append", &self.append)
             .field("create", &self.create)
             .field("create_new", &self.create_new)
             .field("truncate", &self.truncate)
@@ -72,6 +74,42 @@ impl OpenOptions {
     /// Open for writing.
     pub fn write(&mut self, write: bool) -> &mut Self {
         self.write = write;
+        self
+    }
+
+    /// Open for appending, as `std::fs::OpenOptions::append`: implies [`write`](Self::write)
+    /// access (a handle opened with only `append(true)` may write), and cannot be combined
+    /// with [`truncate`](Self::truncate) (`InvalidInput`, as in std).
+    ///
+    /// The cache's writes are positional, so the flag does not move them:
+    /// [`File::write_all_at`] writes where it is told, with or without it. To append, write at
+    /// the end, `file.write_all_at(buf, file.len())`; or use [`File::writer`], which on a
+    /// handle opened with `append(true)` starts at the end of the file (`len()` when the writer
+    /// is made, whatever offset is passed) and goes on from there. Unlike `O_APPEND` this is not
+    /// atomic: two handles appending at once can pick the same end and overwrite each other.
+    ///
+    /// ```
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("log");
+    /// # std::fs::write(&path, b"first\n")?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// let log = cache.open(&path, uringcache::OpenOptions::new().append(true)).await?;
+    /// let mut w = log.writer(0); // on an append handle: from the end
+    /// w.write_all(b"second\n").await?;
+    /// w.sync_all().await?;
+    /// log.write_all_at(b"third\n", log.len()).await?;
+    /// log.sync_all().await?;
+    /// assert_eq!(std::fs::read(&path)?, b"first\nsecond\nthird\n");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub fn append(&mut self, append: bool) -> &mut Self {
+        self.append = append;
         self
     }
 
@@ -146,6 +184,8 @@ struct Handle {
     inode: Arc<Inode>,
     read: bool,
     write: bool,
+    /// Opened with [`OpenOptions::append`]: writers made from it start at the end.
+    append: bool,
     ra: Mutex<readahead::State>,
     /// Byte position just after this handle's previous read (`file_ra_state.prev_pos`).
     prev_pos: AtomicU64,
@@ -160,6 +200,7 @@ impl std::fmt::Debug for File {
             .field("len", &self.len())
             .field("read", &self.handle.read)
             .field("write", &self.handle.write)
+            .field("append", &self.handle.append)
             .finish()
     }
 }
@@ -240,20 +281,29 @@ impl File {
         let OpenOptions {
             read,
             write,
+            append,
             create,
             create_new,
             truncate,
             ..
         } = *options;
+        let write = write || append;
         if !read && !write {
             return Err(invalid(format!(
-                "cannot open {}: OpenOptions needs read(true) or write(true)",
+                "cannot open {}: OpenOptions needs read(true), write(true) or append(true)",
                 path.display()
             )));
         }
         if (create || create_new || truncate) && !write {
             return Err(invalid(format!(
-                "cannot open {}: create, create_new and truncate need write(true)",
+                "cannot open {}: create, create_new and truncate need write(true) or \
+                 append(true)",
+                path.display()
+            )));
+        }
+        if truncate && append {
+            return Err(invalid(format!(
+                "cannot open {}: truncate and append cannot both be set",
                 path.display()
             )));
         }
@@ -291,10 +341,12 @@ impl File {
         let OpenOptions {
             read,
             write,
+            append,
             truncate,
             ref verify,
             ..
         } = *options;
+        let write = write || append;
         let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
         if !meta.file_type().is_file() {
             return Err(invalid(format!(
@@ -338,6 +390,7 @@ impl File {
         let handle = Handle {
             read,
             write,
+            append,
             ra: Mutex::new(readahead::State::new(cache.ra_max_pages)),
             prev_pos: AtomicU64::new(0),
             wb_cursor: inode.mapping.wb_err().sample(),
@@ -382,6 +435,11 @@ fn inode_checks(handle: &Handle, path: &Path, verify: Option<&VerifyFn>) -> io::
 impl File {
     pub(crate) fn inode(&self) -> &Arc<Inode> {
         &self.handle.inode
+    }
+
+    /// Whether this handle was opened with [`OpenOptions::append`].
+    pub(crate) fn appends(&self) -> bool {
+        self.handle.append
     }
 
     /// This handle's readahead state, for reads through the inode.

@@ -103,7 +103,9 @@ impl File {
     }
 
     /// A buffered writer positioned at `offset`, implementing `tokio::io::AsyncWrite`, with a
-    /// [`DEFAULT_BUF_SIZE`] buffer; see [`Writer`]. `flush` and `shutdown` write the buffer
+    /// [`DEFAULT_BUF_SIZE`] buffer; see [`Writer`]. On a handle opened with
+    /// [`OpenOptions::append`](crate::OpenOptions::append) the writer starts at the end of the
+    /// file instead (`len()` now; `offset` is ignored, as `O_APPEND` ignores the file position). `flush` and `shutdown` write the buffer
     /// into the cache but do not make it durable: call [`Writer::sync_all`] for that.
     ///
     /// ```
@@ -413,11 +415,14 @@ impl Writer {
 
     /// A writer to `file` from `offset` whose buffer holds `capacity` bytes (at least 1). A
     /// multiple of the cache's page size, with a page-aligned `offset`, writes whole pages,
-    /// which need no read-modify-write.
+    /// which need no read-modify-write. If `file` was opened with
+    /// [`OpenOptions::append`](crate::OpenOptions::append), the writer starts at `file.len()`
+    /// instead of `offset`.
     pub fn with_capacity(file: File, offset: u64, capacity: usize) -> Writer {
+        let pos = if file.appends() { file.len() } else { offset };
         Writer {
             file,
-            pos: offset,
+            pos,
             buf: Vec::new(),
             in_flight: 0,
             capacity: capacity.max(1),
