@@ -92,7 +92,7 @@ fn readahead(c: &mut Criterion) {
                 let mut w = ra.on_miss(0, 1, 0, 4096, |_| false);
                 for _ in 0..16 {
                     w = ra
-                        .on_marker(w.mark().unwrap_or(w.start), 1, 0, 4096, |_| true)
+                        .on_marker(w.mark().unwrap_or(w.start), 1, |_| true)
                         .unwrap();
                 }
                 black_box(w)

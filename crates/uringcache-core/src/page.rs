@@ -50,10 +50,6 @@ impl PageState {
     /// Some task may be waiting on this page in the wait table (`PG_waiters`): whoever clears
     /// `LOCKED` or `WRITEBACK` must wake the table's bucket.
     pub const WAITERS: u32 = 1 << 6;
-    /// The page is tagged for an ongoing sync (`PAGECACHE_TAG_TOWRITE`).
-    pub const TOWRITE: u32 = 1 << 7;
-    /// Eviction wants the frame: reclaim it as soon as its writeback completes (`PG_reclaim`).
-    pub const RECLAIM: u32 = 1 << 8;
     /// The page has left its mapping (truncated or invalidated while pinned); its frame goes
     /// back to the pool at the last unpin.
     pub const ORPHAN: u32 = 1 << 9;
@@ -89,7 +85,7 @@ impl PageState {
 
 impl std::fmt::Debug for PageState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const NAMES: [(u32, &str); 11] = [
+        const NAMES: [(u32, &str); 9] = [
             (PageState::UPTODATE, "Uptodate"),
             (PageState::LOCKED, "Locked"),
             (PageState::DIRTY, "Dirty"),
@@ -97,8 +93,6 @@ impl std::fmt::Debug for PageState {
             (PageState::ERROR, "Error"),
             (PageState::READAHEAD, "Readahead"),
             (PageState::WAITERS, "Waiters"),
-            (PageState::TOWRITE, "Towrite"),
-            (PageState::RECLAIM, "Reclaim"),
             (PageState::ORPHAN, "Orphan"),
             (PageState::PREFETCHED, "Prefetched"),
         ];

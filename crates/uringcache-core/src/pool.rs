@@ -22,7 +22,6 @@ use crate::sync::Mutex;
 
 use crate::evict::{ghost_key, EvictScan, Policy, Verdict};
 use crate::page::{FrameId, PageState, PageTable};
-use crate::wait::Event;
 
 /// The frames of a cache: descriptors, free list, eviction policy.
 #[derive(Debug)]
@@ -31,7 +30,6 @@ pub struct FramePool {
     free: Mutex<Vec<FrameId>>,
     nr_free: AtomicUsize,
     policy: Policy,
-    freed: Event,
 }
 
 impl FramePool {
@@ -44,7 +42,6 @@ impl FramePool {
             free: Mutex::new((0..frames as FrameId).rev().collect()),
             nr_free: AtomicUsize::new(frames),
             policy: Policy::new(frames),
-            freed: Event::new(),
         }
     }
 
@@ -62,12 +59,6 @@ impl FramePool {
     /// Frames on the free list.
     pub fn nr_free(&self) -> usize {
         self.nr_free.load(Ordering::Relaxed)
-    }
-
-    /// The event notified whenever a frame is freed; allocation waits on it when every frame is
-    /// pinned.
-    pub fn freed(&self) -> &crate::wait::Event {
-        &self.freed
     }
 
     /// Takes a frame: from the free list, else by evicting through `try_evict` (see
@@ -106,7 +97,8 @@ impl FramePool {
     }
 
     /// Drops one pin (`put_page`); frees the frame when it was the last. Returns whether the
-    /// frame was freed.
+    /// frame was freed. (The `uringcache` crate's own `put` also wakes waiting allocations;
+    /// this one serves tests and benchmarks of the pool alone.)
     pub fn put(&self, frame: FrameId) -> bool {
         if self.pages.get(frame).unpin() == 0 {
             self.free_frame(frame);
@@ -123,7 +115,6 @@ impl FramePool {
         desc.release();
         self.free.lock().push(frame);
         self.nr_free.fetch_add(1, Ordering::Relaxed);
-        self.freed.notify_all();
     }
 
     /// Lengths of the policy's small and main queues.

@@ -294,13 +294,10 @@ impl State {
         &mut self,
         index: u64,
         req_pages: u64,
-        prev_pos: u64,
-        page_size: u64,
         cached: impl Fn(u64) -> bool,
     ) -> Option<Window> {
-        // The position of the previous read plays no part in the async path: the mark alone
+        // Unlike a miss, the position of the previous read plays no part here: the mark alone
         // says the stream is sequential.
-        let _ = (prev_pos, page_size);
         let req = req_pages.max(1);
         let cap = self.ra_pages;
         if self.advice == Advice::Random || cap == 0 {
@@ -476,8 +473,7 @@ mod tests {
                 }
                 if self.marks.remove(&i) {
                     let cache = &self.cache;
-                    if let Some(win) = ra.on_marker(i, left, *prev_pos, PS, |p| cache.contains(&p))
-                    {
+                    if let Some(win) = ra.on_marker(i, left, |p| cache.contains(&p)) {
                         self.log.push((Ev::Mark(i), win));
                         self.fill(win);
                     }
@@ -724,7 +720,7 @@ mod tests {
         assert_eq!(ra.on_miss(1, 1, PS, PS, |_| false), w(1, 1, 0));
         assert_eq!(ra.on_miss(2, 32, 2 * PS, PS, |_| true), w(2, 32, 0));
         assert_eq!(ra.on_miss(10, 1000, 0, PS, |_| false), w(10, 512, 0));
-        assert_eq!(ra.on_marker(1, 1, 0, PS, |_| true), None);
+        assert_eq!(ra.on_marker(1, 1, |_| true), None);
         assert_eq!(ra.window(), w(0, 0, 0));
         // Back to normal: readahead again.
         ra.set_advice(Advice::Normal);
@@ -779,20 +775,11 @@ mod tests {
         assert_eq!(ra.on_miss(300, 4, 300 * PS, PS, |_| false), w(300, 1, 0));
         // Then readahead starts over, capped at a quarter.
         assert_eq!(ra.on_miss(301, 1, 301 * PS, PS, |_| false), w(301, 4, 3));
-        assert_eq!(
-            ra.on_marker(302, 1, 302 * PS, PS, |_| true),
-            Some(w(305, 16, 16))
-        );
-        assert_eq!(ra.on_marker(305, 1, 0, PS, |_| true), Some(w(321, 32, 32)));
-        assert_eq!(ra.on_marker(321, 1, 0, PS, |_| true), Some(w(353, 64, 64)));
-        assert_eq!(
-            ra.on_marker(353, 1, 0, PS, |_| true),
-            Some(w(417, 128, 128))
-        );
-        assert_eq!(
-            ra.on_marker(417, 1, 0, PS, |_| true),
-            Some(w(545, 128, 128))
-        );
+        assert_eq!(ra.on_marker(302, 1, |_| true), Some(w(305, 16, 16)));
+        assert_eq!(ra.on_marker(305, 1, |_| true), Some(w(321, 32, 32)));
+        assert_eq!(ra.on_marker(321, 1, |_| true), Some(w(353, 64, 64)));
+        assert_eq!(ra.on_marker(353, 1, |_| true), Some(w(417, 128, 128)));
+        assert_eq!(ra.on_marker(417, 1, |_| true), Some(w(545, 128, 128)));
 
         // More errors: 128 -> 32 -> 8 -> 2 -> 0, then no readahead at all.
         ra.on_error();
@@ -804,7 +791,7 @@ mod tests {
         assert_eq!(ra.ra_pages(), 0);
         assert_eq!(ra.on_miss(600, 4, 600 * PS, PS, |_| false), w(600, 1, 0));
         assert_eq!(ra.on_miss(601, 4, 601 * PS, PS, |_| false), w(601, 1, 0));
-        assert_eq!(ra.on_marker(545, 1, 0, PS, |_| true), None);
+        assert_eq!(ra.on_marker(545, 1, |_| true), None);
 
         // fadvise restores the cap, as in the kernel.
         ra.set_advice(Advice::Normal);
@@ -817,13 +804,10 @@ mod tests {
         let mut ra = State::new(16);
         // State belongs to another stream; everything after 100 is cached.
         assert_eq!(ra.on_miss(0, 1, 0, PS, |_| false), w(0, 2, 1));
-        assert_eq!(ra.on_marker(100, 1, 0, PS, |_| true), None);
+        assert_eq!(ra.on_marker(100, 1, |_| true), None);
         assert_eq!(ra.window(), w(0, 2, 1));
         // One page short of a full window: read from the first miss.
-        assert_eq!(
-            ra.on_marker(100, 1, 0, PS, |p| p <= 115),
-            Some(w(116, 16, 16))
-        );
+        assert_eq!(ra.on_marker(100, 1, |p| p <= 115), Some(w(116, 16, 16)));
     }
 
     #[test]
@@ -854,13 +838,13 @@ mod tests {
         let history = |p: u64| p >= top - 50 && p < top - 40;
         assert_eq!(ra.on_miss(top - 40, 1, 0, 0, history), w(top - 40, 11, 1));
         assert_eq!(
-            ra.on_marker(top - 30, 1, 0, PS, |_| false),
+            ra.on_marker(top - 30, 1, |_| false),
             Some(w(top - 29, 29, 0))
         );
         assert_eq!(ra.window(), w(top - 29, 29, 0));
-        assert_eq!(ra.on_marker(top - 29, 1, 0, PS, |_| true), None);
-        assert_eq!(ra.on_marker(top, 1, 0, PS, |_| true), None);
-        assert_eq!(ra.on_marker(top - 1, u64::MAX, 0, PS, |_| false), None);
+        assert_eq!(ra.on_marker(top - 29, 1, |_| true), None);
+        assert_eq!(ra.on_marker(top, 1, |_| true), None);
+        assert_eq!(ra.on_marker(top - 1, u64::MAX, |_| false), None);
 
         // Huge caps and requests.
         let mut ra = State::new(u64::MAX);

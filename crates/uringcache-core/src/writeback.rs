@@ -54,12 +54,6 @@ impl DirtyLimits {
             Throttle::Free
         }
     }
-
-    /// The kernel's "freerun" point, `(background + limit) / 2`: below it a writer is never
-    /// paused, whatever else is going on.
-    pub fn freerun(&self) -> usize {
-        (self.background + self.limit) / 2
-    }
 }
 
 /// Splits sorted, distinct page indices into runs of consecutive pages of at most `max_pages`
@@ -107,7 +101,6 @@ mod tests {
         assert_eq!(l.throttle(101), Throttle::Background);
         assert_eq!(l.throttle(199), Throttle::Background);
         assert_eq!(l.throttle(200), Throttle::Wait);
-        assert_eq!(l.freerun(), 150);
     }
 
     #[test]

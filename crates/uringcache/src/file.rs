@@ -222,11 +222,9 @@ impl ReadaheadSource for Handle {
     }
 
     fn async_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Option<Window> {
-        let ps = inode.cache.page_size as u64;
-        let prev = self.prev_pos.load(Ordering::Relaxed);
         self.ra
             .lock()
-            .on_marker(index, req_pages, prev, ps, |i| inode.mapping.contains(i))
+            .on_marker(index, req_pages, |i| inode.mapping.contains(i))
     }
 
     fn on_error(&self) {
