@@ -255,7 +255,7 @@ impl uringcache_core::backend::Backend for Traced {
     fn unregister(&self, file: uringcache_core::backend::FileId) {
         self.inner.unregister(file)
     }
-    fn submit(&self, batch: &mut Vec<uringcache_core::backend::Request>) {
+    unsafe fn submit(&self, batch: &mut Vec<uringcache_core::backend::Request>) {
         for req in batch.iter_mut() {
             let what = match &req.op {
                 uringcache_core::backend::Op::Read { offset, len, .. } => {
@@ -282,7 +282,8 @@ impl uringcache_core::backend::Backend for Traced {
                 done(res)
             });
         }
-        self.inner.submit(batch)
+        // SAFETY: the caller's requests, passed on unchanged.
+        unsafe { self.inner.submit(batch) }
     }
     fn stats(&self) -> uringcache_core::backend::BackendStats {
         self.inner.stats()

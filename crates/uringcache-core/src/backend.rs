@@ -123,7 +123,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Starts every request in `batch` (draining it), as few system calls as possible.
     /// Completions may run before this returns, on this thread or another.
-    fn submit(&self, batch: &mut Vec<Request>);
+    ///
+    /// # Safety
+    ///
+    /// The device reads into and writes from the frames the requests name, at any moment
+    /// until each request's completion runs. So, for every request, until its completion:
+    /// its frames are frames of the arena the backend was built on, and they stay allocated
+    /// to the caller (pinned: not freed, not handed to another page); nobody reads the frames
+    /// of a `Read` or writes the frames of a `Write`; its file is registered.
+    unsafe fn submit(&self, batch: &mut Vec<Request>);
 
     /// The backend's counters.
     fn stats(&self) -> BackendStats;

@@ -3,7 +3,7 @@
 //! `io::Error::new(e.kind(), format!("... {e}"))` keeps the *text* of an OS error
 //! ("No such file or directory (os error 2)") but drops the error itself: `raw_os_error()` is
 //! `None` and `source()` is `None`, so a caller can no longer match on the errno. The
-//! constructors here wrap the OS error in a [`Context`] instead: the new error has the same
+//! constructors here wrap the OS error in a `Context` instead: the new error has the same
 //! kind, prints `"<message>: <OS error>"`, and returns the OS error from `source()`
 //! (`io::Error::source()` delegates to its payload's `source()`).
 //!

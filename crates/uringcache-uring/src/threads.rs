@@ -135,7 +135,7 @@ impl Backend for ThreadsBackend {
         self.inner.files.write().try_remove(file.0 as usize);
     }
 
-    fn submit(&self, batch: &mut Vec<Request>) {
+    unsafe fn submit(&self, batch: &mut Vec<Request>) {
         let mut refused = Vec::new();
         {
             let files = self.inner.files.read();

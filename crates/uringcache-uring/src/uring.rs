@@ -694,7 +694,7 @@ impl Backend for UringBackend {
         }
     }
 
-    fn submit(&self, batch: &mut Vec<Request>) {
+    unsafe fn submit(&self, batch: &mut Vec<Request>) {
         if batch.is_empty() {
             return;
         }

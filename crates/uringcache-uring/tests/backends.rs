@@ -162,7 +162,9 @@ fn run_on(backend: &dyn Backend, ops: Vec<(FileId, Op)>) -> Vec<io::Result<usize
             }
         })
         .collect();
-    backend.submit(&mut batch);
+    // SAFETY: the harness's frames are the test's; it looks at them only after the
+    // completions arrive.
+    unsafe { backend.submit(&mut batch) };
     assert!(batch.is_empty(), "submit must drain the batch");
     let mut out: Vec<Option<io::Result<usize>>> = (0..n).map(|_| None).collect();
     for _ in 0..n {
@@ -480,10 +482,12 @@ fn completion_submits_more(h: Harness) {
                     let _ = tx2.send(r);
                 }),
             }];
-            backend.submit(&mut next);
+            // SAFETY: frame 2 is the test's, read only after this completion arrives.
+            unsafe { backend.submit(&mut next) };
         }),
     }];
-    h.backend.submit(&mut batch);
+    // SAFETY: frames 1 and 2 are the test's, read only after the completions arrive.
+    unsafe { h.backend.submit(&mut batch) };
     assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), PAGE);
     assert_eq!(h.frame(1), pattern_bytes(0, PAGE));
     assert_eq!(h.frame(2), pattern_bytes(PAGE as u64, PAGE));
@@ -528,7 +532,8 @@ fn shutdown_waits_for_in_flight(h: Harness) {
             }
         })
         .collect();
-    h.backend.submit(&mut batch);
+    // SAFETY: the harness's frames, untouched until the completions arrive.
+    unsafe { h.backend.submit(&mut batch) };
     h.backend.shutdown();
     drop(tx);
     // Every completion ran before shutdown returned.

@@ -209,7 +209,11 @@ impl CacheBuilder {
 
     /// Wraps the backend in another layer, e.g. `uringcache_uring::FaultBackend` (feature
     /// `fault-injection` of `uringcache-uring`) to inject failures in tests, or an
-    /// instrumenting backend. The layer sees every request.
+    /// instrumenting backend. The layer sees every request. The trait is
+    /// [`io_backend::Backend`](crate::io_backend::Backend); its `submit` is an `unsafe fn`
+    /// whose contract (the frames of a request belong to the I/O until its completion) a
+    /// layer keeps by passing the cache's requests on, and must keep itself for any request
+    /// it makes up.
     pub fn wrap_backend(
         &mut self,
         layer: impl Fn(Arc<dyn IoBackend>) -> Arc<dyn IoBackend> + Send + Sync + 'static,

@@ -147,7 +147,9 @@ impl Inode {
             // Through the disk gate: never while the file is being cut on disk.
             self.submit_writes(vec![request]);
         } else {
-            self.cache.backend.submit(&mut vec![request]);
+            // SAFETY: temporary frames of this call, in no mapping, pinned for the I/O until
+            // its completion; the call reads them only after awaiting it.
+            unsafe { self.cache.backend.submit(&mut vec![request]) };
         }
         cell.wait().await.map_err(|e| {
             crate::error::os(

@@ -395,7 +395,9 @@ impl Inode {
                 desc.pin(); // the I/O's own pin, dropped by the completion
                 let mut batch = Vec::with_capacity(1);
                 self.push_read(&mut batch, index, vec![frame]);
-                self.cache.backend.submit(&mut batch);
+                // SAFETY: the page is LOCKED by us and not up to date (nobody reads or writes
+                // its bytes), pinned for the I/O until the completion unlocks and unpins it.
+                unsafe { self.cache.backend.submit(&mut batch) };
             }
             waited = true;
             // Wait for the read (ours or another task's) on the next turn.
@@ -585,7 +587,9 @@ impl Inode {
     fn submit(self: &Arc<Self>, mut reads: ReadBatch) {
         self.flush_run(&mut reads);
         if !reads.requests.is_empty() {
-            self.cache.backend.submit(&mut reads.requests);
+            // SAFETY: every frame read into is a fresh page, LOCKED and not up to date, pinned
+            // for the I/O until its completion unlocks and unpins it (see `add_page`).
+            unsafe { self.cache.backend.submit(&mut reads.requests) };
         }
     }
 

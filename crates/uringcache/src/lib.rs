@@ -117,3 +117,8 @@ pub use io::{Reader, Writer};
 pub use page_ref::{PageMut, PageRef};
 pub use stats::{Latency, Stats};
 pub use uringcache_core::readahead::Advice;
+
+/// The I/O layer's trait and request types, for [`CacheBuilder::wrap_backend`] layers.
+pub mod io_backend {
+    pub use uringcache_core::backend::{Backend, BackendStats, Completion, FileId, Op, Request};
+}

@@ -64,7 +64,10 @@ impl Inode {
         }
         let mut go = self.wb.flush.lock().gate.admit(writes);
         if !go.is_empty() {
-            self.cache.backend.submit(&mut go);
+            // SAFETY: writeback and direct writes: their frames are pinned for the I/O and
+            // under WRITEBACK (no writer changes them, stable pages) or temporary frames of
+            // the caller's, in no mapping, until the completion drops the I/O's pins.
+            unsafe { self.cache.backend.submit(&mut go) };
         }
     }
 
@@ -108,7 +111,7 @@ impl Inode {
     fn start_cut(self: &Arc<Self>, cut: PendingCut) {
         let PendingCut { len, done } = cut;
         let this = self.clone();
-        self.cache.backend.submit(&mut vec![Request {
+        let mut batch = vec![Request {
             file: self.file_id,
             op: Op::Truncate { len },
             done: Box::new(move |res| {
@@ -127,11 +130,14 @@ impl Inode {
                 }
                 let mut release = next.release;
                 if !release.is_empty() {
-                    this.cache.backend.submit(&mut release);
+                    // SAFETY: writes held by the gate, as admitted in `submit_writes`.
+                    unsafe { this.cache.backend.submit(&mut release) };
                 }
                 done(res);
             }),
-        }]);
+        }];
+        // SAFETY: an ftruncate names no frame.
+        unsafe { self.cache.backend.submit(&mut batch) };
     }
 
     /// Records the completion of write request `seq` (after its pages and the error sequence
@@ -193,7 +199,7 @@ impl Inode {
         let FlushStart { full, covers } = flush;
         self.cache.counters.add(Counter::Flushes, 1);
         tracing::trace!(full, covers, "flush");
-        self.cache.backend.submit(&mut vec![Request {
+        let mut batch = vec![Request {
             file: self.file_id,
             op: Op::Fsync { datasync: !full },
             done: Box::new(move |res| {
@@ -210,7 +216,9 @@ impl Inode {
                 }
                 this.wb.flush_done.notify_all();
             }),
-        }]);
+        }];
+        // SAFETY: a flush names no frame.
+        unsafe { self.cache.backend.submit(&mut batch) };
     }
 
     /// `sync_range` / `sync_data` / `sync_all` for a handle whose error cursor is `cursor`.
