@@ -8,7 +8,8 @@ use uringcache_core::backend::Backend as IoBackend;
 use uringcache_core::frames::FrameArena;
 use uringcache_uring::{ThreadsBackend, UringBackend, UringConfig};
 
-use crate::cache::{invalid, Backend, CacheBuilder};
+use crate::builder::{Backend, CacheBuilder};
+use crate::error::invalid;
 
 /// The environment variable that picks the backend of a cache built with [`Backend::Auto`]
 /// (`uring`, `threads` or `auto`): for operators, and to run a test suite on each backend.

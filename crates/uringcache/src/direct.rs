@@ -245,6 +245,26 @@ impl File {
     /// written back (and waited for) first, so the read sees every earlier write through any
     /// handle. The bytes go through temporary frames of the cache's budget, at most one
     /// readahead window's worth per device request, and are not left cached.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// file.write_all_at(b"cached", 100).await?; // dirty in the cache, not on the device yet
+    /// let mut buf = [0u8; 6];
+    /// assert_eq!(file.read_direct_at(&mut buf, 100).await?, 6); // written back first
+    /// assert_eq!(&buf, b"cached");
+    /// assert_eq!(&std::fs::read(&path)?[100..106], b"cached"); // the write-back reached it
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.check_read(buf.len(), offset)?;
         let inode = self.inode();
@@ -297,6 +317,29 @@ impl File {
     /// Like `O_DIRECT` without `O_SYNC`, the bytes are on the device when this returns but not
     /// necessarily durable: call [`sync_data`](Self::sync_data) (which also cuts a tail block
     /// written whole back to `len()`).
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let mut buf = [0u8; 6];
+    /// file.read_exact_at(&mut buf, 100).await?; // page 0 cached
+    /// let page = file.page(0).await?; // and pinned
+    /// file.write_direct_at(b"direct", 100).await?; // to the device, not through the cache
+    /// assert_eq!(&page[100..106], b"direct"); // the pinned page was updated in place
+    /// file.read_exact_at(&mut buf, 100).await?; // and so are buffered reads
+    /// assert_eq!(&buf, b"direct");
+    /// assert_eq!(&std::fs::read(&path)?[100..106], b"direct"); // on the device already
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         let end = self.check_write(buf.len(), offset)?;
         if buf.is_empty() {

@@ -1,4 +1,11 @@
 //! Errors with context that keep the OS error as their `source()`: the helpers of
 //! [`uringcache_uring::error`], which the I/O layer uses too, so that both build them alike.
 
+use std::io;
+
 pub(crate) use uringcache_uring::error::{errno, os, raw_os_error_of};
+
+/// Bad input from the caller: `InvalidInput` with a message that names the cause.
+pub(crate) fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.into())
+}

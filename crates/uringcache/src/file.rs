@@ -24,7 +24,8 @@ use uringcache_core::readahead::{self, Advice, Window};
 
 use uringcache_core::errseq::ErrCursor;
 
-use crate::cache::{invalid, CacheInner};
+use crate::cache::CacheInner;
+use crate::error::invalid;
 use crate::inode::{Inode, ReadaheadSource};
 use crate::writeback::SyncKind;
 
@@ -164,6 +165,40 @@ impl OpenOptions {
     /// already cached when a hook is installed are not checked again, so install it on the
     /// first open. The hook runs on the I/O completion thread: keep it short (a checksum), and
     /// never block in it.
+    ///
+    /// A page format whose last 4 bytes hold the sum of the others, checked on every fill:
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// let sum = |page: &[u8]| page[..4092].iter().map(|&b| u32::from(b)).sum::<u32>();
+    /// # // Page 0 carries its right sum, page 1 a wrong one.
+    /// # let mut data = vec![7u8; 8192];
+    /// # let good = sum(&data[..4096]).to_le_bytes();
+    /// # data[4092..4096].copy_from_slice(&good);
+    /// # data[8188..].copy_from_slice(&[0; 4]);
+    /// # std::fs::write(&path, &data)?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// let mut opts = uringcache::OpenOptions::new();
+    /// opts.read(true).verify(move |index, page| {
+    ///     let stored = u32::from_le_bytes(page[4092..].try_into().unwrap());
+    ///     if stored != sum(page) {
+    ///         return Err(format!("page {index}: bad checksum {stored:#x}"));
+    ///     }
+    ///     Ok(())
+    /// });
+    /// let file = cache.open(&path, &opts).await?;
+    /// let mut buf = [0u8; 16];
+    /// file.read_exact_at(&mut buf, 0).await?; // page 0 checks out
+    /// let err = file.read_exact_at(&mut buf, 4096).await.unwrap_err(); // page 1 does not
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    /// assert!(err.to_string().contains("bad checksum"), "{err}");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub fn verify(
         &mut self,
         hook: impl Fn(u64, &[u8]) -> Result<(), String> + Send + Sync + 'static,
@@ -362,28 +397,30 @@ impl File {
             )));
         }
         let key = (meta.dev(), meta.ino());
-        let inode = cache.attach_inode(fd.as_fd(), key, |id, size| {
-            // The inode's own descriptor serves every handle: read-write when the file
-            // allows it, whatever this first handle asked for.
-            let (io_fd, writable) = if read && write {
-                (fd.try_clone()?, true)
-            } else {
-                match uringcache_uring::open_direct(path, true, true, false, false) {
-                    Ok(rw) => (rw, true),
-                    Err(_) => (fd.try_clone()?, write),
-                }
-            };
-            Inode::new(
-                cache.clone(),
-                id,
-                key,
-                io_fd,
-                writable,
-                align.max(1) as usize,
-                size,
-                path.to_path_buf(),
-            )
-        })?;
+        let inode = cache
+            .inodes()
+            .attach(fd.as_fd(), key, cache.counters(), |id, size| {
+                // The inode's own descriptor serves every handle: read-write when the file
+                // allows it, whatever this first handle asked for.
+                let (io_fd, writable) = if read && write {
+                    (fd.try_clone()?, true)
+                } else {
+                    match uringcache_uring::open_direct(path, true, true, false, false) {
+                        Ok(rw) => (rw, true),
+                        Err(_) => (fd.try_clone()?, write),
+                    }
+                };
+                Inode::new(
+                    cache.clone(),
+                    id,
+                    key,
+                    io_fd,
+                    writable,
+                    align.max(1) as usize,
+                    size,
+                    path.to_path_buf(),
+                )
+            })?;
         // From here on the inode counts this handle: a failure must close it again.
         let handle = Handle {
             read,
@@ -559,7 +596,29 @@ impl File {
 
     /// Reads only what is cached and ready (`IOCB_NOWAIT`): returns the bytes copied from the
     /// start of the range, or `WouldBlock` if the first page is not cached. Never waits and
-    /// never starts I/O.
+    /// never starts I/O. A range only partly cached is read up to the first page that is not
+    /// (a short count, as at end of file); 0 at or past end of file, as [`read_at`](Self::read_at).
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let mut buf = vec![0u8; 8192];
+    /// let err = file.try_read_at(&mut buf, 0).unwrap_err(); // nothing cached, no read started
+    /// assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    /// file.advise(uringcache::Advice::Random); // read only what is asked: page 0
+    /// file.read_exact_at(&mut buf[..100], 0).await?;
+    /// assert_eq!(file.try_read_at(&mut buf, 0)?, 4096); // page 0 a hit; page 1 not cached
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub fn try_read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.check_read(buf.len(), offset)?;
         let inode = self.inode();
@@ -596,6 +655,25 @@ impl File {
     /// when those reads have finished. Dropping the future does not cancel reads already
     /// started. With a budget smaller than the range, early pages may be evicted again by the
     /// time it completes.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// file.readahead(0, 8192).await?; // pages 0 and 1 read, and waited for
+    /// let mut buf = vec![0u8; 8192];
+    /// assert_eq!(file.try_read_at(&mut buf, 0)?, 8192); // both cached now
+    /// assert_eq!(cache.stats().misses, 0); // readahead is not a reader's miss
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn readahead(&self, offset: u64, len: u64) -> io::Result<()> {
         self.check_read(0, offset)?;
         let end_byte = offset.checked_add(len).ok_or_else(|| {
@@ -628,7 +706,32 @@ impl File {
     }
 
     /// Tells the cache how this handle will read (`posix_fadvise`): `Sequential` doubles the
-    /// readahead window, `Random` turns readahead off, `Normal` restores the default.
+    /// largest readahead window, `Random` turns readahead off (a miss reads only the pages
+    /// asked for), `Normal` restores the default. The advice is this handle's (and its
+    /// clones'): other handles of the file keep their own.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 64 << 10])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// use uringcache::Advice;
+    /// let mut buf = vec![0u8; 4096];
+    /// file.advise(Advice::Random); // e.g. index lookups
+    /// file.read_exact_at(&mut buf, 0).await?;
+    /// assert_eq!(cache.stats().readahead_pages, 0); // page 0 alone was read
+    /// file.advise(Advice::Sequential); // e.g. a scan
+    /// file.read_exact_at(&mut buf, 4096).await?;
+    /// assert!(cache.stats().readahead_pages > 0); // pages after page 1 read ahead
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub fn advise(&self, advice: Advice) {
         self.handle.ra.lock().set_advice(advice);
     }
@@ -745,6 +848,29 @@ impl File {
     /// Sets the file's length. Shrinking drops cached pages past the end (waiting for their
     /// writeback; their unsynced changes are discarded), zeroes the rest of the last page and
     /// cuts the file on disk; growing extends it with zeros.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let mut buf = vec![0u8; 2000];
+    /// file.read_exact_at(&mut buf, 4000).await?; // pages 0 to 2 cached
+    /// file.set_len(5000).await?; // page 2 dropped, page 1 zeroed from byte 5000 on
+    /// assert_eq!(std::fs::metadata(&path)?.len(), 5000); // cut on disk at once
+    /// file.set_len(6000).await?; // grow: the new bytes are zeros
+    /// file.read_exact_at(&mut buf, 4000).await?;
+    /// assert!(buf[..1000].iter().all(|&b| b == 7));
+    /// assert!(buf[1000..].iter().all(|&b| b == 0));
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn set_len(&self, len: u64) -> io::Result<()> {
         self.check_write(0, len)?;
         self.inode().set_len(len).await
@@ -753,6 +879,30 @@ impl File {
     /// Drops the clean cached pages of `offset .. offset + len` (pages partly in the range
     /// included); dirty, pinned and locked pages stay. The next read of them goes to the
     /// device.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let mut buf = [0u8; 5];
+    /// file.read_exact_at(&mut buf, 0).await?; // a miss: reads page 0, and 1 and 2 ahead
+    /// file.write_all_at(b"dirty", 4096).await?; // page 1 is dirty now
+    /// file.invalidate(0, file.len()).await?; // drops pages 0 and 2, keeps page 1
+    /// let misses = cache.stats().misses;
+    /// file.read_exact_at(&mut buf, 4096).await?; // still cached: a hit
+    /// assert_eq!(&buf, b"dirty");
+    /// file.read_exact_at(&mut buf, 0).await?; // dropped: read from the device again
+    /// assert_eq!(cache.stats().misses, misses + 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub async fn invalidate(&self, offset: u64, len: u64) -> io::Result<()> {
         self.cache().check_open()?;
         let end = offset.checked_add(len).ok_or_else(|| {

@@ -738,7 +738,7 @@ impl Drop for Inode {
         // mapping (PageRefs hold the inode too).
         self.drop_all_pages();
         self.cache.backend.unregister(self.file_id);
-        self.cache.remove_inode(self.mapping.id(), self.key);
+        self.cache.inodes().remove(self.mapping.id(), self.key);
         let _ = &self.fd; // closed after the backend forgot it
     }
 }

@@ -48,10 +48,6 @@
 //! | `truncate_inode_pages_range`, `invalidate_mapping_pages` | [`File::set_len`], [`File::invalidate`] |
 //! | `IOCB_NOWAIT`, `IOCB_DIRECT` | [`File::try_read_at`]; [`File::read_direct_at`], [`File::write_direct_at`] |
 //!
-//! Futures are `Send` and run under any executor (tokio multi-thread or current-thread,
-//! `tokio_uring::start`, others): the backend's own thread completes I/O and wakes wakers, so
-//! the cache does not need the caller's runtime. Handles are `Clone + Send + Sync`.
-//!
 //! ## Durability and errors
 //!
 //! After [`File::sync_data`] or [`File::sync_all`] returns `Ok`, every byte written before the
@@ -64,6 +60,105 @@
 //! without it loses no synced data and does not block: once the last `Cache` and `File` handle
 //! is gone, the writeback thread writes the unsynced dirty pages back at once (errors are only
 //! logged, nobody is left to tell) and then frees the cache's memory and threads.
+//!
+//! ## After a failed sync
+//!
+//! An `Err` from [`File::sync_data`], [`File::sync_all`] or [`Cache::shutdown`] means some
+//! bytes written before the call may not be on the device. Two things can have failed:
+//!
+//! * **Writing pages back** (a full disk, a transient `EIO`): the pages stay dirty in the
+//!   cache, nothing is lost, and the next sync writes them again. Remove the cause and sync
+//!   again; an `Ok` then means everything is on the device.
+//! * **The flush** (`fdatasync` / `fsync`): the device may have lost writes it had already
+//!   acknowledged, which the cache cannot redo (those pages are clean). So every later
+//!   `sync_data` / `sync_all` of the file fails too, saying an earlier flush failed, until
+//!   every handle of the file is closed and the file reopened. Then check the file's contents
+//!   (your own checksums or log) and write again what is missing.
+//!
+//! The error does not always say which of the two it was, so a simple rule is: sync once more;
+//! if that fails too, close the file's handles, reopen and check. The error's
+//! [`kind()`](std::io::Error::kind) is that of the OS error (`StorageFull` for `ENOSPC`); the
+//! errno itself is the error's `raw_os_error()` or, as the cache adds context (the file, the
+//! step), that of its `source()`:
+//!
+//! ```
+//! use std::error::Error as _;
+//! use std::io;
+//! use uringcache::OpenOptions;
+//!
+//! /// The errno under an error of the cache.
+//! fn errno(e: &io::Error) -> Option<i32> {
+//!     e.raw_os_error()
+//!         .or_else(|| e.source()?.downcast_ref::<io::Error>()?.raw_os_error())
+//! }
+//!
+//! async fn sync(file: &uringcache::File) -> io::Result<()> {
+//!     let Err(e) = file.sync_data().await else {
+//!         return Ok(());
+//!     };
+//!     eprintln!("sync failed ({:?}, errno {:?}): {e}; again", e.kind(), errno(&e));
+//!     file.sync_data().await // failed writes are still dirty: written again here
+//! }
+//! # fn main() -> io::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let (path, missing) = (dir.path().join("f"), dir.path().join("missing"));
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+//! # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+//! let file = cache.open(&path, OpenOptions::new().write(true).create(true)).await?;
+//! file.write_all_at(b"data", 0).await?;
+//! sync(&file).await?;
+//! let e = cache.open(&missing, OpenOptions::new().read(true)).await.unwrap_err();
+//! assert_eq!((e.kind(), errno(&e)), (io::ErrorKind::NotFound, Some(2))); // ENOENT
+//! # Ok(())
+//! # })
+//! # }
+//! ```
+//!
+//! ## Other executors
+//!
+//! Futures are `Send` and run under any executor (tokio multi-thread or current-thread,
+//! `tokio_uring::start`, others): the backend's own thread completes I/O and wakes wakers, so
+//! the cache does not need the caller's runtime. Handles are `Clone + Send + Sync`. Only
+//! [`File::reader`] and [`File::writer`] (feature `tokio`, on by default) use tokio's traits.
+//! The crate has no blocking API; a thread that is not in any runtime can wait with a
+//! minimal `block_on`:
+//!
+//! ```
+//! use std::future::Future;
+//! use std::sync::Arc;
+//! use std::task::{Context, Poll, Wake, Waker};
+//!
+//! /// Polls `fut` on this thread, parked until a wake-up (here: the cache's backend).
+//! fn block_on<F: Future>(fut: F) -> F::Output {
+//!     struct Unpark(std::thread::Thread);
+//!     impl Wake for Unpark {
+//!         fn wake(self: Arc<Self>) {
+//!             self.0.unpark();
+//!         }
+//!     }
+//!     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+//!     let mut cx = Context::from_waker(&waker);
+//!     let mut fut = std::pin::pin!(fut);
+//!     loop {
+//!         match fut.as_mut().poll(&mut cx) {
+//!             Poll::Ready(out) => return out,
+//!             Poll::Pending => std::thread::park(), // may wake spuriously: poll again
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> std::io::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("data.db");
+//! # std::fs::write(&path, b"hello")?;
+//! let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+//! let file = block_on(cache.open(&path, uringcache::OpenOptions::new().read(true)))?;
+//! let mut buf = [0u8; 5];
+//! block_on(file.read_exact_at(&mut buf, 0))?;
+//! assert_eq!(&buf, b"hello");
+//! block_on(cache.shutdown())
+//! # }
+//! ```
 //!
 //! ## What it does not do
 //!
@@ -95,11 +190,13 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod builder;
 mod cache;
 mod direct;
 mod error;
 mod file;
 mod inode;
+mod inode_table;
 #[cfg(feature = "tokio")]
 pub mod io;
 mod latency;
@@ -110,7 +207,8 @@ mod write;
 mod writeback;
 
 pub use backend::BACKEND_ENV;
-pub use cache::{Backend, BackendLayer, Cache, CacheBuilder};
+pub use builder::{Backend, BackendLayer, CacheBuilder};
+pub use cache::Cache;
 pub use file::{File, OpenOptions, VerifyFn};
 #[cfg(feature = "tokio")]
 pub use io::{Reader, Writer};

@@ -31,7 +31,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uringcache_core::page::{FrameId, PageDesc, PageState};
 
-use crate::cache::{invalid, CacheInner};
+use crate::cache::CacheInner;
+use crate::error::invalid;
 use crate::file::File;
 use crate::inode::Inode;
 
@@ -62,6 +63,28 @@ fn user_unpin(cache: &CacheInner, frame: FrameId) {
 /// Holding many pages at once holds that much of the cache's budget: when every frame is
 /// pinned, reads that need a new frame fail with [`io::ErrorKind::OutOfMemory`].
 /// `'static + Send + Sync`; [`into_bytes`](Self::into_bytes) turns it into a [`Bytes`].
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("f");
+/// # std::fs::write(&path, vec![7u8; 10_000])?;
+/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+/// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+/// # let file = cache
+/// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+/// #     .await?;
+/// let page = file.page(2).await?; // bytes 8192..10_000, then zeros to the page's end
+/// assert_eq!((page.index(), page.len()), (2, 4096));
+/// assert_eq!((page[0], page[4095]), (7, 0));
+/// file.write_all_at(b"new", 8192).await?;
+/// assert_eq!(&page[..3], b"new"); // a view of the cached page, not a snapshot
+/// let bytes = page.into_bytes().slice(..3); // still pinned, no copy
+/// assert_eq!(&bytes[..], b"new");
+/// # Ok::<(), std::io::Error>(())
+/// # })
+/// # }
+/// ```
 pub struct PageRef {
     inode: Arc<Inode>,
     frame: FrameId,
@@ -172,6 +195,29 @@ impl PageMut {
 
     /// Drops the handle without marking the page dirty or extending the file, after putting
     /// back the bytes the page had when the handle was made. Nothing of the change stays.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 100])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let mut page = file.page_mut(0).await?;
+    /// page[..4].copy_from_slice(b"oops");
+    /// page.discard(); // the old bytes back, the page not dirtied
+    /// let mut buf = [0u8; 4];
+    /// file.read_exact_at(&mut buf, 0).await?;
+    /// assert_eq!(buf, [7; 4]);
+    /// assert_eq!(file.len(), 100); // not grown to the whole page, as a drop would
+    /// assert_eq!(cache.stats().dirty_pages, 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
     pub fn discard(mut self) {
         if let Some(undo) = self.undo.take() {
             // SAFETY: this handle holds the page's LOCKED bit (see `DerefMut`).

@@ -83,6 +83,35 @@ impl Counters {
 }
 
 /// A snapshot of the cache's counters ([`Cache::stats`](crate::Cache::stats)).
+///
+/// Counters (`u64`) only grow from the cache's start; gauges (`usize`: `cached_pages`,
+/// `dirty_pages`, ...) are the state at the time of the snapshot. `Display` prints them all
+/// in a few lines, for logs.
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("f");
+/// # std::fs::write(&path, vec![7u8; 10_000])?;
+/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+/// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+/// # let file = cache
+/// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+/// #     .await?;
+/// let mut buf = [0u8; 100];
+/// file.read_exact_at(&mut buf, 0).await?; // a miss
+/// file.read_exact_at(&mut buf, 0).await?; // a hit
+/// file.write_all_at(b"x", 0).await?;
+/// let stats = cache.stats();
+/// assert_eq!((stats.hits, stats.misses), (1, 1));
+/// assert_eq!(stats.hit_ratio(), 0.5);
+/// assert_eq!(stats.dirty_pages, 1);
+/// assert!(stats.pages_read >= 1); // page 0, and maybe pages read ahead
+/// println!("{stats}");
+/// # Ok::<(), std::io::Error>(())
+/// # })
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

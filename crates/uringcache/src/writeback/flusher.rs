@@ -164,7 +164,7 @@ impl CacheInner {
         }
         self.prune_dirty_inodes();
         if orphaned {
-            self.clear_idle();
+            self.inodes().clear_idle();
         }
         self.wb_last_pass_pages.store(pages, Ordering::Release);
         self.wb_passes.fetch_add(1, Ordering::AcqRel);
@@ -210,7 +210,7 @@ impl CacheInner {
                 self.let_go(inode);
             }
         }
-        self.prune_idle();
+        self.inodes().prune_idle();
     }
 
     /// After the last handle of the cache is gone, dirty pages that failed to be written
