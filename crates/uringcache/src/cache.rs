@@ -29,10 +29,11 @@ use uringcache_core::writeback::DirtyLimits;
 
 use crate::backend::BackendInfo;
 use crate::builder::CacheBuilder;
-use crate::file::{File, OpenOptions};
+use crate::file::File;
 use crate::inode::Inode;
 use crate::inode_table::InodeTable;
 use crate::latency::Timed;
+use crate::options::OpenOptions;
 use crate::stats::{Counter, Counters, Stats};
 use crate::util::block_on;
 use crate::writeback::Flusher;

@@ -54,7 +54,7 @@ use uringcache_core::page::{FrameId, PageDesc, PageState};
 use uringcache_core::readahead::Window;
 
 use crate::cache::CacheInner;
-use crate::file::VerifyFn;
+use crate::options::VerifyFn;
 use crate::stats::Counter;
 use crate::util::SizeLock;
 use crate::writeback::InodeWriteback;

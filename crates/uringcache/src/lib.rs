@@ -200,6 +200,7 @@ mod inode_table;
 #[cfg(feature = "tokio")]
 pub mod io;
 mod latency;
+mod options;
 mod page_ref;
 mod stats;
 mod util;
@@ -209,9 +210,10 @@ mod writeback;
 pub use backend::BACKEND_ENV;
 pub use builder::{Backend, BackendLayer, CacheBuilder};
 pub use cache::Cache;
-pub use file::{File, OpenOptions, VerifyFn};
+pub use file::File;
 #[cfg(feature = "tokio")]
 pub use io::{Reader, Writer};
+pub use options::{OpenOptions, VerifyFn};
 pub use page_ref::{PageMut, PageRef};
 pub use stats::{Latency, Stats};
 pub use uringcache_core::readahead::Advice;
