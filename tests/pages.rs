@@ -723,3 +723,47 @@ fn a_hole_the_cache_grew_the_file_over_is_zeros_without_a_read() {
         Ok(())
     });
 }
+
+/// A `PageMut` held by the task that then syncs the same page never lets the sync finish (the
+/// page stays locked). The wait is not silent: after a few seconds the flusher reports it
+/// (`Stats::stuck_waits`, and a `tracing` warning naming the file and page); dropping the
+/// handle lets everything go on.
+#[test]
+fn a_sync_stuck_behind_a_held_page_mut_is_reported() {
+    on_runtimes(|| async {
+        let dir = scratch_dir();
+        let path = dir.path().join("stuck");
+        let cache = Cache::builder()
+            .memory_limit(64 * 4096)
+            .writeback_interval(Duration::from_millis(20))
+            .build()?;
+        let f = cache.open(&path, &rw()).await?;
+        f.write_all_at(&[1u8; 4096], 0).await?;
+        let mut page = f.page_mut(0).await?;
+        page[0] = 2;
+        {
+            let mut sync = std::pin::pin!(f.sync_all());
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            assert!(
+                std::future::Future::poll(sync.as_mut(), &mut cx).is_pending(),
+                "the page is locked"
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while cache.stats().stuck_waits == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the stuck sync was never reported"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(cache.stats().stuck_waits, 1, "reported once");
+        } // the stuck sync is dropped
+        drop(page);
+        f.sync_all().await?;
+        let mut want = vec![1u8; 4096];
+        want[0] = 2;
+        assert_eq!(std::fs::read(&path)?, want);
+        Ok(())
+    });
+}

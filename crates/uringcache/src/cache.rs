@@ -35,6 +35,7 @@ use crate::inode_table::InodeTable;
 use crate::latency::Timed;
 use crate::options::OpenOptions;
 use crate::stats::{Counter, Counters, Stats};
+use crate::stuck::StuckWaits;
 use crate::util::block_on;
 use crate::writeback::Flusher;
 
@@ -85,6 +86,7 @@ impl Cache {
             user_pins: AtomicUsize::new(0),
             user_handles: AtomicUsize::new(0),
             user_pin_counts: (0..frames).map(|_| AtomicU32::new(0)).collect(),
+            stuck: StuckWaits::default(),
             shut_down: AtomicBool::new(false),
             shutdown_started: AtomicBool::new(false),
             shutdown_done: Event::new(),
@@ -266,6 +268,8 @@ pub(crate) struct CacheInner {
     pub(crate) user_handles: AtomicUsize,
     /// Per frame, the live page handles pinning it (`user_pins` counts the frames with one).
     pub(crate) user_pin_counts: Box<[AtomicU32]>,
+    /// Waits on pages locked by page handles, reported by the flusher if they last.
+    stuck: StuckWaits,
     shut_down: AtomicBool,
     /// `shutdown` was called (a second call waits for the first, then returns `Ok`).
     shutdown_started: AtomicBool,
@@ -329,6 +333,11 @@ impl CacheInner {
     /// The table of inodes: open, held for writeback, kept closed.
     pub(crate) fn inodes(&self) -> &InodeTable {
         &self.inodes
+    }
+
+    /// Waits on pages locked by page handles (see [`crate::stuck`]).
+    pub(crate) fn stuck(&self) -> &StuckWaits {
+        &self.stuck
     }
 
     /// The cache's counters.
@@ -512,6 +521,7 @@ impl CacheInner {
             reopens: c.get(Counter::Reopens),
             stale_reopens: c.get(Counter::StaleReopens),
             dirty_pages_dropped: c.get(Counter::DirtyPagesDropped),
+            stuck_waits: c.get(Counter::StuckWaits),
             read_latency: lat[0],
             write_latency: lat[1],
             flush_latency: lat[2],

@@ -203,6 +203,7 @@ mod latency;
 mod options;
 mod page_ref;
 mod stats;
+mod stuck;
 mod util;
 mod write;
 mod writeback;

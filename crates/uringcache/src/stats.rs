@@ -38,9 +38,10 @@ pub(crate) enum Counter {
     Reopens,
     StaleReopens,
     DirtyPagesDropped,
+    StuckWaits,
 }
 
-const COUNTERS: usize = Counter::DirtyPagesDropped as usize + 1;
+const COUNTERS: usize = Counter::StuckWaits as usize + 1;
 
 #[derive(Default)]
 struct Shard([AtomicU64; COUNTERS]);
@@ -183,6 +184,11 @@ pub struct Stats {
     /// the cache was gone (nobody is left to report the error to); each is logged with its
     /// file, byte range and error.
     pub dirty_pages_dropped: u64,
+    /// Waits reported as possibly stuck: a task waited more than 3 s for a page locked by a
+    /// [`PageMut`](crate::PageMut) still held (logged once each through `tracing`). A task
+    /// that syncs, truncates or writes a page while it holds that page's `PageMut` never
+    /// finishes: drop the `PageMut` first.
+    pub stuck_waits: u64,
     /// Device read latency, submission to completion.
     pub read_latency: Latency,
     /// Device write latency.

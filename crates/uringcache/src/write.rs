@@ -90,7 +90,15 @@ impl Inode {
     pub(crate) async fn lock_page(&self, frame: FrameId) -> LockedPage<'_> {
         let desc = self.cache.pool.pages().get(frame);
         while !desc.try_lock() {
-            self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
+            self.cache
+                .wait_unlocked(
+                    desc,
+                    frame,
+                    "a write or truncation",
+                    &self.path,
+                    desc.index(),
+                )
+                .await;
         }
         LockedPage { inode: self, frame }
     }

@@ -163,6 +163,7 @@ impl CacheInner {
             self.orphan_failed_passes.store(0, Ordering::Release);
         }
         self.prune_dirty_inodes();
+        self.report_stuck_waits();
         if orphaned {
             self.inodes().clear_idle();
         }

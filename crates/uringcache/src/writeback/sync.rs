@@ -23,7 +23,9 @@ impl Inode {
             return;
         };
         let desc = pages.get(frame);
-        self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
+        self.cache
+            .wait_unlocked(desc, frame, "a sync", &self.path, index)
+            .await;
         self.cache
             .waits
             .wait(desc, frame, PageState::WRITEBACK)
