@@ -1,0 +1,234 @@
+//! The `io_uring` backend: callers submit from their own threads, one driver thread reaps.
+//!
+//! See the crate documentation for the design; this module holds the public face
+//! ([`UringBackend`], [`UringConfig`], [`MAX_ENTRIES`]) and the [`Backend`] implementation, and
+//! its submodules the mechanics:
+//!
+//! * `setup`: ring creation, the opcode probe, registration of the frame arena (fixed buffers)
+//!   and of the file table, the setup errors and the advice they give.
+//! * `ops`: requests into operations and SQEs (fixed or vectored reads and writes, fsync,
+//!   truncation, the `ftruncate(2)` fallback), and what each CQE does to an operation (finish,
+//!   or continue a short transfer, `EINTR`, `EAGAIN`).
+//! * `driver`: the state behind the one mutex — the submission queue's user-space side, the
+//!   slab of in-flight operations (key = `user_data`), the queue of requests waiting for
+//!   completion queue room, and the file table — and the driver thread, which owns the
+//!   completion queue. It blocks in `io_uring_enter(GETEVENTS, min_complete = 1)`, takes every
+//!   CQE available, decides under the mutex which operations finished and which continue,
+//!   starts waiting requests as room frees up, and then runs the completions with the mutex
+//!   released.
+//!
+//! Lock: the state mutex (`Shared::state`) is the only one on the I/O path; every
+//! `SubmissionQueue` is made and dropped with it held, and no completion runs with it held.
+//! `UringBackend::driver` (the join handle) is taken only at shutdown.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle, ThreadId};
+
+use parking_lot::Mutex;
+use uringcache_core::backend::{Backend, BackendStats, FileId, Request};
+use uringcache_core::frames::FrameArena;
+
+use crate::common::{shut_down_error, Kind, MAX_RW};
+
+mod driver;
+mod ops;
+mod setup;
+
+use driver::Shared;
+use ops::Later;
+
+const NAME: &str = "io_uring";
+
+/// The most submission queue entries a ring can have (the kernel's `IORING_MAX_ENTRIES`).
+/// Larger values of [`UringConfig::entries`] are clamped to it (`IORING_SETUP_CLAMP`).
+pub const MAX_ENTRIES: u32 = 32768;
+
+/// Settings of a [`UringBackend`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UringConfig {
+    /// Submission queue entries (rounded up to a power of two by the kernel, clamped to its
+    /// maximum, [`MAX_ENTRIES`]). The completion queue gets twice as many, and at most that many operations less
+    /// one are in flight at once; further requests wait in the backend until room frees up.
+    /// Default 256.
+    pub entries: u32,
+    /// Let a kernel thread poll the submission queue (`IORING_SETUP_SQPOLL`), which saves the
+    /// submit system call but keeps a core busy while I/O flows. Default `false`: on small
+    /// machines (2 cores) the polling thread costs more than it saves.
+    pub sqpoll: bool,
+    /// Register the frame arena as fixed buffers (`IORING_REGISTER_BUFFERS`) so that reads and
+    /// writes of consecutive frames skip per-I/O page pinning. Default `true`. If registration
+    /// fails (typically `RLIMIT_MEMLOCK`), a warning is logged and the same frames are used
+    /// unregistered.
+    pub register_buffers: bool,
+    /// Use a registered file table (`IORING_REGISTER_FILES`) so that each I/O skips the file
+    /// descriptor lookup. Default `true`. If the kernel refuses it, plain descriptors are used.
+    pub register_files: bool,
+    /// Most bytes one SQE transfers; a larger request is issued in pieces, each continuing
+    /// like a short transfer. Default 1 GiB (the kernel's own cap). A multiple of the files'
+    /// direct-I/O alignment; small values exercise the short-transfer path in tests.
+    pub max_transfer: usize,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        UringConfig {
+            entries: 256,
+            sqpoll: false,
+            register_buffers: true,
+            register_files: true,
+            max_transfer: MAX_RW,
+        }
+    }
+}
+
+/// The `io_uring` backend. See the [crate documentation](crate) for the design.
+///
+/// Dropping it shuts it down: it waits for every submitted request to complete and joins the
+/// driver thread.
+pub struct UringBackend {
+    shared: Arc<Shared>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+    driver_id: ThreadId,
+}
+
+impl std::fmt::Debug for UringBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringBackend")
+            .field("fixed_buffers", &self.shared.fixed_buffers)
+            .field("ftruncate_op", &self.shared.ftruncate_op)
+            .field("max_inflight", &self.shared.max_inflight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UringBackend {
+    /// Sets up the ring, registers the arena and the file table (as configured), and starts
+    /// the driver thread.
+    ///
+    /// Errors say what to change when the kernel refuses `io_uring` (see [`probe`](Self::probe)).
+    pub fn new(arena: Arc<FrameArena>, config: UringConfig) -> io::Result<UringBackend> {
+        let shared = Arc::new(setup::shared(arena, &config)?);
+        let handle = driver::spawn(&shared)?;
+        let driver_id = handle.thread().id();
+        Ok(UringBackend {
+            shared,
+            driver: Mutex::new(Some(handle)),
+            driver_id,
+        })
+    }
+
+    /// Checks that `io_uring` can be set up here and supports the opcodes this backend uses
+    /// (fixed and vectored reads and writes, fsync, nop). The error says what to change:
+    /// `io_uring` refused by seccomp or `kernel.io_uring_disabled` (use the threads backend),
+    /// a kernel without `io_uring`, or one too old for the opcodes.
+    pub fn probe() -> io::Result<()> {
+        setup::probe()
+    }
+
+    /// Whether the frame arena is registered as fixed buffers (false when disabled in the
+    /// config or refused by the kernel).
+    pub fn uses_fixed_buffers(&self) -> bool {
+        self.shared.fixed_buffers
+    }
+
+    /// Whether files go through the registered file table.
+    pub fn uses_fixed_files(&self) -> bool {
+        self.shared.state.lock().file_slots > 0
+    }
+
+    /// Whether truncation runs as `IORING_OP_FTRUNCATE` (Linux 6.9+) rather than as an
+    /// `ftruncate(2)` on the submitting thread.
+    pub fn uses_ftruncate_op(&self) -> bool {
+        self.shared.ftruncate_op
+    }
+
+    /// Most operations in flight at once (the completion queue's size less one); further
+    /// requests wait inside the backend.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_inflight
+    }
+}
+
+impl Backend for UringBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn register(&self, fd: RawFd) -> io::Result<FileId> {
+        self.shared.register_file(fd)
+    }
+
+    fn unregister(&self, file: FileId) {
+        self.shared.unregister_file(file)
+    }
+
+    unsafe fn submit(&self, batch: &mut Vec<Request>) {
+        if batch.is_empty() {
+            return;
+        }
+        let shared = &*self.shared;
+        let mut later = Vec::new();
+        let mut started = false;
+        {
+            let mut st = shared.state.lock();
+            if st.closing {
+                for req in batch.drain(..) {
+                    let kind = Kind::of(&req.op);
+                    later.push(Later::Complete(req.done, kind, Err(shut_down_error(NAME))));
+                }
+            } else {
+                // SAFETY: the submission queue is only ever touched with the state mutex held,
+                // so this is the only `SubmissionQueue` in existence.
+                let mut sq = unsafe { shared.ring.submission_shared() };
+                for req in batch.drain(..) {
+                    match shared.prepare(&st, req) {
+                        Ok(op) => {
+                            if st.pending.is_empty() && st.ops.len() < shared.max_inflight {
+                                shared.start(&mut st, &mut sq, op);
+                                started = true;
+                            } else {
+                                st.pending.push_back(op);
+                            }
+                        }
+                        Err(l) => later.push(l),
+                    }
+                }
+                // Publishes the tail.
+                drop(sq);
+            }
+        }
+        if started {
+            shared.enter_submit();
+        }
+        for l in later {
+            l.run(&shared.counters);
+        }
+    }
+
+    fn stats(&self) -> BackendStats {
+        self.shared.counters.snapshot()
+    }
+
+    fn shutdown(&self) {
+        self.shared.close();
+        // A completion may call shutdown on the driver thread: it cannot join itself; the
+        // driver stops on its own once everything completed.
+        if thread::current().id() == self.driver_id {
+            return;
+        }
+        let handle = self.driver.lock().take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the uringcache-uring driver thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

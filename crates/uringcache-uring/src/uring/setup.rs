@@ -1,0 +1,296 @@
+//! Setup: creating the ring, probing its opcodes, registering the arena and the file table,
+//! and the setup errors with the advice they give.
+//!
+//! [`build_ring`] creates the ring (falling back from `IORING_SETUP_SUBMIT_ALL` on kernels
+//! before 5.18); [`shared`] probes it, registers the frame arena as fixed buffers and a sparse
+//! file table (each an optimisation: when refused, plain buffers and descriptors are used) and
+//! assembles the [`Shared`] state. [`Shared::register_file`] and [`Shared::unregister_file`]
+//! keep the file table, with the state mutex held: a file's slab key is its [`FileId`] and, when
+//! it is below `State::file_slots` and the kernel accepted the update, its slot in the
+//! registered table ([`FileEntry::fixed`]).
+//!
+//! Invariant: the registered buffers cover the arena's mapping, which outlives the ring
+//! (`Shared` drops the ring before its `Arc<FrameArena>`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use io_uring::{opcode, IoUring, Probe};
+use parking_lot::Mutex;
+use slab::Slab;
+use uringcache_core::backend::FileId;
+use uringcache_core::frames::FrameArena;
+
+use super::driver::{Shared, State};
+use super::{UringConfig, NAME};
+use crate::common::{shut_down_error, Counters};
+use crate::error;
+
+/// Slots of the sparse registered-file table.
+const FILE_SLOTS: u32 = 1024;
+
+/// How long an idle SQPOLL kernel thread spins before it sleeps (milliseconds).
+const SQPOLL_IDLE_MS: u32 = 50;
+
+/// A registered file.
+pub(super) struct FileEntry {
+    pub(super) fd: RawFd,
+    /// Whether the file sits in the registered table at slot = its key.
+    pub(super) fixed: bool,
+}
+
+/// Opcodes the backend cannot work without, with their names for error messages.
+const REQUIRED_OPS: [(u8, &str); 6] = [
+    (opcode::ReadFixed::CODE, "READ_FIXED"),
+    (opcode::WriteFixed::CODE, "WRITE_FIXED"),
+    (opcode::Readv::CODE, "READV"),
+    (opcode::Writev::CODE, "WRITEV"),
+    (opcode::Fsync::CODE, "FSYNC"),
+    (opcode::Nop::CODE, "NOP"),
+];
+
+fn check_ops(probe: &Probe) -> io::Result<()> {
+    let missing: Vec<&str> = REQUIRED_OPS
+        .iter()
+        .filter(|(code, _)| !probe.is_supported(*code))
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the kernel's io_uring lacks {}; upgrade the kernel, or {THREADS_ADVICE}",
+                missing.join(", ")
+            ),
+        ))
+    }
+}
+
+/// Rewrites an `io_uring_setup` error into one that says what to change, keeping the OS
+/// error as its `source()`.
+fn explain_setup_error(e: io::Error, entries: u32) -> io::Error {
+    let (kind, msg) = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => (
+            io::ErrorKind::PermissionDenied,
+            format!("io_uring is refused (seccomp or kernel.io_uring_disabled); {THREADS_ADVICE}"),
+        ),
+        Some(libc::ENOSYS) => (
+            io::ErrorKind::Unsupported,
+            format!("the kernel lacks io_uring (Linux 5.6 or later is needed); {THREADS_ADVICE}"),
+        ),
+        Some(libc::ENOMEM) => (
+            io::ErrorKind::OutOfMemory,
+            "io_uring setup could not get memory for its rings; on kernels before 5.12 the \
+             rings count against RLIMIT_MEMLOCK (`ulimit -l`): raise it, lower `entries`, or \
+             use the threads backend"
+                .to_string(),
+        ),
+        Some(libc::EINVAL) => (
+            io::ErrorKind::InvalidInput,
+            format!("io_uring setup refused {entries} entries with these flags"),
+        ),
+        _ => (e.kind(), "io_uring setup failed".to_string()),
+    };
+    error::with_kind(kind, e, msg)
+}
+
+/// What to do when `io_uring` is unusable, in words that do not depend on how the API crate
+/// spells its choice of backend: the thread pool by the name it reports
+/// ([`ThreadsBackend`](crate::ThreadsBackend)'s `name()`, "threads"; `tests/fallback.rs` of
+/// the workspace checks that the advice names it).
+const THREADS_ADVICE: &str = "use the threads backend (a thread pool) instead";
+
+fn build_ring(config: &UringConfig) -> io::Result<IoUring> {
+    if config.entries == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an io_uring needs at least one entry (UringConfig::entries is 0)",
+        ));
+    }
+    let mut builder = IoUring::builder();
+    // No COOP_TASKRUN / DEFER_TASKRUN: without DEFER_TASKRUN the kernel posts a file I/O's CQE
+    // from task work queued to the thread that submitted it, and with COOP_TASKRUN that thread
+    // would run it only at its next system call. A caller that submits and then blocks (or
+    // computes) would hold back its CQEs; the default notification (TWA_SIGNAL) runs the task
+    // work promptly, so the driver is woken. (DEFER_TASKRUN also needs a single issuer.)
+    builder.dontfork().setup_clamp();
+    if config.sqpoll {
+        builder.setup_sqpoll(SQPOLL_IDLE_MS);
+    }
+    let mut with_submit_all = builder.clone();
+    with_submit_all.setup_submit_all();
+    match with_submit_all.build(config.entries) {
+        Ok(ring) => Ok(ring),
+        // IORING_SETUP_SUBMIT_ALL needs Linux 5.18: try without it.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => builder.build(config.entries),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| explain_setup_error(e, config.entries))
+}
+
+/// Sets up the ring, checks its opcodes, registers the arena and the file table (as
+/// configured): the state the backend and its driver thread share.
+pub(super) fn shared(arena: Arc<FrameArena>, config: &UringConfig) -> io::Result<Shared> {
+    let ring = build_ring(config)?;
+    let submitter = ring.submitter();
+
+    let mut probe = Probe::new();
+    let ftruncate_op = match submitter.register_probe(&mut probe) {
+        Ok(()) => {
+            check_ops(&probe)?;
+            probe.is_supported(opcode::Ftruncate::CODE)
+        }
+        Err(e) => {
+            tracing::debug!("io_uring probe unavailable ({e}); assuming the base opcodes");
+            false
+        }
+    };
+
+    let mut fixed_buffers = false;
+    if config.register_buffers {
+        let iovecs: Vec<libc::iovec> = arena
+            .chunks()
+            .into_iter()
+            .map(|(base, len)| libc::iovec {
+                iov_base: base.cast(),
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: the chunks cover the arena's mapping, which outlives the ring: `Shared`
+        // drops the ring before its `Arc<FrameArena>`.
+        match unsafe { submitter.register_buffers(&iovecs) } {
+            Ok(()) => fixed_buffers = true,
+            Err(e) => tracing::warn!(
+                "uringcache: cannot register the {} MiB frame arena as io_uring fixed \
+                 buffers ({e}); using unregistered I/O into the same frames (raise \
+                 RLIMIT_MEMLOCK, `ulimit -l`, to enable them)",
+                (arena.frames() * arena.page_size()) >> 20
+            ),
+        }
+    }
+
+    let mut file_slots = 0;
+    if config.register_files {
+        match submitter.register_files_sparse(FILE_SLOTS) {
+            Ok(()) => file_slots = FILE_SLOTS,
+            Err(e) => tracing::debug!(
+                "io_uring sparse file table unavailable ({e}); using plain descriptors"
+            ),
+        }
+    }
+
+    let max_inflight = (ring.params().cq_entries() as usize)
+        .saturating_sub(1)
+        .max(1);
+    Ok(Shared {
+        state: Mutex::new(State {
+            ops: Slab::with_capacity(max_inflight.min(1024)),
+            pending: VecDeque::new(),
+            files: Slab::new(),
+            file_slots,
+            closing: false,
+        }),
+        ring,
+        arena,
+        counters: Counters::default(),
+        fixed_buffers,
+        ftruncate_op,
+        sqpoll: config.sqpoll,
+        max_inflight,
+        max_transfer: config.max_transfer,
+    })
+}
+
+/// Checks that `io_uring` can be set up here and supports the opcodes the backend uses (see
+/// [`UringBackend::probe`](super::UringBackend::probe)).
+pub(super) fn probe() -> io::Result<()> {
+    let ring = build_ring(&UringConfig {
+        entries: 4,
+        ..UringConfig::default()
+    })?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| {
+        error::with_kind(
+            io::ErrorKind::Unsupported,
+            e,
+            format!(
+                "the kernel's io_uring cannot report its opcodes (Linux 5.6 or later is \
+                 needed); {THREADS_ADVICE}"
+            ),
+        )
+    })?;
+    check_ops(&probe)
+}
+
+impl Shared {
+    /// Adds `fd` to the file table, in the registered table when there is a slot for it.
+    pub(super) fn register_file(&self, fd: RawFd) -> io::Result<FileId> {
+        if fd < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot register file descriptor {fd}"),
+            ));
+        }
+        let mut st = self.state.lock();
+        if st.closing {
+            return Err(shut_down_error(NAME));
+        }
+        let key = st.files.vacant_key();
+        let id = u32::try_from(key).map_err(|_| io::Error::other("too many files registered"))?;
+        let mut fixed = false;
+        if id < st.file_slots {
+            match self.ring.submitter().register_files_update(id, &[fd]) {
+                Ok(_) => fixed = true,
+                Err(e) => tracing::debug!(
+                    "io_uring file table update failed ({e}); file {id} uses its descriptor"
+                ),
+            }
+        }
+        st.files.insert(FileEntry { fd, fixed });
+        Ok(FileId(id))
+    }
+
+    /// Removes `file` from the file table (and clears its registered slot).
+    pub(super) fn unregister_file(&self, file: FileId) {
+        let mut st = self.state.lock();
+        if let Some(entry) = st.files.try_remove(file.0 as usize) {
+            if entry.fixed {
+                if let Err(e) = self.ring.submitter().register_files_update(file.0, &[-1]) {
+                    tracing::warn!("io_uring file table slot {} not cleared: {e}", file.0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errors_keep_their_errno_and_say_what_to_do() {
+        for (errno, kind) in [
+            (libc::EPERM, io::ErrorKind::PermissionDenied),
+            (libc::EACCES, io::ErrorKind::PermissionDenied),
+            (libc::ENOSYS, io::ErrorKind::Unsupported),
+            (libc::ENOMEM, io::ErrorKind::OutOfMemory),
+            (libc::EINVAL, io::ErrorKind::InvalidInput),
+            (
+                libc::EFAULT,
+                io::Error::from_raw_os_error(libc::EFAULT).kind(),
+            ),
+        ] {
+            let e = explain_setup_error(io::Error::from_raw_os_error(errno), 64);
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(error::raw_os_error_of(&e), Some(errno), "{e}");
+            assert!(e.to_string().contains("io_uring"), "{e}");
+            if matches!(errno, libc::EPERM | libc::EACCES | libc::ENOSYS) {
+                assert!(e.to_string().contains("threads backend"), "{e}");
+            }
+        }
+    }
+}
