@@ -57,29 +57,19 @@ pub(crate) struct CacheParts {
 impl Cache {
     /// Puts the cache together from its checked parts and starts its writeback thread.
     pub(crate) fn start(parts: CacheParts) -> io::Result<Cache> {
-        let CacheParts {
-            arena,
-            backend,
-            timed,
-            backend_info,
-            frames,
-            page_size: ps,
-            ra_max_pages,
-            limits,
-            writeback_interval,
-            dirty_expire,
-        } = parts;
+        let ps = parts.page_size;
+        let frames = parts.frames;
         let inner = Arc::new(CacheInner {
-            arena,
+            arena: parts.arena,
             pool: FramePool::new(frames),
             waits: WaitTable::new(),
-            backend,
-            timed,
-            backend_info,
+            backend: parts.backend,
+            timed: parts.timed,
+            backend_info: parts.backend_info,
             inodes: InodeTable::default(),
             page_size: ps,
             page_shift: ps.trailing_zeros(),
-            ra_max_pages,
+            ra_max_pages: parts.ra_max_pages,
             counters: Counters::default(),
             frame_event: Event::new(),
             alloc_waiters: AtomicUsize::new(0),
@@ -90,17 +80,17 @@ impl Cache {
             shut_down: AtomicBool::new(false),
             shutdown_started: AtomicBool::new(false),
             shutdown_done: Event::new(),
-            limits,
+            limits: parts.limits,
             nr_dirty: AtomicUsize::new(0),
             nr_writeback: AtomicUsize::new(0),
             dirty_event: Event::new(),
             dirty_inodes: Mutex::new(HashMap::new()),
-            flusher: Flusher::new(writeback_interval),
+            flusher: Flusher::new(parts.writeback_interval),
             wb_passes: AtomicU64::new(0),
             wb_last_pass_pages: AtomicUsize::new(0),
             orphan_failed_passes: AtomicU32::new(0),
             clock: Instant::now(),
-            dirty_expire_ms: dirty_expire.as_millis() as u64,
+            dirty_expire_ms: parts.dirty_expire.as_millis() as u64,
         });
         inner.flusher.spawn(Arc::downgrade(&inner))?;
         inner.user_handle_added();
