@@ -63,8 +63,8 @@ impl OpenOptions {
     /// with [`truncate`](Self::truncate) (`InvalidInput`, as in std).
     ///
     /// The cache's writes are positional, so the flag does not move them:
-    /// [`File::write_all_at`] writes where it is told, with or without it. To append, write at
-    /// the end, `file.write_all_at(buf, file.len())`; or use [`File::writer`], which on a
+    /// [`File::write_all_at`](crate::File::write_all_at) writes where it is told, with or without it. To append, write at
+    /// the end, `file.write_all_at(buf, file.len())`; or use [`File::writer`](crate::File::writer), which on a
     /// handle opened with `append(true)` starts at the end of the file (`len()` when the writer
     /// is made, whatever offset is passed) and goes on from there. Unlike `O_APPEND` this is not
     /// atomic: two handles appending at once can pick the same end and overwrite each other.
@@ -100,7 +100,7 @@ impl OpenOptions {
         self
     }
 
-    /// Create the file, failing with [`io::ErrorKind::AlreadyExists`] if it exists (`O_EXCL`;
+    /// Create the file, failing with [`io::ErrorKind::AlreadyExists`](std::io::ErrorKind::AlreadyExists) if it exists (`O_EXCL`;
     /// needs `write`). Implies [`create`](Self::create), whatever that is set to.
     ///
     /// ```
@@ -134,10 +134,10 @@ impl OpenOptions {
     /// `ext2_check_page`): `hook(index, bytes)` runs once per fill, in the read's completion,
     /// with the whole page (zeros past end of file). `Err(message)` rejects the page: it is
     /// not left in the cache as valid, and the read that needed it fails with
-    /// [`io::ErrorKind::InvalidData`] naming the file, the page and `message`. A later read
+    /// [`io::ErrorKind::InvalidData`](std::io::ErrorKind::InvalidData) naming the file, the page and `message`. A later read
     /// reads the page from the device again and runs the hook again. Pages that are never read
     /// from the device are not checked: pages written whole, pages past end of file, pages
-    /// made by [`File::page_mut`] past the end. A panic in the hook counts as a rejection.
+    /// made by [`File::page_mut`](crate::File::page_mut) past the end. A panic in the hook counts as a rejection.
     ///
     /// The hook belongs to the file, not to the handle: every handle of the file (in this
     /// cache) shares it. Opening with a hook installs it, replacing the hook of an earlier
