@@ -83,7 +83,7 @@ fn buffered_reads_see_direct_writes() {
         common::assert_bytes(&pinned, &model[2 * PS..3 * PS], "a pinned page is updated");
         // The device has it too, without a sync (std::fs reads the same file).
         common::assert_bytes(
-            &std::fs::read(&path)?,
+            &common::read_disk(&path)?,
             &model,
             "std::fs after a direct write",
         );
@@ -104,7 +104,7 @@ fn buffered_reads_see_direct_writes() {
             );
         }
         file.sync_all().await?;
-        common::assert_bytes(&std::fs::read(&path)?, &model, "on disk after sync_all");
+        common::assert_bytes(&common::read_disk(&path)?, &model, "on disk after sync_all");
         Ok(())
     });
 }
@@ -127,14 +127,14 @@ fn a_direct_write_of_a_partial_tail_block_is_cut_back_by_sync() {
         common::assert_bytes(&buf[..1003], &model, "direct");
         file.sync_data().await?;
         assert_eq!(std::fs::metadata(&path)?.len(), 1003);
-        common::assert_bytes(&std::fs::read(&path)?, &model, "on disk");
+        common::assert_bytes(&common::read_disk(&path)?, &model, "on disk");
         // A direct write into an empty file, in the middle of nowhere.
         let empty = dir.path().join("e");
         let f = cache.open(&empty, &rw()).await?;
         f.write_direct_at(b"xyz", 3 * PS as u64 + 1).await?;
         assert_eq!(f.len(), 3 * PS as u64 + 4);
         f.sync_all().await?;
-        let disk = std::fs::read(&empty)?;
+        let disk = common::read_disk(&empty)?;
         assert_eq!(disk.len(), 3 * PS + 4);
         assert!(disk[..3 * PS + 1].iter().all(|&b| b == 0));
         assert_eq!(&disk[3 * PS + 1..], b"xyz");
@@ -248,7 +248,7 @@ fn random_direct_and_buffered_io_agree_with_a_model() {
         }
         drop(pins);
         file.sync_all().await?;
-        common::assert_bytes(&std::fs::read(&path)?, &model, "on disk at the end");
+        common::assert_bytes(&common::read_disk(&path)?, &model, "on disk at the end");
         Ok(())
     });
 }

@@ -145,7 +145,7 @@ fn a_file_closed_without_a_sync_is_cut_to_its_length_and_reopens_with_its_pages(
                     end as u64,
                     "{backend:?}: length on disk after shutdown"
                 );
-                assert_bytes(&std::fs::read(&path)?, &data, "on disk after shutdown");
+                assert_bytes(&common::read_disk(&path)?, &data, "on disk after shutdown");
                 Ok(())
             });
         }
@@ -199,7 +199,7 @@ fn sync_all_never_returns_ok_with_the_disk_longer_than_len_when_set_len_races_wr
                 }
                 f.set_len(700).await?;
                 let synced = f.sync_all().await;
-                let on_disk = std::fs::read(&path)?;
+                let on_disk = common::read_disk(&path)?;
                 let problem = match synced {
                     Err(e) => Some(format!("sync_all failed: {e}")),
                     Ok(()) if on_disk.len() != 700 => Some(format!(
@@ -250,7 +250,7 @@ fn a_second_shutdown_is_ok_and_operations_after_shutdown_fail() {
             f.write_all_at(&data, 0).await?;
             cache.shutdown().await?;
             cache.clone().shutdown().await?;
-            assert_bytes(&std::fs::read(&path)?, &data, "on disk after shutdown");
+            assert_bytes(&common::read_disk(&path)?, &data, "on disk after shutdown");
             let mut buf = vec![0u8; 100];
             assert!(f.read_at(&mut buf, 0).await.is_err(), "read after shutdown");
             assert!(
@@ -267,7 +267,7 @@ fn a_second_shutdown_is_ok_and_operations_after_shutdown_fail() {
             assert!(!other.exists(), "an open after shutdown created a file");
             drop(f);
             assert_bytes(
-                &std::fs::read(&path)?,
+                &common::read_disk(&path)?,
                 &data,
                 "on disk after the last close",
             );
@@ -308,9 +308,9 @@ fn a_write_past_what_the_filesystem_can_hold_is_refused_at_the_write() {
             assert_eq!(f.len(), 5000, "len() after the refused set_len");
             assert_eq!(cache.stats().dirty_pages, 0, "nothing was dirtied");
             f.sync_all().await?;
-            assert_bytes(&std::fs::read(&path)?, &data, "on disk after the sync");
+            assert_bytes(&common::read_disk(&path)?, &data, "on disk after the sync");
             cache.shutdown().await?;
-            assert_bytes(&std::fs::read(&path)?, &data, "on disk after shutdown");
+            assert_bytes(&common::read_disk(&path)?, &data, "on disk after shutdown");
             Ok(())
         });
     }
@@ -363,7 +363,7 @@ fn lengths_and_offsets_near_u64_max_are_errors_never_panics() {
             }
             assert_eq!(cache.stats().dirty_pages, 0, "nothing was dirtied");
             f.sync_all().await?;
-            assert_bytes(&std::fs::read(&path)?, &data, "on disk after the sync");
+            assert_bytes(&common::read_disk(&path)?, &data, "on disk after the sync");
             cache.shutdown().await?;
             Ok(())
         });

@@ -121,7 +121,7 @@ fn a_write_error_keeps_pages_dirty_and_reaches_every_handle_once() {
         c.sync_data().await?;
         // a already heard; its next sync writes the pages again and succeeds.
         a.sync_all().await?;
-        common::assert_bytes(&std::fs::read(&path)?, &data, "on disk after the retry");
+        common::assert_bytes(&common::read_disk(&path)?, &data, "on disk after the retry");
         assert_eq!(cache.stats().dirty_pages, 0);
         Ok(())
     });
@@ -139,7 +139,7 @@ fn enospc_is_reported_as_storage_full() {
         let err = f.sync_all().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
         f.sync_all().await?;
-        assert_eq!(std::fs::read(&path)?, vec![1u8; 8192]);
+        assert_eq!(common::read_disk(&path)?, vec![1u8; 8192]);
         Ok(())
     });
 }
@@ -216,7 +216,7 @@ fn a_sync_waits_for_its_write_before_the_flush_and_a_dropped_sync_leaves_nothing
         fault.release(false);
         f.write_all_at(&[4u8; 4096], 4096).await?;
         f.sync_data().await?;
-        let on_disk = std::fs::read(&path)?;
+        let on_disk = common::read_disk(&path)?;
         assert_eq!(&on_disk[..4096], &[2u8; 4096][..]);
         assert_eq!(&on_disk[4096..], &[4u8; 4096][..]);
         Ok(())
@@ -274,7 +274,7 @@ fn a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it() {
         let mut want = vec![1u8; 5000];
         want.resize(8192, 0);
         want.extend_from_slice(&[7u8; 4096]);
-        common::assert_bytes(&std::fs::read(&path)?, &want, "on disk after the cut");
+        common::assert_bytes(&common::read_disk(&path)?, &want, "on disk after the cut");
         Ok(())
     });
 }
@@ -327,7 +327,7 @@ fn enospc_when_extending_the_file_is_reported_and_changes_nothing() {
         assert!(err.to_string().contains("cannot set the length"), "{err}");
         assert_eq!(f.len(), 5000, "the length did not change");
         f.sync_all().await?;
-        assert_eq!(std::fs::read(&path)?, data);
+        assert_eq!(common::read_disk(&path)?, data);
         Ok(())
     });
 }
@@ -353,7 +353,11 @@ fn short_transfers_are_continued_not_taken_for_end_of_file() {
             f.write_all_at(&new, 5000).await?;
             data[5000..305_000].copy_from_slice(&new);
             f.sync_all().await?;
-            common::assert_bytes(&std::fs::read(&path)?, &data, "written in 512-byte pieces");
+            common::assert_bytes(
+                &common::read_disk(&path)?,
+                &data,
+                "written in 512-byte pieces",
+            );
             let s = cache.stats();
             assert!(
                 s.submit_calls > s.device_reads + s.device_writes,

@@ -149,7 +149,7 @@ fn copy_copies_a_file() {
     let dst = dir.path().join("dst");
     let out = run_ok("copy", &[&src, &dst]);
     assert!(stdout(&out).contains(&format!("{} bytes", data.len())));
-    let got = std::fs::read(&dst).expect("read dst");
+    let got = common::read_disk(&dst).expect("read dst");
     assert_eq!(got.len(), data.len());
     assert!(got == data, "copy differs from the source");
 }
@@ -172,7 +172,7 @@ fn copy_onto_itself_is_refused_and_the_source_kept() {
             )),
             "{err}"
         );
-        let got = std::fs::read(&src).expect("read src");
+        let got = common::read_disk(&src).expect("read src");
         assert!(got == data, "copy onto itself changed the source");
     }
 }
@@ -194,14 +194,14 @@ fn copy_onto_a_hard_link_of_the_source_is_refused() {
             stderr(&out)
         );
         assert!(
-            std::fs::read(&src).expect("read src") == data,
+            common::read_disk(&src).expect("read src") == data,
             "source changed"
         );
     }
     // A different existing file is overwritten as before.
     let (other, _) = make_file(dir.path(), "other", 12_345, 7);
     run_ok("copy", &[&src, &other]);
-    assert!(std::fs::read(&other).expect("read other") == data);
+    assert!(common::read_disk(&other).expect("read other") == data);
 }
 
 #[test]

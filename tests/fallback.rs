@@ -106,7 +106,7 @@ fn fallback_child() {
     });
     let mut want = data;
     want[1234..11_234].fill(9);
-    common::assert_bytes(&std::fs::read(&path).unwrap(), &want, "on disk");
+    common::assert_bytes(&common::read_disk(&path).unwrap(), &want, "on disk");
     println!("fallback ok");
 }
 

@@ -158,44 +158,6 @@ fn diff(got: &[u8], want: &[u8], base: usize) -> Option<String> {
     ))
 }
 
-/// The file's bytes on disk, as `std::fs::read` returns them, but read with `O_DIRECT`.
-///
-/// A buffered read would fill the kernel's page cache with pages of the file while the cache's
-/// background writeback may have `O_DIRECT` writes in flight to them; the kernel then fails to
-/// invalidate those pages ("Page cache invalidation failure on direct I/O" in dmesg) and marks
-/// the file's mapping with `EIO`, which the cache's next `fsync` reports: a failure the test
-/// itself would cause.
-fn read_disk(path: &std::path::Path) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    const ALIGN: usize = 4096;
-    const CHUNK: usize = 1 << 20;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
-    let size = f.metadata()?.len() as usize;
-    let mut raw = vec![0u8; CHUNK + ALIGN];
-    let skew = raw.as_ptr().align_offset(ALIGN);
-    let buf = &mut raw[skew..skew + CHUNK];
-    let mut out = Vec::with_capacity(size);
-    loop {
-        let n = match f.read_at(buf, out.len() as u64) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.extend_from_slice(&buf[..n]);
-        // Short (at the end of the file) or empty: done; the next offset may be unaligned.
-        if n < CHUNK {
-            if n % 512 == 0 && n > 0 {
-                continue;
-            }
-            break;
-        }
-    }
-    Ok(out)
-}
-
 struct Fsx {
     seed: u64,
     backend: Backend,
@@ -416,7 +378,7 @@ impl Fsx {
     /// The file on disk (what `std::fs::read` would return, read with `O_DIRECT`) is exactly
     /// the model.
     fn disk_check(&self, what: &str) -> Result<(), String> {
-        let disk = read_disk(&self.path)
+        let disk = common::read_disk(&self.path)
             .map_err(|e| format!("{what}: reading the file on disk failed: {e}"))?;
         if let Some(d) = diff(&disk, &self.model, 0) {
             return Err(format!(
@@ -681,7 +643,7 @@ impl Fsx {
                 // The range is written back (the length need not be cut): within it and
                 // within len(), the disk holds the model's bytes, or nothing where the model
                 // has zeros (a hole not yet extended on disk).
-                let disk = read_disk(&self.path)
+                let disk = common::read_disk(&self.path)
                     .map_err(|e| format!("after sync_range: reading the disk failed: {e}"))?;
                 for i in off..(off + len).min(cur) {
                     let want = self.model[i];

@@ -332,10 +332,10 @@ fn many_small_writes_then_shutdown_match_std_fs() {
         assert_bytes(&got, &data, "read back through the cache");
 
         writer.sync_all().await?;
-        assert_bytes(&std::fs::read(&path)?, &data, "std::fs after sync_all");
+        assert_bytes(&common::read_disk(&path)?, &data, "std::fs after sync_all");
         drop(writer);
         cache.shutdown().await?;
-        assert_bytes(&std::fs::read(&path)?, &data, "std::fs after shutdown");
+        assert_bytes(&common::read_disk(&path)?, &data, "std::fs after shutdown");
         Ok(())
     });
 }
@@ -369,7 +369,7 @@ fn buffered_bytes_reach_the_cache_on_flush_not_before() {
         assert_eq!(file.len(), data.len() as u64);
         file.sync_all().await?;
         assert_bytes(
-            &std::fs::read(&path)?,
+            &common::read_disk(&path)?,
             &data,
             "std::fs after overwrite and extend",
         );
@@ -392,7 +392,7 @@ fn copy_between_files_through_reader_and_writer() {
         assert_eq!(n, data.len() as u64);
         writer.shutdown().await?;
         writer.sync_all().await?;
-        assert_bytes(&std::fs::read(&dst)?, &data, "copy_buf");
+        assert_bytes(&common::read_disk(&dst)?, &data, "copy_buf");
 
         // tokio::io::copy (AsyncRead into the writer) to a second file.
         let dst2 = dir.path().join("dst2");
@@ -402,7 +402,7 @@ fn copy_between_files_through_reader_and_writer() {
         assert_eq!(n, data.len() as u64);
         writer2.shutdown().await?;
         output2.sync_all().await?;
-        assert_bytes(&std::fs::read(&dst2)?, &data, "copy");
+        assert_bytes(&common::read_disk(&dst2)?, &data, "copy");
         Ok(())
     });
 }
@@ -446,7 +446,7 @@ fn writer_errors_keep_the_buffer_and_name_the_cause() {
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         let err = writer.sync_all().await.expect_err("sync flushes first");
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
-        assert_eq!(std::fs::read(&path)?, data);
+        assert_eq!(common::read_disk(&path)?, data);
         Ok(())
     });
 }

@@ -98,7 +98,7 @@ fn records_reported_synced_survive_sigkill() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let last = last_synced.expect("the child synced at least once");
-        let disk = std::fs::read(&path).unwrap();
+        let disk = common::read_disk(&path).unwrap();
         let synced_end = (last as usize + 1) * RECORD;
         assert!(
             disk.len() >= synced_end,

@@ -139,7 +139,7 @@ fn random_operations_match_a_model_across_restarts() {
             store.commit().await?;
             drop(store);
             assert_eq!(umodel, smodel);
-            let (u, s) = (std::fs::read(&upath)?, std::fs::read(&spath)?);
+            let (u, s) = (common::read_disk(&upath)?, common::read_disk(&spath)?);
             assert_eq!(u.len(), s.len(), "epoch {epoch}: file lengths");
             assert!(
                 u == s,

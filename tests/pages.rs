@@ -121,7 +121,7 @@ fn page_mut_is_seen_by_read_at_at_once_and_on_disk_after_sync_all() {
         common::assert_bytes(&buf[..model.len()], &model, "read_at after growth");
         file.sync_all().await?;
         assert_eq!(cache.stats().dirty_pages, 0);
-        common::assert_bytes(&std::fs::read(&path)?, &model, "on disk after sync_all");
+        common::assert_bytes(&common::read_disk(&path)?, &model, "on disk after sync_all");
         Ok(())
     });
 }
@@ -391,7 +391,7 @@ fn discard_puts_the_bytes_back_and_dirties_nothing() {
         // Untouched and discarded: nothing to put back.
         file.page_mut(0).await?.discard();
         file.sync_all().await?;
-        common::assert_bytes(&std::fs::read(&path)?, &data, "disk after discard");
+        common::assert_bytes(&common::read_disk(&path)?, &data, "disk after discard");
         assert_eq!(cache.stats().device_writes, 0);
         Ok(())
     });
@@ -689,7 +689,7 @@ fn page_muts_held_on_dirty_pages_do_not_block_the_next_page_mut() {
             .await
             .expect("page_mut waited for pages this task holds")?;
         file.sync_all().await?;
-        let disk = std::fs::read(&path)?;
+        let disk = common::read_disk(&path)?;
         assert_eq!(&disk[..2], &[1, 2]);
         assert_eq!(&disk[PS..PS + 2], &[1, 3]);
         assert_eq!(disk[3 * PS + 1], 4);
@@ -763,7 +763,7 @@ fn a_sync_stuck_behind_a_held_page_mut_is_reported() {
         f.sync_all().await?;
         let mut want = vec![1u8; 4096];
         want[0] = 2;
-        assert_eq!(std::fs::read(&path)?, want);
+        assert_eq!(common::read_disk(&path)?, want);
         Ok(())
     });
 }

@@ -94,7 +94,7 @@ fn ranges_match_std_fs() {
             std::fs::create_dir(dir.path().join("sub"))?;
             make_file(&dir.path().join("sub"), "small", 10, 2);
             let (addr, cache) = start(256, dir.path()).await?;
-            let disk = std::fs::read(&path)?;
+            let disk = common::read_disk(&path)?;
             let len = disk.len();
             let mut conn = connect(addr).await?;
             // The whole file.
@@ -157,7 +157,7 @@ fn ranges_match_std_fs() {
             )
             .await?;
             assert_eq!(r.status, 200);
-            assert_eq!(r.body, std::fs::read(dir.path().join("sub/small"))?);
+            assert_eq!(r.body, common::read_disk(dir.path().join("sub/small"))?);
             // The server closed that connection.
             let mut rest = Vec::new();
             assert_eq!(conn.read_to_end(&mut rest).await?, 0);
@@ -181,7 +181,7 @@ fn concurrent_clients_on_a_small_cache_get_the_right_bytes() {
             let mut files = Vec::new();
             for i in 0..3 {
                 let (path, _) = make_file(dir.path(), &format!("f{i}"), 1 << 20, 10 + i as u64);
-                files.push((format!("/f{i}"), std::fs::read(&path)?));
+                files.push((format!("/f{i}"), common::read_disk(&path)?));
             }
             // 24 frames for 8 clients fetching up to 256 KiB each: pins must be released as the
             // socket takes the bytes, and a client that finds no frame free waits its turn.

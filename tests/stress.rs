@@ -77,7 +77,7 @@ fn many_tasks_many_files_tiny_budget() {
                     }
                 }
                 file.sync_all().await.unwrap();
-                common::assert_bytes(&std::fs::read(&path).unwrap(), &model, "on disk");
+                common::assert_bytes(&common::read_disk(&path).unwrap(), &model, "on disk");
             }));
         }
         for r in 0..4u64 {

@@ -13,7 +13,7 @@ use uringcache::{Cache, OpenOptions};
 use common::rw;
 
 fn on_disk(path: &std::path::Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
+    common::read_disk(path).unwrap()
 }
 
 #[test]

@@ -106,3 +106,41 @@ pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
         want.get(first..(first + 8).min(want.len())),
     );
 }
+
+/// The file's bytes on disk, as `std::fs::read` returns them, but read with `O_DIRECT`.
+///
+/// A buffered read would fill the kernel's page cache with pages of the file while the cache's
+/// background writeback may have `O_DIRECT` writes in flight to them; the kernel then fails to
+/// invalidate those pages ("Page cache invalidation failure on direct I/O" in dmesg) and marks
+/// the file's mapping with `EIO`, which the cache's next `fsync` reports: a failure the test
+/// itself would cause.
+pub fn read_disk(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const ALIGN: usize = 4096;
+    const CHUNK: usize = 1 << 20;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path.as_ref())?;
+    let size = f.metadata()?.len() as usize;
+    let mut raw = vec![0u8; CHUNK + ALIGN];
+    let skew = raw.as_ptr().align_offset(ALIGN);
+    let buf = &mut raw[skew..skew + CHUNK];
+    let mut out = Vec::with_capacity(size);
+    loop {
+        let n = match f.read_at(buf, out.len() as u64) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.extend_from_slice(&buf[..n]);
+        // Short (at the end of the file) or empty: done; the next offset may be unaligned.
+        if n < CHUNK {
+            if n % 512 == 0 && n > 0 {
+                continue;
+            }
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -81,7 +81,8 @@ pub(crate) struct Inode {
     verify_errors: Mutex<HashMap<u64, String>>,
     /// Held shared by writes (buffered and direct), exclusive by size changes (`i_rwsem`).
     pub(crate) size_lock: SizeLock,
-    /// The largest file length known to fit in the filesystem (see [`Inode::check_fits`]).
+    /// A file length known to fit in the filesystem: the open size, then the filesystem's
+    /// limit once learnt (see [`Inode::check_fits`]).
     fits_up_to: AtomicU64,
     /// Open [`File`](crate::File) handles of this inode (changed under the cache's `by_key`
     /// lock, so that an open and the last close never cross).
@@ -113,13 +114,7 @@ impl FileStamp {
 
     /// The stamp of the file open on `fd`.
     pub(crate) fn of_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<FileStamp> {
-        // SAFETY: `stat` is a plain C struct for which all-zero bytes are valid, and `fstat`
-        // writes it whole on success.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid descriptor and a pointer to a live `stat`.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let st = fstat(fd)?;
         Ok(FileStamp {
             dev: st.st_dev,
             ino: st.st_ino,
@@ -131,11 +126,20 @@ impl FileStamp {
 
     /// Whether the file is linked nowhere any more (deleted while the cache held it).
     fn unlinked(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-        // SAFETY: as in `of_fd`.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as in `of_fd`.
-        unsafe { libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_nlink == 0 }
+        fstat(fd).is_ok_and(|st| st.st_nlink == 0)
     }
+}
+
+/// `fstat` of the file open on `fd`.
+fn fstat(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: `stat` is a plain C struct for which all-zero bytes are valid, and `fstat` writes
+    // it whole on success.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to a live `stat`.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
 }
 
 /// A pinned page of an inode; dropping it drops the pin (`put_page`).
@@ -229,18 +233,26 @@ impl Inode {
     /// Refuses a write or `set_len` that would make the file longer than its filesystem can
     /// hold (`FileTooLarge`, `EFBIG`), as `pwrite` and `ftruncate` do, before anything changes:
     /// otherwise the page could never be written back and every later sync would fail. The
-    /// limit is asked of the kernel (a side-effect-free `lseek`) only for lengths past the
-    /// largest one already known to fit, so an appending writer asks about once per page
-    /// only while it grows the file past its high-water mark.
+    /// filesystem's limit is learnt once per file, the first time a length passes the size
+    /// the file was opened with (`max_file_size`: side-effect-free `lseek`s, some 30 µs);
+    /// after that the check is one load.
     pub(crate) fn check_fits(&self, len: u64) -> io::Result<()> {
         if len <= self.fits_up_to.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let align = self.dio_align as u64;
         // The tail block is written whole: the rounded-up length must fit too.
-        let on_disk = len.checked_next_multiple_of(self.dio_align as u64);
-        let fits = match on_disk {
-            Some(l) => uringcache_uring::fits_in_file(self.fd.as_fd(), l)?,
-            None => false,
+        let on_disk = len.checked_next_multiple_of(align);
+        let fits = match (on_disk, uringcache_uring::max_file_size(self.fd.as_fd())) {
+            (None, _) => false,
+            (Some(l), Ok(limit)) => {
+                // Every length whose rounded-up end fits is at most the limit rounded down.
+                self.fits_up_to
+                    .fetch_max(limit - limit % align, Ordering::Relaxed);
+                l <= limit
+            }
+            // The limit cannot be learnt: ask about this length alone.
+            (Some(l), Err(_)) => uringcache_uring::fits_in_file(self.fd.as_fd(), l)?,
         };
         if !fits {
             let os = io::Error::from_raw_os_error(libc::EFBIG);

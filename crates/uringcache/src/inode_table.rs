@@ -29,7 +29,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -52,6 +52,8 @@ pub(crate) struct InodeTable {
     next_id: AtomicU32,
     /// Closed files kept with their pages, oldest first.
     idle: Mutex<VecDeque<Arc<Inode>>>,
+    /// When `prune_idle` last looked for deleted idle files (cache clock, ms).
+    unlinked_checked_ms: AtomicU64,
 }
 
 impl InodeTable {
@@ -194,14 +196,21 @@ impl InodeTable {
         idle.remove(at)
     }
 
-    /// Drops the idle files that no longer earn their descriptor: deleted ones (their space is
-    /// freed only when the descriptor closes) and ones whose pages were all evicted.
-    pub(crate) fn prune_idle(&self) {
+    /// Drops the idle files that no longer earn their descriptor: ones whose pages were all
+    /// evicted, and, at most once a second (an `fstat` each), deleted ones (their space is
+    /// freed only when the descriptor closes). `now_ms` is the cache's clock.
+    pub(crate) fn prune_idle(&self, now_ms: u64) {
+        let last = self.unlinked_checked_ms.load(Ordering::Relaxed);
+        let check_unlinked = now_ms >= last.saturating_add(1000)
+            && self
+                .unlinked_checked_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
         let gone: VecDeque<Arc<Inode>> = {
             let mut idle = self.idle.lock();
             let (gone, keep) = std::mem::take(&mut *idle)
                 .into_iter()
-                .partition(|i| i.mapping.nr_pages() == 0 || i.unlinked());
+                .partition(|i| i.mapping.nr_pages() == 0 || (check_unlinked && i.unlinked()));
             *idle = keep;
             gone
         };

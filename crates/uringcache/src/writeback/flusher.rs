@@ -211,7 +211,7 @@ impl CacheInner {
                 self.let_go(inode);
             }
         }
-        self.inodes().prune_idle();
+        self.inodes().prune_idle(self.now_ms());
     }
 
     /// After the last handle of the cache is gone, dirty pages that failed to be written
