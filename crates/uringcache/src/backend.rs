@@ -8,8 +8,34 @@ use uringcache_core::backend::Backend as IoBackend;
 use uringcache_core::frames::FrameArena;
 use uringcache_uring::{ThreadsBackend, UringBackend, UringConfig};
 
-use crate::builder::{Backend, CacheBuilder};
 use crate::error::invalid;
+
+/// Which I/O layer moves the bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// `io_uring` when the kernel allows it, else the thread pool (logged through `tracing`,
+    /// and the reason kept in [`Stats::backend_fallback`](crate::Stats::backend_fallback)).
+    /// The environment variable [`URINGCACHE_BACKEND`](crate::BACKEND_ENV)`=uring|threads`
+    /// picks one instead; it steers only `Auto`, never an explicit choice below.
+    #[default]
+    Auto,
+    /// `io_uring` only: building the cache fails with the reason if it is unavailable.
+    IoUring,
+    /// A small pool of threads doing `pread` / `pwrite` on `O_DIRECT` files.
+    Threads,
+}
+
+/// What a [`CacheBuilder`](crate::CacheBuilder) asks of the backend: which one, and the
+/// settings of each.
+#[derive(Clone, Debug)]
+pub(crate) struct BackendRequest {
+    /// The choice made in code (the environment may steer `Auto`).
+    pub(crate) choice: Backend,
+    /// The `io_uring` backend's settings.
+    pub(crate) uring: UringConfig,
+    /// Threads of the thread-pool backend.
+    pub(crate) threads: usize,
+}
 
 /// The environment variable that picks the backend of a cache built with [`Backend::Auto`]
 /// (`uring`, `threads` or `auto`): for operators, and to run a test suite on each backend.
@@ -46,8 +72,7 @@ fn resolve(asked: Backend, env: Option<&str>) -> io::Result<(Backend, bool)> {
     })
 }
 
-fn choice(builder: &CacheBuilder) -> io::Result<Backend> {
-    let asked = builder.backend_choice();
+fn choice(asked: Backend) -> io::Result<Backend> {
     let env = std::env::var(BACKEND_ENV).ok();
     let (chosen, overruled) = resolve(asked, env.as_deref())?;
     if overruled {
@@ -66,25 +91,30 @@ fn choice(builder: &CacheBuilder) -> io::Result<Backend> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct BackendInfo {
     /// The `io_uring` backend registered the frame arena as fixed buffers.
-    pub(crate) fixed_buffers: bool,
+    fixed_buffers: bool,
     /// Why `Auto` fell back to the thread pool (the `io_uring` error), `None` if it did not.
-    pub(crate) fallback: Option<String>,
+    fallback: Option<String>,
+}
+
+impl BackendInfo {
+    /// Whether the `io_uring` backend registered the frame arena as fixed buffers.
+    pub(crate) fn fixed_buffers(&self) -> bool {
+        self.fixed_buffers
+    }
+
+    /// Why `Auto` fell back to the thread pool, `None` if it did not.
+    pub(crate) fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
 }
 
 /// Starts the backend the builder (or the environment) asks for.
 pub(crate) fn start(
-    builder: &CacheBuilder,
+    request: &BackendRequest,
     arena: Arc<FrameArena>,
 ) -> io::Result<(Arc<dyn IoBackend>, BackendInfo)> {
-    let (entries, sqpoll) = builder.uring_settings();
     let uring = |arena| -> io::Result<(Arc<dyn IoBackend>, BackendInfo)> {
-        let config = UringConfig {
-            entries,
-            sqpoll,
-            max_transfer: builder.transfer_cap(),
-            ..UringConfig::default()
-        };
-        let backend = UringBackend::new(arena, config)?;
+        let backend = UringBackend::new(arena, request.uring.clone())?;
         let info = BackendInfo {
             fixed_buffers: backend.uses_fixed_buffers(),
             fallback: None,
@@ -92,12 +122,9 @@ pub(crate) fn start(
         Ok((Arc::new(backend), info))
     };
     let threads = |arena| -> io::Result<Arc<dyn IoBackend>> {
-        Ok(Arc::new(ThreadsBackend::new(
-            arena,
-            builder.thread_count(),
-        )?))
+        Ok(Arc::new(ThreadsBackend::new(arena, request.threads)?))
     };
-    let chosen = choice(builder)?;
+    let chosen = choice(request.choice)?;
     let (backend, info) = match chosen {
         Backend::IoUring => uring(arena)?,
         Backend::Threads => (threads(arena)?, BackendInfo::default()),

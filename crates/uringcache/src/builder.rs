@@ -9,26 +9,12 @@ use uringcache_core::backend::Backend as IoBackend;
 use uringcache_core::frames::FrameArena;
 use uringcache_core::page::NO_OWNER;
 use uringcache_core::writeback::DirtyLimits;
-use uringcache_uring::uring::MAX_ENTRIES as MAX_URING_ENTRIES;
+use uringcache_uring::uring::{UringConfig, MAX_ENTRIES as MAX_URING_ENTRIES};
 
+use crate::backend::{Backend, BackendRequest};
 use crate::cache::{Cache, CacheParts};
 use crate::error::invalid;
 use crate::latency::Timed;
-
-/// Which I/O layer moves the bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Backend {
-    /// `io_uring` when the kernel allows it, else the thread pool (logged through `tracing`,
-    /// and the reason kept in [`Stats::backend_fallback`](crate::Stats::backend_fallback)).
-    /// The environment variable [`URINGCACHE_BACKEND`](crate::BACKEND_ENV)`=uring|threads`
-    /// picks one instead; it steers only `Auto`, never an explicit choice below.
-    #[default]
-    Auto,
-    /// `io_uring` only: building the cache fails with the reason if it is unavailable.
-    IoUring,
-    /// A small pool of threads doing `pread` / `pwrite` on `O_DIRECT` files.
-    Threads,
-}
 
 /// A function that wraps the backend the cache would use (see
 /// [`CacheBuilder::wrap_backend`]).
@@ -196,7 +182,8 @@ impl CacheBuilder {
         let frames = self.validate()?;
         let ps = self.page_size;
         let arena = Arc::new(FrameArena::new(frames, ps)?);
-        let (mut backend, backend_info) = crate::backend::start(self, arena.clone())?;
+        let (mut backend, backend_info) =
+            crate::backend::start(&self.backend_request(), arena.clone())?;
         if let Some(layer) = &self.layer {
             backend = layer(backend);
         }
@@ -280,20 +267,41 @@ impl CacheBuilder {
         Ok(frames)
     }
 
-    pub(crate) fn backend_choice(&self) -> Backend {
-        self.backend
+    /// What the backend is asked for (its choice and settings).
+    fn backend_request(&self) -> BackendRequest {
+        BackendRequest {
+            choice: self.backend,
+            uring: UringConfig {
+                entries: self.uring_entries,
+                sqpoll: self.sqpoll,
+                max_transfer: self.max_transfer,
+                ..UringConfig::default()
+            },
+            threads: self.threads,
+        }
     }
+}
 
-    pub(crate) fn uring_settings(&self) -> (u32, bool) {
-        (self.uring_entries, self.sqpoll)
-    }
-
-    pub(crate) fn thread_count(&self) -> usize {
-        self.threads
-    }
-
-    pub(crate) fn transfer_cap(&self) -> usize {
-        self.max_transfer
+impl Cache {
+    /// A builder with the defaults: 256 MiB, 4 KiB pages, [`Backend::Auto`](crate::Backend::Auto).
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let cache = uringcache::Cache::builder()
+    ///     .memory_limit(8 << 20)
+    ///     .page_size(4096)
+    ///     .readahead_max(1 << 20)
+    ///     .dirty_ratio(0.3)
+    ///     .build()?;
+    /// assert_eq!(cache.stats().frames, 2048);
+    /// // Bad input gets an error that names the cause.
+    /// let err = uringcache::Cache::builder().page_size(3000).build().unwrap_err();
+    /// assert!(err.to_string().contains("power of two"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
     }
 }
 

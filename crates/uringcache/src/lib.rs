@@ -192,25 +192,20 @@
 mod backend;
 mod builder;
 mod cache;
-mod direct;
 mod error;
 mod file;
 mod inode;
-mod inode_table;
-#[cfg(feature = "tokio")]
-pub mod io;
 mod latency;
 mod options;
 mod page_ref;
 mod stats;
-mod stuck;
 mod util;
-mod write;
-mod writeback;
 
-pub use backend::BACKEND_ENV;
-pub use builder::{Backend, BackendLayer, CacheBuilder};
+pub use backend::{Backend, BACKEND_ENV};
+pub use builder::{BackendLayer, CacheBuilder};
 pub use cache::Cache;
+#[cfg(feature = "tokio")]
+pub use file::async_io as io;
 pub use file::File;
 #[cfg(feature = "tokio")]
 pub use io::{Reader, Writer};

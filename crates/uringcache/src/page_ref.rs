@@ -1,5 +1,5 @@
-//! Pinned pages: [`File::page`], [`File::page_mut`], [`PageRef`], [`PageMut`] and the zero-copy
-//! [`File::read_bytes`] (the kernel's `read_cache_page`, `filemap_fault` and `page_mkwrite`).
+//! Pinned pages: [`File::page`](crate::File::page), [`File::page_mut`](crate::File::page_mut), [`PageRef`], [`PageMut`] and the zero-copy
+//! [`File::read_bytes`](crate::File::read_bytes) (the kernel's `read_cache_page`, `filemap_fault` and `page_mkwrite`).
 //!
 //! A database's buffer pool does not copy pages out: it pins a page, reads or changes it in
 //! place, and unpins it. A [`PageRef`] is such a pin on an up-to-date page; a [`PageMut`] is a
@@ -23,7 +23,6 @@
 //!   reading them (stable pages), and no other writer, filler or writeback touches the page
 //!   meanwhile.
 
-use std::io;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,8 +31,6 @@ use bytes::Bytes;
 use uringcache_core::page::{FrameId, PageDesc, PageState};
 
 use crate::cache::CacheInner;
-use crate::error::invalid;
-use crate::file::File;
 use crate::inode::Inode;
 
 /// Counts a new handle pinning `frame` (see the module invariants).
@@ -50,18 +47,18 @@ fn user_unpin(cache: &CacheInner, frame: FrameId) {
     }
 }
 
-/// A pinned, up-to-date page of a file ([`File::page`]): `Deref<Target = [u8]>` of exactly
+/// A pinned, up-to-date page of a file ([`File::page`](crate::File::page)): `Deref<Target = [u8]>` of exactly
 /// one page (the cache's page size), read in place with no copy.
 ///
 /// While it lives the page stays in memory: it is never evicted, and if the file is truncated
 /// or the page invalidated meanwhile, the page leaves the file's cache but its frame keeps the
 /// bytes it had until this handle (and every other pin) is dropped. The handle sees later
-/// changes to the page made through [`File::write_at`] or a [`PageMut`] (it is a view of the
+/// changes to the page made through [`File::write_at`](crate::File::write_at) or a [`PageMut`] (it is a view of the
 /// cached page, like a shared memory mapping, not a snapshot); copy the bytes out if a stable
 /// snapshot is needed while writers run.
 ///
 /// Holding many pages at once holds that much of the cache's budget: when every frame is
-/// pinned, reads that need a new frame fail with [`io::ErrorKind::OutOfMemory`].
+/// pinned, reads that need a new frame fail with [`io::ErrorKind::OutOfMemory`](std::io::ErrorKind::OutOfMemory).
 /// `'static + Send + Sync`; [`into_bytes`](Self::into_bytes) turns it into a [`Bytes`].
 ///
 /// ```
@@ -94,7 +91,7 @@ pub struct PageRef {
 impl PageRef {
     /// Wraps a pin the caller took on the up-to-date page `index` in `frame`.
     pub(crate) fn new(inode: Arc<Inode>, frame: FrameId, index: u64) -> PageRef {
-        user_pin(&inode.cache, frame);
+        user_pin(inode.cache(), frame);
         PageRef {
             inode,
             frame,
@@ -121,7 +118,7 @@ impl Deref for PageRef {
         // SAFETY: this handle's pin keeps the frame from being reused, and it was handed out
         // for an up-to-date page, whose bytes only a writer holding LOCKED changes (the
         // documented shared-view semantics, as for concurrent read_at and write_at).
-        unsafe { self.inode.cache.arena.frame(self.frame) }
+        unsafe { self.inode.cache().arena.frame(self.frame) }
     }
 }
 
@@ -134,29 +131,29 @@ impl AsRef<[u8]> for PageRef {
 impl std::fmt::Debug for PageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageRef")
-            .field("path", &self.inode.path)
+            .field("path", &self.inode.path())
             .field("index", &self.index)
-            .field("len", &self.inode.cache.page_size)
+            .field("len", &self.inode.cache().page_size)
             .finish()
     }
 }
 
 impl Drop for PageRef {
     fn drop(&mut self) {
-        let cache = &self.inode.cache;
+        let cache = &self.inode.cache();
         user_unpin(cache, self.frame);
         cache.put(self.frame);
     }
 }
 
-/// A pinned page of a file locked for writing ([`File::page_mut`]): `DerefMut<Target = [u8]>`
+/// A pinned page of a file locked for writing ([`File::page_mut`](crate::File::page_mut)): `DerefMut<Target = [u8]>`
 /// of exactly one page, changed in place.
 ///
 /// * While it lives, no other writer changes the page: other `page_mut` calls, `write_at` on
 ///   the page, truncation of it and its writeback wait until it is dropped. Readers
-///   ([`File::read_at`], [`PageRef`]) are not locked out and may see a change half made.
+///   ([`File::read_at`](crate::File::read_at), [`PageRef`]) are not locked out and may see a change half made.
 /// * Dropping it marks the page dirty (it is written back later, or by the next `sync_*`) and
-///   extends [`File::len`] to cover the whole page, `(index + 1) * page_size` bytes, even if no
+///   extends [`File::len`](crate::File::len) to cover the whole page, `(index + 1) * page_size` bytes, even if no
 ///   byte was changed.
 /// * [`discard`](Self::discard) drops it without dirtying and puts back the bytes the page had
 ///   when this handle was made: the first mutable access takes a copy of the page for that
@@ -178,7 +175,7 @@ pub struct PageMut {
 impl PageMut {
     /// Wraps the pin and lock the caller holds on the up-to-date page `index` in `frame`.
     pub(crate) fn new(inode: Arc<Inode>, frame: FrameId, index: u64) -> PageMut {
-        user_pin(&inode.cache, frame);
+        user_pin(inode.cache(), frame);
         PageMut {
             inode,
             frame,
@@ -221,25 +218,25 @@ impl PageMut {
     pub fn discard(mut self) {
         if let Some(undo) = self.undo.take() {
             // SAFETY: this handle holds the page's LOCKED bit (see `DerefMut`).
-            unsafe { self.inode.cache.arena.frame_mut(self.frame) }.copy_from_slice(&undo);
+            unsafe { self.inode.cache().arena.frame_mut(self.frame) }.copy_from_slice(&undo);
         }
         self.discarded = true;
     }
 
     fn desc(&self) -> &PageDesc {
-        self.inode.cache.pool.pages().get(self.frame)
+        self.inode.cache().pool.pages().get(self.frame)
     }
 
     /// Dirties the page (`set_page_dirty`, extending the size) if asked, unlocks it, wakes its
     /// waiters and drops the pin.
     fn release(&mut self, dirty: bool) {
-        let cache = &self.inode.cache;
+        let cache = &self.inode.cache();
         let desc = self.desc();
         if dirty {
             desc.clear(PageState::ERROR);
             self.inode.redirty(desc, self.index);
             self.inode
-                .mapping
+                .mapping()
                 .extend_size((self.index + 1) << cache.page_shift);
         }
         user_unpin(cache, self.frame);
@@ -256,13 +253,13 @@ impl Deref for PageMut {
     fn deref(&self) -> &[u8] {
         // SAFETY: the pin keeps the frame, and the LOCKED bit this handle holds keeps every
         // other writer and filler away; the page is up to date.
-        unsafe { self.inode.cache.arena.frame(self.frame) }
+        unsafe { self.inode.cache().arena.frame(self.frame) }
     }
 }
 
 impl DerefMut for PageMut {
     fn deref_mut(&mut self) -> &mut [u8] {
-        let arena = &self.inode.cache.arena;
+        let arena = &self.inode.cache().arena;
         if self.undo.is_none() {
             // SAFETY: as in `deref`.
             self.undo = Some(unsafe { arena.frame(self.frame) }.into());
@@ -290,9 +287,9 @@ impl AsMut<[u8]> for PageMut {
 impl std::fmt::Debug for PageMut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageMut")
-            .field("path", &self.inode.path)
+            .field("path", &self.inode.path())
             .field("index", &self.index)
-            .field("len", &self.inode.cache.page_size)
+            .field("len", &self.inode.cache().page_size)
             .field("changed", &self.undo.is_some())
             .finish()
     }
@@ -301,137 +298,5 @@ impl std::fmt::Debug for PageMut {
 impl Drop for PageMut {
     fn drop(&mut self) {
         self.release(!self.discarded);
-    }
-}
-
-impl File {
-    /// Checks that page `index` and the byte after it have file offsets.
-    fn check_page_index(&self, index: u64) -> io::Result<u64> {
-        let ps = self.cache().page_size as u64;
-        index
-            .checked_add(1)
-            .and_then(|i| i.checked_mul(ps))
-            .map(|end| end - ps)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "page {index} (of {ps} bytes each) lies past the largest file offset"
-                ))
-            })
-    }
-
-    /// Page `index` of the file (bytes `index * page_size ..`), pinned and up to date
-    /// (`read_cache_page`): read from the device on a miss (with this handle's readahead, and
-    /// checked by the file's [verify hook](crate::OpenOptions::verify)), returned in place
-    /// with no copy. The part of the page past end of file reads as zeros; a page wholly past
-    /// end of file is a page of zeros (cached as a clean page: the file does not grow). See
-    /// [`PageRef`] for what a pin guarantees.
-    ///
-    /// Errors: those of [`read_at`](Self::read_at); `OutOfMemory` when every frame of the
-    /// cache is pinned by page handles.
-    ///
-    /// ```
-    /// # fn main() -> std::io::Result<()> {
-    /// # let dir = tempfile::tempdir()?;
-    /// # let path = dir.path().join("f");
-    /// # std::fs::write(&path, vec![7u8; 10_000])?;
-    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
-    /// # let file = cache
-    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
-    /// #     .await?;
-    /// let page = file.page(1).await?; // bytes 4096..8192, pinned, no copy
-    /// assert_eq!(page.len(), 4096);
-    /// assert!(page.iter().all(|&b| b == 7));
-    /// # Ok::<(), std::io::Error>(())
-    /// # })
-    /// # }
-    /// ```
-    pub async fn page(&self, index: u64) -> io::Result<PageRef> {
-        let start = self.check_page_index(index)?;
-        self.check_read(0, start)?;
-        let inode = self.inode();
-        let page = inode.get_page(index, 1, self.ra_source()).await?;
-        page.mark_accessed();
-        let frame = page.into_frame();
-        self.note_read_end((index + 1) << self.cache().page_shift);
-        Ok(PageRef::new(inode.clone(), frame, index))
-    }
-
-    /// Page `index` of the file, pinned and locked for writing (`filemap_fault` +
-    /// `page_mkwrite`): its current bytes (read from the device first if needed, or zeros past
-    /// end of file), to change in place. Waits while another writer holds the page and while
-    /// the page is being written back. Dropping the [`PageMut`] marks the page dirty and
-    /// extends the file to cover it; [`PageMut::discard`] undoes the change instead. Writers
-    /// are throttled at the dirty limit here, like [`write_at`](Self::write_at).
-    ///
-    /// Needs a handle opened for reading and writing.
-    ///
-    /// ```
-    /// # fn main() -> std::io::Result<()> {
-    /// # let dir = tempfile::tempdir()?;
-    /// # let path = dir.path().join("f");
-    /// # std::fs::write(&path, vec![7u8; 10_000])?;
-    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
-    /// # let file = cache
-    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
-    /// #     .await?;
-    /// {
-    ///     let mut page = file.page_mut(0).await?; // locked against other writers
-    ///     page[..4].copy_from_slice(b"HEAD");
-    /// } // dropped: the page is dirty, written back later
-    /// let mut buf = [0u8; 4];
-    /// file.read_exact_at(&mut buf, 0).await?;
-    /// assert_eq!(&buf, b"HEAD");
-    /// # Ok::<(), std::io::Error>(())
-    /// # })
-    /// # }
-    /// ```
-    pub async fn page_mut(&self, index: u64) -> io::Result<PageMut> {
-        let start = self.check_page_index(index)?;
-        self.check_write(0, start)?;
-        if !self.can_read() {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} was opened without read access, which page_mut needs (it shows the \
-                     page's bytes)",
-                    self.path().display()
-                ),
-            ));
-        }
-        let inode = self.inode();
-        // Releasing the handle dirty grows the file to the end of the page: it must fit.
-        inode.check_fits(start + self.cache().page_size as u64)?;
-        let page = inode.lock_for_write(index, false, self.ra_source()).await?;
-        page.desc().mark_accessed();
-        let frame = page.into_frame();
-        Ok(PageMut::new(inode.clone(), frame, index))
-    }
-
-    /// Reads `len` bytes from `offset` (clamped to end of file, like
-    /// [`read_at`](Self::read_at): empty at or past the end) as [`Bytes`]. When the range lies
-    /// within one page the `Bytes` is that cached page itself, pinned until the last clone of
-    /// the `Bytes` is dropped: no copy. A range spanning pages is copied into a fresh buffer
-    /// (one allocation), so that one request never pins more than one frame.
-    pub async fn read_bytes(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        self.check_read(len, offset)?;
-        let size = self.len();
-        if len == 0 || offset >= size {
-            return Ok(Bytes::new());
-        }
-        let end = (offset + len as u64).min(size);
-        let shift = self.cache().page_shift;
-        let index = offset >> shift;
-        if (end - 1) >> shift == index {
-            let page = self.page(index).await?;
-            let from = (offset - (index << shift)) as usize;
-            let n = (end - offset) as usize;
-            return Ok(page.into_bytes().slice(from..from + n));
-        }
-        let mut buf = vec![0u8; (end - offset) as usize];
-        let n = self.read_at(&mut buf, offset).await?;
-        buf.truncate(n);
-        Ok(Bytes::from(buf))
     }
 }

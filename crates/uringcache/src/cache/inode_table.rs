@@ -85,16 +85,16 @@ impl InodeTable {
         let mut by_key = self.by_key.lock();
         let seen = FileStamp::of_fd(fd)?;
         if let Some(existing) = by_key.get(&key).and_then(|(_, w)| w.upgrade()) {
-            if existing.handles.load(Ordering::Acquire) > 0 || existing.matches_disk(&seen) {
-                if existing.handles.fetch_add(1, Ordering::AcqRel) == 0 {
-                    *existing.stamp.lock() = None;
+            if existing.has_handles() || existing.matches_disk(&seen) {
+                if existing.handle_opened() {
+                    existing.clear_stamp();
                     // A new open after every handle closed: an earlier failed flush was the
                     // closed handles' to hear of (they did); this one starts afresh, as a
                     // reopen of a file the cache had let go of always did.
-                    existing.wb.clear_poison();
+                    existing.clear_poison();
                     counters.add(Counter::Reopens, 1);
                 }
-                let id = existing.mapping.id();
+                let id = existing.mapping().id();
                 // Out of the idle list before `by_key` goes: a close in between must not find
                 // it there and leave it parked while open.
                 let parked = self.unpark(id);
@@ -103,7 +103,7 @@ impl InodeTable {
                 return Ok(existing);
             }
             tracing::debug!(
-                path = %existing.path.display(),
+                path = %existing.path().display(),
                 "the file changed on disk since it was closed; its cached pages are dropped"
             );
             counters.add(Counter::StaleReopens, 1);
@@ -118,13 +118,13 @@ impl InodeTable {
         };
         let made = make(id, seen.size()).map(Arc::new);
         if let Ok(inode) = &made {
-            inode.handles.store(1, Ordering::Release);
+            inode.handle_opened();
             by_key.insert(key, (id, Arc::downgrade(inode)));
             self.inodes.write().insert(id, Arc::downgrade(inode));
         }
         drop(by_key);
         if let Some(stale) = stale {
-            drop(self.unpark(stale.mapping.id()));
+            drop(self.unpark(stale.mapping().id()));
             // Pages pinned by page handles stay with their holders; the rest go now.
             stale.drop_all_pages();
         }
@@ -138,7 +138,7 @@ impl InodeTable {
     /// [`let_go`](Self::let_go).
     pub(crate) fn closed(&self, inode: &Arc<Inode>, keep: bool) -> bool {
         let by_key = self.by_key.lock();
-        if inode.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+        if !inode.handle_closed() {
             return false;
         }
         if inode.is_clean() && inode.disk_len_right() {
@@ -148,7 +148,7 @@ impl InodeTable {
             drop(evicted);
             false
         } else {
-            *inode.stamp.lock() = None;
+            inode.clear_stamp();
             true
         }
     }
@@ -157,7 +157,7 @@ impl InodeTable {
     /// and parked idle, unless it was reopened or dirtied again meanwhile.
     pub(crate) fn let_go(&self, inode: Arc<Inode>, keep: bool) {
         let by_key = self.by_key.lock();
-        if inode.handles.load(Ordering::Acquire) > 0 || !inode.is_clean() {
+        if inode.has_handles() || !inode.is_clean() {
             return; // reopened or dirtied again meanwhile: not ours to let go of yet
         }
         inode.take_stamp();
@@ -192,7 +192,7 @@ impl InodeTable {
     /// Takes a file out of the idle list (it was reopened or is being dropped).
     fn unpark(&self, id: u32) -> Option<Arc<Inode>> {
         let mut idle = self.idle.lock();
-        let at = idle.iter().position(|i| i.mapping.id() == id)?;
+        let at = idle.iter().position(|i| i.mapping().id() == id)?;
         idle.remove(at)
     }
 
@@ -210,7 +210,7 @@ impl InodeTable {
             let mut idle = self.idle.lock();
             let (gone, keep) = std::mem::take(&mut *idle)
                 .into_iter()
-                .partition(|i| i.mapping.nr_pages() == 0 || (check_unlinked && i.unlinked()));
+                .partition(|i| i.mapping().nr_pages() == 0 || (check_unlinked && i.unlinked()));
             *idle = keep;
             gone
         };

@@ -39,11 +39,11 @@
 //!   every handle open at the time report a writeback error once. A failed flush poisons the
 //!   inode: data written before it may not be durable, so no later sync of it ever reports
 //!   success until every handle is closed and the file reopened.
-
 //!
-//! The module is split by job: this file has the per-inode state and the write path (starting
-//! writeback, completions, dirtying), [`sync`] the syncs, cuts and flushes, [`flusher`] the
-//! writeback thread and what it does when handles go away.
+//! This file has the per-inode state and the write path of writeback (starting writeback,
+//! completions, re-dirtying); [`super::sync`] has the syncs, cuts and flushes, and the cache's
+//! `writeback` module the cache-wide side (dirty counts, the dirty-inode list, the flusher's
+//! passes).
 //!
 //! # Lock order
 //!
@@ -51,9 +51,6 @@
 //! instructions, never while submitting to the backend, taking a page lock or another lock.
 //! The flusher's command mutex is a leaf too. `CacheInner::dirty_inodes` is taken alone (an
 //! `Arc` is cloned out before any inode is called into).
-
-mod flusher;
-mod sync;
 
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -70,19 +67,6 @@ use uringcache_core::writeback::tail_len;
 use crate::inode::Inode;
 use crate::stats::Counter;
 
-pub(crate) use flusher::Flusher;
-
-/// What a sync covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SyncKind {
-    /// Write back and wait on a byte range; no flush (`filemap_write_and_wait_range`).
-    Range(u64, u64),
-    /// Everything, then a data flush (`fdatasync`; a full one if the length changed).
-    Data,
-    /// Everything, then a full flush (`fsync`).
-    All,
-}
-
 /// Per-inode writeback state: what is on disk, and the group-commit flush sequence.
 #[derive(Debug)]
 pub(crate) struct InodeWriteback {
@@ -90,26 +74,26 @@ pub(crate) struct InodeWriteback {
     /// it longer than `len()` until the next sync cuts it back).
     pub(crate) disk_size: AtomicU64,
     /// `len()` at the last successful full flush.
-    synced_size: AtomicU64,
-    flush: Mutex<FlushState>,
-    flush_done: Event,
+    pub(super) synced_size: AtomicU64,
+    pub(super) flush: Mutex<FlushState>,
+    pub(super) flush_done: Event,
     /// The errno of a failed flush; once set, every later sync fails.
-    poisoned: AtomicI32,
+    pub(super) poisoned: AtomicI32,
 }
 
 /// What the flush mutex guards: group commit of the file's syncs and the disk gate between
 /// its device writes and cuts. One mutex, so that a write's completion updates both at once.
 #[derive(Debug, Default)]
-struct FlushState {
-    commit: GroupCommit,
+pub(super) struct FlushState {
+    pub(super) commit: GroupCommit,
     /// Device writes (writeback and direct) against cuts of the file on disk.
-    gate: DiskGate<Request, PendingCut>,
+    pub(super) gate: DiskGate<Request, PendingCut>,
 }
 
 /// A cut of the file on disk waiting in the [`DiskGate`]: the length, and whom to tell.
-struct PendingCut {
-    len: u64,
-    done: Completion,
+pub(super) struct PendingCut {
+    pub(super) len: u64,
+    pub(super) done: Completion,
 }
 
 impl std::fmt::Debug for PendingCut {
@@ -138,9 +122,9 @@ impl InodeWriteback {
 }
 
 /// Removes a sync's flush waiter if the sync is dropped while it waits.
-struct FlushWaiterGuard<'a> {
-    inode: &'a Inode,
-    id: u64,
+pub(super) struct FlushWaiterGuard<'a> {
+    pub(super) inode: &'a Inode,
+    pub(super) id: u64,
 }
 
 impl Drop for FlushWaiterGuard<'_> {
@@ -151,7 +135,7 @@ impl Drop for FlushWaiterGuard<'_> {
 
 /// The most pages a sync writes with `RWF_DSYNC` (each such write makes the kernel flush the
 /// device's cache, so a large sync is cheaper as plain writes and one flush).
-const DSYNC_MAX_PAGES: usize = 8;
+pub(super) const DSYNC_MAX_PAGES: usize = 8;
 
 /// Writes gathered for one submission.
 #[derive(Default)]
@@ -381,5 +365,36 @@ impl Inode {
                 .lock()
                 .insert(self.mapping.id(), self.clone());
         }
+    }
+}
+
+impl Inode {
+    /// Forgets every dirty page that is not under writeback (it stays cached, clean, with the
+    /// bytes that could not be written). Returns their indices and the last errno seen on one.
+    pub(crate) fn discard_dirty_pages(self: &Arc<Self>) -> (Vec<u64>, i32) {
+        let cache = &self.cache;
+        let pages = cache.pool.pages();
+        let mut dropped = Vec::new();
+        let mut errno = 0;
+        for index in self.mapping.dirty_range(0, u64::MAX, usize::MAX) {
+            let Some(frame) = self.mapping.lookup(index, pages) else {
+                continue;
+            };
+            let desc = pages.get(frame);
+            if desc.try_lock() {
+                let st = desc.state();
+                if !st.has(PageState::WRITEBACK)
+                    && desc.clear(PageState::DIRTY).has(PageState::DIRTY)
+                {
+                    self.mapping.untag_dirty(index);
+                    cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+                    errno = desc.errno();
+                    dropped.push(index);
+                }
+                cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+            }
+            cache.put(frame);
+        }
+        (dropped, errno)
     }
 }

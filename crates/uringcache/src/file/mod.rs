@@ -24,11 +24,18 @@ use uringcache_core::readahead::{self, Advice, Window};
 
 use uringcache_core::errseq::ErrCursor;
 
-use crate::cache::CacheInner;
+use crate::cache::{Cache, CacheInner};
 use crate::error::invalid;
 use crate::inode::{Inode, ReadaheadSource};
 use crate::options::{OpenMode, OpenOptions, VerifyFn};
-use crate::writeback::SyncKind;
+use crate::page_ref::{PageMut, PageRef};
+#[cfg(feature = "tokio")]
+use async_io::{Reader, Writer};
+use bytes::Bytes;
+
+#[cfg(feature = "tokio")]
+pub mod async_io;
+use crate::inode::SyncKind;
 
 /// An open file whose reads go through the cache. `Clone + Send + Sync`; clones share the
 /// handle (its readahead state).
@@ -53,7 +60,7 @@ struct Handle {
 impl std::fmt::Debug for File {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("File")
-            .field("path", &self.handle.inode.path)
+            .field("path", &self.handle.inode.path())
             .field("len", &self.len())
             .field("read", &self.handle.read)
             .field("write", &self.handle.write)
@@ -64,24 +71,24 @@ impl std::fmt::Debug for File {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.inode.cache.file_closed(&self.inode);
-        self.inode.cache.user_handle_dropped();
+        self.inode.cache().file_closed(&self.inode);
+        self.inode.cache().user_handle_dropped();
     }
 }
 
 impl ReadaheadSource for Handle {
     fn sync_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Window {
-        let ps = inode.cache.page_size as u64;
+        let ps = inode.cache().page_size as u64;
         let prev = self.prev_pos.load(Ordering::Relaxed);
         self.ra
             .lock()
-            .on_miss(index, req_pages, prev, ps, |i| inode.mapping.contains(i))
+            .on_miss(index, req_pages, prev, ps, |i| inode.mapping().contains(i))
     }
 
     fn async_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Option<Window> {
         self.ra
             .lock()
-            .on_marker(index, req_pages, |i| inode.mapping.contains(i))
+            .on_marker(index, req_pages, |i| inode.mapping().contains(i))
     }
 
     fn on_error(&self) {
@@ -124,6 +131,14 @@ fn page_spans(offset: u64, end: u64, shift: u32) -> impl Iterator<Item = PageSpa
 
 fn with_path(path: &Path, e: io::Error) -> io::Error {
     crate::error::os(e, path.display().to_string())
+}
+
+impl Cache {
+    /// Opens `path` through the cache, with `std::fs::OpenOptions`-like `options`. Two opens of
+    /// one file share its cached pages.
+    pub async fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> io::Result<File> {
+        File::open(self.inner(), path.as_ref(), options).await
+    }
 }
 
 impl File {
@@ -249,12 +264,12 @@ impl File {
             append,
             ra: Mutex::new(readahead::State::new(cache.ra_max_pages)),
             prev_pos: AtomicU64::new(0),
-            wb_cursor: inode.mapping.wb_err().sample(),
+            wb_cursor: inode.mapping().wb_err().sample(),
             inode,
         };
         // Counted as a user handle as long as it lives (its drop uncounts it, also on failure
         // below; the caller's `Cache` keeps the count above zero meanwhile).
-        handle.inode.cache.user_handle_added();
+        handle.inode.cache().user_handle_added();
         inode_checks(&handle, path, verify)?;
         let file = File {
             handle: Arc::new(handle),
@@ -271,7 +286,7 @@ impl File {
 /// The checks of an open that need the inode, and the verify hook it installs.
 fn inode_checks(handle: &Handle, path: &Path, verify: Option<&VerifyFn>) -> io::Result<()> {
     let inode = &handle.inode;
-    if handle.write && !inode.writable {
+    if handle.write && !inode.is_writable() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
@@ -283,7 +298,7 @@ fn inode_checks(handle: &Handle, path: &Path, verify: Option<&VerifyFn>) -> io::
         ));
     }
     if let Some(hook) = verify {
-        *inode.verify.write() = Some(hook.clone());
+        inode.set_verify(hook.clone());
     }
     Ok(())
 }
@@ -314,12 +329,12 @@ impl File {
     }
 
     pub(crate) fn cache(&self) -> &CacheInner {
-        &self.handle.inode.cache
+        self.handle.inode.cache()
     }
 
     /// The file's length in bytes, as the cache knows it (`i_size`).
     pub fn len(&self) -> u64 {
-        self.inode().mapping.size()
+        self.inode().mapping().size()
     }
 
     /// Whether the file is empty.
@@ -329,7 +344,7 @@ impl File {
 
     /// The path the file was opened with.
     pub fn path(&self) -> &Path {
-        &self.inode().path
+        self.inode().path()
     }
 
     pub(crate) fn check_read(&self, len: usize, offset: u64) -> io::Result<()> {
@@ -339,7 +354,7 @@ impl File {
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "{} was opened without read access",
-                    self.inode().path.display()
+                    self.inode().path().display()
                 ),
             ));
         }
@@ -375,7 +390,7 @@ impl File {
     pub async fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.check_read(buf.len(), offset)?;
         let inode = self.inode();
-        let size = inode.mapping.size();
+        let size = inode.mapping().size();
         if buf.is_empty() || offset >= size {
             return Ok(0);
         }
@@ -406,7 +421,7 @@ impl File {
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "{} ends at byte {}, before the {} bytes asked at offset {offset}",
-                    self.inode().path.display(),
+                    self.inode().path().display(),
                     offset + n as u64,
                     buf.len()
                 ),
@@ -443,7 +458,7 @@ impl File {
     pub fn try_read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.check_read(buf.len(), offset)?;
         let inode = self.inode();
-        let size = inode.mapping.size();
+        let size = inode.mapping().size();
         if buf.is_empty() || offset >= size {
             return Ok(0);
         }
@@ -465,7 +480,7 @@ impl File {
                 format!(
                     "page {} of {} is not cached",
                     offset >> shift,
-                    self.inode().path.display()
+                    self.inode().path().display()
                 ),
             ));
         }
@@ -504,7 +519,7 @@ impl File {
         })?;
         let inode = self.inode();
         let shift = self.cache().page_shift;
-        let end_byte = end_byte.min(inode.mapping.size());
+        let end_byte = end_byte.min(inode.mapping().size());
         if offset >= end_byte {
             return Ok(());
         }
@@ -564,7 +579,7 @@ impl File {
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "{} was opened without write access",
-                    self.inode().path.display()
+                    self.inode().path().display()
                 ),
             ));
         }
@@ -734,5 +749,273 @@ impl File {
         let ps = self.cache().page_size as u64;
         self.inode().invalidate(offset / ps, end.div_ceil(ps));
         Ok(())
+    }
+}
+
+impl File {
+    /// Reads into `buf` from `offset` straight from the device (`O_DIRECT` semantics,
+    /// `IOCB_DIRECT`), bypassing the cache: returns the bytes read, 0 at or past end of file,
+    /// fewer than asked only when the file ends first (like [`read_at`](Self::read_at)). Any
+    /// offset and length work. Coherent with the cache: dirty cached pages of the range are
+    /// written back (and waited for) first, so the read sees every earlier write through any
+    /// handle. The bytes go through temporary frames of the cache's budget, at most one
+    /// readahead window's worth per device request, and are not left cached.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// file.write_all_at(b"cached", 100).await?; // dirty in the cache, not on the device yet
+    /// let mut buf = [0u8; 6];
+    /// assert_eq!(file.read_direct_at(&mut buf, 100).await?, 6); // written back first
+    /// assert_eq!(&buf, b"cached");
+    /// assert_eq!(&std::fs::read(&path)?[100..106], b"cached"); // the write-back reached it
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub async fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.check_read(buf.len(), offset)?;
+        self.inode().read_direct(buf, offset).await
+    }
+
+    /// Writes all of `buf` at `offset` straight to the device (`IOCB_DIRECT`), bypassing the
+    /// cache, and returns its length; extends [`len`](Self::len) if it writes past the end.
+    /// Any offset and length work: a page only partly covered is read from the device first
+    /// and written whole (read-modify-write). Coherent with the cache: dirty cached pages of
+    /// the range are written back first, and afterwards the range's cached pages are dropped,
+    /// or, if pinned by a [`PageRef`](crate::PageRef) or dirtied again meanwhile, updated in
+    /// place, so every later read (buffered, pinned or direct) sees the new bytes.
+    ///
+    /// Like `O_DIRECT` without `O_SYNC`, the bytes are on the device when this returns but not
+    /// necessarily durable: call [`sync_data`](Self::sync_data) (which also cuts a tail block
+    /// written whole back to `len()`).
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let mut buf = [0u8; 6];
+    /// file.read_exact_at(&mut buf, 100).await?; // page 0 cached
+    /// let page = file.page(0).await?; // and pinned
+    /// file.write_direct_at(b"direct", 100).await?; // to the device, not through the cache
+    /// assert_eq!(&page[100..106], b"direct"); // the pinned page was updated in place
+    /// file.read_exact_at(&mut buf, 100).await?; // and so are buffered reads
+    /// assert_eq!(&buf, b"direct");
+    /// assert_eq!(&std::fs::read(&path)?[100..106], b"direct"); // on the device already
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub async fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let end = self.check_write(buf.len(), offset)?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.inode().write_direct(buf, offset, end).await
+    }
+}
+
+impl File {
+    /// Checks that page `index` and the byte after it have file offsets.
+    fn check_page_index(&self, index: u64) -> io::Result<u64> {
+        let ps = self.cache().page_size as u64;
+        index
+            .checked_add(1)
+            .and_then(|i| i.checked_mul(ps))
+            .map(|end| end - ps)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "page {index} (of {ps} bytes each) lies past the largest file offset"
+                ))
+            })
+    }
+
+    /// Page `index` of the file (bytes `index * page_size ..`), pinned and up to date
+    /// (`read_cache_page`): read from the device on a miss (with this handle's readahead, and
+    /// checked by the file's [verify hook](crate::OpenOptions::verify)), returned in place
+    /// with no copy. The part of the page past end of file reads as zeros; a page wholly past
+    /// end of file is a page of zeros (cached as a clean page: the file does not grow). See
+    /// [`PageRef`] for what a pin guarantees.
+    ///
+    /// Errors: those of [`read_at`](Self::read_at); `OutOfMemory` when every frame of the
+    /// cache is pinned by page handles.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// let page = file.page(1).await?; // bytes 4096..8192, pinned, no copy
+    /// assert_eq!(page.len(), 4096);
+    /// assert!(page.iter().all(|&b| b == 7));
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub async fn page(&self, index: u64) -> io::Result<PageRef> {
+        let start = self.check_page_index(index)?;
+        self.check_read(0, start)?;
+        let inode = self.inode();
+        let page = inode.get_page(index, 1, self.ra_source()).await?;
+        page.mark_accessed();
+        let frame = page.into_frame();
+        self.note_read_end((index + 1) << self.cache().page_shift);
+        Ok(PageRef::new(inode.clone(), frame, index))
+    }
+
+    /// Page `index` of the file, pinned and locked for writing (`filemap_fault` +
+    /// `page_mkwrite`): its current bytes (read from the device first if needed, or zeros past
+    /// end of file), to change in place. Waits while another writer holds the page and while
+    /// the page is being written back. Dropping the [`PageMut`] marks the page dirty and
+    /// extends the file to cover it; [`PageMut::discard`] undoes the change instead. Writers
+    /// are throttled at the dirty limit here, like [`write_at`](Self::write_at).
+    ///
+    /// Needs a handle opened for reading and writing.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # std::fs::write(&path, vec![7u8; 10_000])?;
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// # let file = cache
+    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
+    /// #     .await?;
+    /// {
+    ///     let mut page = file.page_mut(0).await?; // locked against other writers
+    ///     page[..4].copy_from_slice(b"HEAD");
+    /// } // dropped: the page is dirty, written back later
+    /// let mut buf = [0u8; 4];
+    /// file.read_exact_at(&mut buf, 0).await?;
+    /// assert_eq!(&buf, b"HEAD");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub async fn page_mut(&self, index: u64) -> io::Result<PageMut> {
+        let start = self.check_page_index(index)?;
+        self.check_write(0, start)?;
+        if !self.can_read() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} was opened without read access, which page_mut needs (it shows the \
+                     page's bytes)",
+                    self.path().display()
+                ),
+            ));
+        }
+        let inode = self.inode();
+        // Releasing the handle dirty grows the file to the end of the page: it must fit.
+        inode.check_fits(start + self.cache().page_size as u64)?;
+        let page = inode.lock_for_write(index, false, self.ra_source()).await?;
+        page.desc().mark_accessed();
+        let frame = page.into_frame();
+        Ok(PageMut::new(inode.clone(), frame, index))
+    }
+
+    /// Reads `len` bytes from `offset` (clamped to end of file, like
+    /// [`read_at`](Self::read_at): empty at or past the end) as [`Bytes`]. When the range lies
+    /// within one page the `Bytes` is that cached page itself, pinned until the last clone of
+    /// the `Bytes` is dropped: no copy. A range spanning pages is copied into a fresh buffer
+    /// (one allocation), so that one request never pins more than one frame.
+    pub async fn read_bytes(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        self.check_read(len, offset)?;
+        let size = self.len();
+        if len == 0 || offset >= size {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len as u64).min(size);
+        let shift = self.cache().page_shift;
+        let index = offset >> shift;
+        if (end - 1) >> shift == index {
+            let page = self.page(index).await?;
+            let from = (offset - (index << shift)) as usize;
+            let n = (end - offset) as usize;
+            return Ok(page.into_bytes().slice(from..from + n));
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let n = self.read_at(&mut buf, offset).await?;
+        buf.truncate(n);
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl File {
+    /// A buffered reader positioned at `offset`, implementing `tokio::io::AsyncRead`,
+    /// `AsyncBufRead` and `AsyncSeek`, with a [`DEFAULT_BUF_SIZE`](async_io::DEFAULT_BUF_SIZE) buffer; see [`Reader`].
+    ///
+    /// ```
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// # rt.block_on(async {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data");
+    /// std::fs::write(&path, b"hello, page cache")?;
+    /// let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// let file = cache.open(&path, uringcache::OpenOptions::new().read(true)).await?;
+    ///
+    /// let mut text = String::new();
+    /// file.reader(7).read_to_string(&mut text).await?;
+    /// assert_eq!(text, "page cache");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub fn reader(&self, offset: u64) -> Reader {
+        Reader::new(self.clone(), offset)
+    }
+
+    /// A buffered writer positioned at `offset`, implementing `tokio::io::AsyncWrite`, with a
+    /// [`DEFAULT_BUF_SIZE`](async_io::DEFAULT_BUF_SIZE) buffer; see [`Writer`]. On a handle opened with
+    /// [`OpenOptions::append`](crate::OpenOptions::append) the writer starts at the end of the
+    /// file instead (`len()` now; `offset` is ignored, as `O_APPEND` ignores the file position). `flush` and `shutdown` write the buffer
+    /// into the cache but do not make it durable: call [`Writer::sync_all`] for that.
+    ///
+    /// ```
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// # rt.block_on(async {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("out");
+    /// let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// let file = cache
+    ///     .open(&path, uringcache::OpenOptions::new().write(true).create(true))
+    ///     .await?;
+    ///
+    /// let mut writer = file.writer(0);
+    /// writer.write_all(b"written through the cache").await?;
+    /// writer.shutdown().await?; // now in the cache, visible to readers
+    /// writer.sync_all().await?; // now on the device
+    /// assert_eq!(std::fs::read(&path)?, b"written through the cache");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub fn writer(&self, offset: u64) -> Writer {
+        Writer::new(self.clone(), offset)
     }
 }

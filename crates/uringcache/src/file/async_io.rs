@@ -75,66 +75,6 @@ const READ_ALIGN: usize = 4096;
 type ReadFuture = Pin<Box<dyn Future<Output = (Vec<u8>, io::Result<usize>)> + Send>>;
 type WriteFuture = Pin<Box<dyn Future<Output = (Vec<u8>, io::Result<()>)> + Send>>;
 
-impl File {
-    /// A buffered reader positioned at `offset`, implementing `tokio::io::AsyncRead`,
-    /// `AsyncBufRead` and `AsyncSeek`, with a [`DEFAULT_BUF_SIZE`] buffer; see [`Reader`].
-    ///
-    /// ```
-    /// use tokio::io::AsyncReadExt;
-    ///
-    /// # fn main() -> std::io::Result<()> {
-    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    /// # rt.block_on(async {
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("data");
-    /// std::fs::write(&path, b"hello, page cache")?;
-    /// let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
-    /// let file = cache.open(&path, uringcache::OpenOptions::new().read(true)).await?;
-    ///
-    /// let mut text = String::new();
-    /// file.reader(7).read_to_string(&mut text).await?;
-    /// assert_eq!(text, "page cache");
-    /// # Ok::<(), std::io::Error>(())
-    /// # })
-    /// # }
-    /// ```
-    pub fn reader(&self, offset: u64) -> Reader {
-        Reader::new(self.clone(), offset)
-    }
-
-    /// A buffered writer positioned at `offset`, implementing `tokio::io::AsyncWrite`, with a
-    /// [`DEFAULT_BUF_SIZE`] buffer; see [`Writer`]. On a handle opened with
-    /// [`OpenOptions::append`](crate::OpenOptions::append) the writer starts at the end of the
-    /// file instead (`len()` now; `offset` is ignored, as `O_APPEND` ignores the file position). `flush` and `shutdown` write the buffer
-    /// into the cache but do not make it durable: call [`Writer::sync_all`] for that.
-    ///
-    /// ```
-    /// use tokio::io::AsyncWriteExt;
-    ///
-    /// # fn main() -> std::io::Result<()> {
-    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    /// # rt.block_on(async {
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("out");
-    /// let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
-    /// let file = cache
-    ///     .open(&path, uringcache::OpenOptions::new().write(true).create(true))
-    ///     .await?;
-    ///
-    /// let mut writer = file.writer(0);
-    /// writer.write_all(b"written through the cache").await?;
-    /// writer.shutdown().await?; // now in the cache, visible to readers
-    /// writer.sync_all().await?; // now on the device
-    /// assert_eq!(std::fs::read(&path)?, b"written through the cache");
-    /// # Ok::<(), std::io::Error>(())
-    /// # })
-    /// # }
-    /// ```
-    pub fn writer(&self, offset: u64) -> Writer {
-        Writer::new(self.clone(), offset)
-    }
-}
-
 /// A read in flight: the offset it reads at and the future that owns the buffer.
 struct PendingRead {
     offset: u64,

@@ -33,7 +33,6 @@ use uringcache_core::backend::{Op, Request};
 use uringcache_core::page::{FrameId, PageDesc, PageState};
 
 use crate::cache::CacheInner;
-use crate::file::File;
 use crate::inode::Inode;
 use crate::util::OneShot;
 
@@ -235,39 +234,16 @@ impl Inode {
             // Not up to date: the next reader reads the device, which has the new bytes.
         }
     }
-}
 
-impl File {
-    /// Reads into `buf` from `offset` straight from the device (`O_DIRECT` semantics,
-    /// `IOCB_DIRECT`), bypassing the cache: returns the bytes read, 0 at or past end of file,
-    /// fewer than asked only when the file ends first (like [`read_at`](Self::read_at)). Any
-    /// offset and length work. Coherent with the cache: dirty cached pages of the range are
-    /// written back (and waited for) first, so the read sees every earlier write through any
-    /// handle. The bytes go through temporary frames of the cache's budget, at most one
-    /// readahead window's worth per device request, and are not left cached.
-    ///
-    /// ```
-    /// # fn main() -> std::io::Result<()> {
-    /// # let dir = tempfile::tempdir()?;
-    /// # let path = dir.path().join("f");
-    /// # std::fs::write(&path, vec![7u8; 10_000])?;
-    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
-    /// # let file = cache
-    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
-    /// #     .await?;
-    /// file.write_all_at(b"cached", 100).await?; // dirty in the cache, not on the device yet
-    /// let mut buf = [0u8; 6];
-    /// assert_eq!(file.read_direct_at(&mut buf, 100).await?, 6); // written back first
-    /// assert_eq!(&buf, b"cached");
-    /// assert_eq!(&std::fs::read(&path)?[100..106], b"cached"); // the write-back reached it
-    /// # Ok::<(), std::io::Error>(())
-    /// # })
-    /// # }
-    /// ```
-    pub async fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.check_read(buf.len(), offset)?;
-        let inode = self.inode();
+    /// The device I/O of [`File::read_direct_at`](crate::File::read_direct_at) once the handle
+    /// has checked the request: writes back and waits on the range's dirty pages, then reads
+    /// through temporary frames, a readahead window's worth per device request.
+    pub(crate) async fn read_direct(
+        self: &Arc<Self>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<usize> {
+        let inode = self;
         let size = inode.mapping.size();
         if buf.is_empty() || offset >= size {
             return Ok(0);
@@ -306,46 +282,17 @@ impl File {
         Ok((end - offset) as usize)
     }
 
-    /// Writes all of `buf` at `offset` straight to the device (`IOCB_DIRECT`), bypassing the
-    /// cache, and returns its length; extends [`len`](Self::len) if it writes past the end.
-    /// Any offset and length work: a page only partly covered is read from the device first
-    /// and written whole (read-modify-write). Coherent with the cache: dirty cached pages of
-    /// the range are written back first, and afterwards the range's cached pages are dropped,
-    /// or, if pinned by a [`PageRef`](crate::PageRef) or dirtied again meanwhile, updated in
-    /// place, so every later read (buffered, pinned or direct) sees the new bytes.
-    ///
-    /// Like `O_DIRECT` without `O_SYNC`, the bytes are on the device when this returns but not
-    /// necessarily durable: call [`sync_data`](Self::sync_data) (which also cuts a tail block
-    /// written whole back to `len()`).
-    ///
-    /// ```
-    /// # fn main() -> std::io::Result<()> {
-    /// # let dir = tempfile::tempdir()?;
-    /// # let path = dir.path().join("f");
-    /// # std::fs::write(&path, vec![7u8; 10_000])?;
-    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
-    /// # let file = cache
-    /// #     .open(&path, uringcache::OpenOptions::new().read(true).write(true))
-    /// #     .await?;
-    /// let mut buf = [0u8; 6];
-    /// file.read_exact_at(&mut buf, 100).await?; // page 0 cached
-    /// let page = file.page(0).await?; // and pinned
-    /// file.write_direct_at(b"direct", 100).await?; // to the device, not through the cache
-    /// assert_eq!(&page[100..106], b"direct"); // the pinned page was updated in place
-    /// file.read_exact_at(&mut buf, 100).await?; // and so are buffered reads
-    /// assert_eq!(&buf, b"direct");
-    /// assert_eq!(&std::fs::read(&path)?[100..106], b"direct"); // on the device already
-    /// # Ok::<(), std::io::Error>(())
-    /// # })
-    /// # }
-    /// ```
-    pub async fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let end = self.check_write(buf.len(), offset)?;
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let inode = self.inode();
+    /// The device I/O of [`File::write_direct_at`](crate::File::write_direct_at) once the
+    /// handle has checked the request (`end` = `offset + buf.len()`, non-empty): under the
+    /// size lock shared, writes back the range, writes whole pages through temporary frames
+    /// (reading the edge pages first), then updates or drops the cached pages.
+    pub(crate) async fn write_direct(
+        self: &Arc<Self>,
+        buf: &[u8],
+        offset: u64,
+        end: u64,
+    ) -> io::Result<usize> {
+        let inode = self;
         inode.check_fits(end)?;
         // Under the size lock, as buffered writes: never while set_len changes the size.
         let _size = inode.size_lock.shared().await;

@@ -1,5 +1,6 @@
 //! Syncs (`filemap_write_and_wait_range`, `vfs_fsync_range`), cuts of the file on disk
-//! through the disk gate, and group-committed flushes, for one inode. See the parent module.
+//! through the disk gate, and group-committed flushes, for one inode. The design is in the
+//! sibling `writeback` module.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -10,10 +11,21 @@ use uringcache_core::errseq::ErrCursor;
 use uringcache_core::group_commit::FlushStart;
 use uringcache_core::page::PageState;
 
-use super::{FlushWaiterGuard, PendingCut, SyncKind, DSYNC_MAX_PAGES};
+use super::writeback::{FlushWaiterGuard, PendingCut, DSYNC_MAX_PAGES};
 use crate::inode::Inode;
 use crate::stats::Counter;
 use crate::util::OneShot;
+
+/// What a sync covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// Write back and wait on a byte range; no flush (`filemap_write_and_wait_range`).
+    Range(u64, u64),
+    /// Everything, then a data flush (`fdatasync`; a full one if the length changed).
+    Data,
+    /// Everything, then a full flush (`fsync`).
+    All,
+}
 
 impl Inode {
     /// Waits until the page at `index`, if cached, is neither locked nor under writeback.

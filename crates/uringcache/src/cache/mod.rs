@@ -1,19 +1,20 @@
-//! The cache: its builder, the shared state every file handle points to, and the glue between
-//! frame allocation and eviction.
+//! The cache (the kernel's `super_block` with its `backing_dev_info`): the shared state every
+//! file handle points to, and the glue between frame allocation and eviction.
 //!
 //! [`CacheInner`] owns the frame arena, the frame pool (descriptors, free list, policy), the
-//! page wait table, the backend and the table of open inodes. It is shared by every [`Cache`]
-//! clone and every [`File`](crate::File).
+//! page wait table, the backend, the table of inodes (`inode_table`), the cache-wide writeback
+//! state with its thread (`writeback`, `flusher`) and the stuck-wait reports (`stuck`). It is
+//! shared by every [`Cache`] clone and every [`File`](crate::File); each inode holds it too
+//! (the one back-pointer of the module graph).
 //!
 //! # Locks
 //!
-//! The inode table's locks and their order are in [`crate::inode_table`]. `dirty_inodes` (the
+//! The inode table's locks and their order are in `inode_table`. `dirty_inodes` (the
 //! flusher's list) is taken alone. The hit path takes none of them: a `File` holds its inode
 //! directly.
 
 use std::collections::HashMap;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,17 +28,19 @@ use uringcache_core::pool::FramePool;
 use uringcache_core::wait::{Event, WaitTable};
 use uringcache_core::writeback::DirtyLimits;
 
-use crate::backend::BackendInfo;
-use crate::builder::CacheBuilder;
-use crate::file::File;
+mod flusher;
+mod inode_table;
+mod stuck;
+mod writeback;
+
+pub(crate) use crate::backend::BackendInfo;
 use crate::inode::Inode;
-use crate::inode_table::InodeTable;
 use crate::latency::Timed;
-use crate::options::OpenOptions;
 use crate::stats::{Counter, Counters, Stats};
-use crate::stuck::StuckWaits;
 use crate::util::block_on;
-use crate::writeback::Flusher;
+use flusher::Flusher;
+use inode_table::InodeTable;
+use stuck::StuckWaits;
 
 /// What [`CacheBuilder::build`] hands over once every setting is checked and the arena and
 /// backend are up.
@@ -92,7 +95,14 @@ impl Cache {
             clock: Instant::now(),
             dirty_expire_ms: parts.dirty_expire.as_millis() as u64,
         });
-        inner.flusher.spawn(Arc::downgrade(&inner))?;
+        let weak = Arc::downgrade(&inner);
+        inner.flusher.spawn(move |all| match weak.upgrade() {
+            Some(cache) => {
+                cache.writeback_pass(all);
+                true
+            }
+            None => false,
+        })?;
         inner.user_handle_added();
         Ok(Cache { inner })
     }
@@ -102,7 +112,7 @@ impl Cache {
 ///
 /// Cheap to clone (`Arc` inside), `Send + Sync`. See the crate docs for the model.
 pub struct Cache {
-    pub(crate) inner: Arc<CacheInner>,
+    inner: Arc<CacheInner>,
 }
 
 impl Clone for Cache {
@@ -131,31 +141,9 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// A builder with the defaults: 256 MiB, 4 KiB pages, [`Backend::Auto`](crate::Backend::Auto).
-    ///
-    /// ```
-    /// # fn main() -> std::io::Result<()> {
-    /// let cache = uringcache::Cache::builder()
-    ///     .memory_limit(8 << 20)
-    ///     .page_size(4096)
-    ///     .readahead_max(1 << 20)
-    ///     .dirty_ratio(0.3)
-    ///     .build()?;
-    /// assert_eq!(cache.stats().frames, 2048);
-    /// // Bad input gets an error that names the cause.
-    /// let err = uringcache::Cache::builder().page_size(3000).build().unwrap_err();
-    /// assert!(err.to_string().contains("power of two"));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::default()
-    }
-
-    /// Opens `path` through the cache, with `std::fs::OpenOptions`-like `options`. Two opens of
-    /// one file share its cached pages.
-    pub async fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> io::Result<File> {
-        File::open(&self.inner, path.as_ref(), options).await
+    /// The state shared with the cache's files.
+    pub(crate) fn inner(&self) -> &Arc<CacheInner> {
+        &self.inner
     }
 
     /// A snapshot of the counters.
@@ -191,9 +179,9 @@ impl Cache {
             // this sync writes them again and reports a failure only if that fails too. An
             // error some handle was told of, and whose pages were written since, is not
             // reported again as if the shutdown had failed.
-            let cursor = inode.mapping.wb_err().sample();
-            if let Err(e) = inode.sync(crate::writeback::SyncKind::All, &cursor).await {
-                tracing::error!(path = %inode.path.display(), error = %e, "shutdown: sync failed");
+            let cursor = inode.mapping().wb_err().sample();
+            if let Err(e) = inode.sync(crate::inode::SyncKind::All, &cursor).await {
+                tracing::error!(path = %inode.path().display(), error = %e, "shutdown: sync failed");
                 first_err.get_or_insert(e);
             }
         }
@@ -350,9 +338,9 @@ impl CacheInner {
     /// file on disk back to `len()` if the tail block overshot it, then keeps it closed with
     /// its pages (see [`InodeTable::let_go`]).
     pub(crate) fn let_go(&self, inode: Arc<Inode>) {
-        if inode.writable && !inode.disk_len_right() {
+        if inode.is_writable() && !inode.disk_len_right() {
             if let Err(e) = block_on(inode.cut_disk(None)) {
-                tracing::warn!(path = %inode.path.display(), error = %e,
+                tracing::warn!(path = %inode.path().display(), error = %e,
                     "letting go of a closed file: cannot cut it back to its length");
             }
         }
@@ -375,7 +363,7 @@ impl CacheInner {
             return Verdict::Busy;
         };
         let mut dirty = false;
-        let removed = inode.mapping.remove_if(desc.index(), frame, pages, |d| {
+        let removed = inode.mapping().remove_if(desc.index(), frame, pages, |d| {
             let s = d.state();
             dirty = s.has(PageState::DIRTY);
             d.pins() == 1 && !s.any(PageState::LOCKED | PageState::DIRTY | PageState::WRITEBACK)
@@ -479,8 +467,8 @@ impl CacheInner {
         let c = &self.counters;
         Stats {
             backend: self.backend.name(),
-            fixed_buffers: self.backend_info.fixed_buffers,
-            backend_fallback: self.backend_info.fallback.clone(),
+            fixed_buffers: self.backend_info.fixed_buffers(),
+            backend_fallback: self.backend_info.fallback().map(str::to_owned),
             page_size: self.page_size,
             frames: self.pool.frames(),
             cached_pages: self.pool.frames() - self.pool.nr_free(),
@@ -505,7 +493,7 @@ impl CacheInner {
             open_files: self
                 .open_inodes()
                 .iter()
-                .filter(|i| i.handles.load(Ordering::Acquire) > 0)
+                .filter(|i| i.has_handles())
                 .count(),
             idle_files: self.inodes.idle_len(),
             reopens: c.get(Counter::Reopens),

@@ -1,10 +1,5 @@
-//! One open file's cached state: its mapping, its descriptor at the backend, and the read
-//! machinery that fills pages (`filemap_read_page`, `page_cache_ra_unbounded`, the completion
-//! half of `mpage_end_io`).
-//!
-//! An [`Inode`] is shared by every [`File`](crate::File) handle of the same file (same device
-//! and inode number) and by every I/O in flight on it, so that the descriptor stays open and the
-//! mapping alive until the last of them is gone.
+//! The read path: filling pages from the device (`filemap_read_page`,
+//! `page_cache_ra_unbounded`, the completion half of `mpage_end_io`).
 //!
 //! # Page life in the read path
 //!
@@ -39,272 +34,18 @@
 //! cache grew the file with pages written further on, not yet written back): it is a hole,
 //! zeros, and readahead windows stop there too.
 
-use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
-
-use uringcache_core::backend::{FileId, Op, Request};
-use uringcache_core::mapping::Mapping;
-use uringcache_core::page::{FrameId, PageDesc, PageState};
+use uringcache_core::backend::{Op, Request};
+use uringcache_core::page::{FrameId, PageState};
 use uringcache_core::readahead::Window;
 
-use crate::cache::CacheInner;
+use super::{Inode, Pinned, ReadaheadSource};
 use crate::options::VerifyFn;
 use crate::stats::Counter;
-use crate::util::SizeLock;
-use crate::writeback::InodeWriteback;
-
-/// The cached state of one open file (`struct inode` + its `address_space`).
-pub(crate) struct Inode {
-    pub(crate) cache: Arc<CacheInner>,
-    pub(crate) mapping: Mapping,
-    pub(crate) file_id: FileId,
-    pub(crate) path: PathBuf,
-    key: (u64, u64),
-    fd: OwnedFd,
-    /// Direct-I/O alignment of the file (offsets and lengths of device I/O).
-    pub(crate) dio_align: usize,
-    /// Whether the descriptor was opened for writing.
-    pub(crate) writable: bool,
-    /// Writeback state: on-disk size, group-commit flushes, poisoning.
-    pub(crate) wb: InodeWriteback,
-    /// Whether the inode is in the cache's list of inodes with dirty pages.
-    pub(crate) in_dirty_list: AtomicBool,
-    /// The verify hook run on every page filled from the device (see the module docs).
-    pub(crate) verify: RwLock<Option<VerifyFn>>,
-    /// The hook's message for each page it rejected, until the page is filled again.
-    verify_errors: Mutex<HashMap<u64, String>>,
-    /// Held shared by writes (buffered and direct), exclusive by size changes (`i_rwsem`).
-    pub(crate) size_lock: SizeLock,
-    /// A file length known to fit in the filesystem: the open size, then the filesystem's
-    /// limit once learnt (see [`Inode::check_fits`]).
-    fits_up_to: AtomicU64,
-    /// Open [`File`](crate::File) handles of this inode (changed under the cache's `by_key`
-    /// lock, so that an open and the last close never cross).
-    pub(crate) handles: AtomicUsize,
-    /// The file as it was on disk when the cache let go of it (last handle closed, every page
-    /// clean, the length on disk cut to `len()`); `None` while open or while the cache still has
-    /// work on it. An open that finds the inode without handles compares it with the disk.
-    pub(crate) stamp: Mutex<Option<FileStamp>>,
-}
-
-/// What an open compares to tell whether a closed file changed on disk since the cache let go
-/// of it: device and inode number, size, and modification and change times to the nanosecond
-/// (`fstat`). Any write, truncation, `chmod` or rename onto the path changes one of them (the
-/// change time cannot be set by `utimes`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    /// The size on disk the stamp recorded.
-    pub(crate) fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The stamp of the file open on `fd`.
-    pub(crate) fn of_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<FileStamp> {
-        let st = fstat(fd)?;
-        Ok(FileStamp {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-        })
-    }
-
-    /// Whether the file is linked nowhere any more (deleted while the cache held it).
-    fn unlinked(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-        fstat(fd).is_ok_and(|st| st.st_nlink == 0)
-    }
-}
-
-/// `fstat` of the file open on `fd`.
-fn fstat(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: `stat` is a plain C struct for which all-zero bytes are valid, and `fstat` writes
-    // it whole on success.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a pointer to a live `stat`.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
-}
-
-/// A pinned page of an inode; dropping it drops the pin (`put_page`).
-pub(crate) struct Pinned<'a> {
-    inode: &'a Inode,
-    frame: FrameId,
-}
-
-impl Pinned<'_> {
-    /// The page's bytes. The page is pinned and up to date.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: the pin keeps the frame from being reused, and `Pinned` is only handed out
-        // for up-to-date pages, whose bytes nobody but a writer holding LOCKED changes.
-        unsafe { self.inode.cache.arena.frame(self.frame) }
-    }
-
-    fn desc(&self) -> &PageDesc {
-        self.inode.cache.pool.pages().get(self.frame)
-    }
-
-    /// The frame, keeping the pin (the caller takes over dropping it).
-    pub(crate) fn into_frame(self) -> FrameId {
-        let frame = self.frame;
-        std::mem::forget(self);
-        frame
-    }
-
-    /// Records a use of the page for the eviction policy (`mark_page_accessed`).
-    pub(crate) fn mark_accessed(&self) {
-        self.desc().mark_accessed();
-    }
-}
-
-impl Drop for Pinned<'_> {
-    fn drop(&mut self) {
-        self.inode.cache.put(self.frame);
-    }
-}
-
-/// What a reader asks of [`Inode::get_page`] besides the index.
-pub(crate) trait ReadaheadSource: Sync {
-    /// The window to read after a miss at `index` (`page_cache_sync_readahead`).
-    fn sync_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Window;
-    /// The window to start on reaching a Readahead mark at `index`
-    /// (`page_cache_async_readahead`).
-    fn async_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Option<Window>;
-    /// A read failed: shrink the windows (`shrink_readahead_size_eio`).
-    fn on_error(&self);
-}
 
 impl Inode {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        cache: Arc<CacheInner>,
-        id: u32,
-        key: (u64, u64),
-        fd: OwnedFd,
-        writable: bool,
-        dio_align: usize,
-        size: u64,
-        path: PathBuf,
-    ) -> io::Result<Inode> {
-        let file_id = cache.backend.register(fd.as_raw_fd()).map_err(|e| {
-            crate::error::os(
-                e,
-                format!("cannot register {} with the backend", path.display()),
-            )
-        })?;
-        let mapping = Mapping::new(id, size);
-        let wb = InodeWriteback::new(size);
-        Ok(Inode {
-            cache,
-            mapping,
-            file_id,
-            path,
-            key,
-            fd,
-            dio_align,
-            writable,
-            wb,
-            in_dirty_list: AtomicBool::new(false),
-            verify: RwLock::new(None),
-            verify_errors: Mutex::new(HashMap::new()),
-            size_lock: SizeLock::default(),
-            fits_up_to: AtomicU64::new(size),
-            handles: AtomicUsize::new(0),
-            stamp: Mutex::new(None),
-        })
-    }
-
-    /// Refuses a write or `set_len` that would make the file longer than its filesystem can
-    /// hold (`FileTooLarge`, `EFBIG`), as `pwrite` and `ftruncate` do, before anything changes:
-    /// otherwise the page could never be written back and every later sync would fail. The
-    /// filesystem's limit is learnt once per file, the first time a length passes the size
-    /// the file was opened with (`max_file_size`: side-effect-free `lseek`s, some 30 µs);
-    /// after that the check is one load.
-    pub(crate) fn check_fits(&self, len: u64) -> io::Result<()> {
-        if len <= self.fits_up_to.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let align = self.dio_align as u64;
-        // The tail block is written whole: the rounded-up length must fit too.
-        let on_disk = len.checked_next_multiple_of(align);
-        let fits = match (on_disk, uringcache_uring::max_file_size(self.fd.as_fd())) {
-            (None, _) => false,
-            (Some(l), Ok(limit)) => {
-                // Every length whose rounded-up end fits is at most the limit rounded down.
-                self.fits_up_to
-                    .fetch_max(limit - limit % align, Ordering::Relaxed);
-                l <= limit
-            }
-            // The limit cannot be learnt: ask about this length alone.
-            (Some(l), Err(_)) => uringcache_uring::fits_in_file(self.fd.as_fd(), l)?,
-        };
-        if !fits {
-            let os = io::Error::from_raw_os_error(libc::EFBIG);
-            return Err(crate::error::os(
-                os,
-                format!(
-                    "{} cannot grow to {len} bytes: that is past the largest file its filesystem \
-                     can hold",
-                    self.path.display()
-                ),
-            ));
-        }
-        self.fits_up_to.fetch_max(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Whether no page of the file is dirty or under writeback.
-    pub(crate) fn is_clean(&self) -> bool {
-        self.mapping.nr_dirty() == 0 && self.mapping.nr_writeback() == 0
-    }
-
-    /// Whether the file on disk is exactly `len()` long, as far as the cache knows.
-    pub(crate) fn disk_len_right(&self) -> bool {
-        self.wb.disk_size.load(Ordering::Acquire) == self.mapping.size()
-    }
-
-    /// Records the file as the disk has it now, for a later open to compare; the caller holds
-    /// the cache's `by_key` lock and has seen the inode without handles and clean.
-    pub(crate) fn take_stamp(&self) {
-        *self.stamp.lock() = FileStamp::of_fd(self.fd.as_fd()).ok();
-    }
-
-    /// Whether the file on disk is the one the cache let go of (see [`FileStamp`]). An inode
-    /// without a stamp is one the cache has not let go of yet (its own writeback or cut is
-    /// still to come): it is the cache's file, taken as it is.
-    pub(crate) fn matches_disk(&self, seen: &FileStamp) -> bool {
-        match *self.stamp.lock() {
-            Some(stamp) => stamp == *seen,
-            None => true,
-        }
-    }
-
-    /// Whether the file was deleted while the cache held it closed.
-    pub(crate) fn unlinked(&self) -> bool {
-        FileStamp::unlinked(self.fd.as_fd())
-    }
-
-    #[inline]
-    fn desc(&self, frame: FrameId) -> &PageDesc {
-        self.cache.pool.pages().get(frame)
-    }
-
     /// Returns the page at `index` pinned and up to date if it is cached and ready, without
     /// waiting or reading (`IOCB_NOWAIT`).
     pub(crate) fn try_get_page(&self, index: u64) -> Option<Pinned<'_>> {
@@ -722,18 +463,6 @@ impl Inode {
         }
         Ok(())
     }
-
-    /// Drops every cached page (used when a handle opens the file with `truncate`). Only
-    /// pages that nobody pins go; the others are orphaned and freed at their last unpin.
-    pub(crate) fn drop_all_pages(&self) {
-        let pages = self.cache.pool.pages();
-        for (index, frame) in self.mapping.range(0, u64::MAX) {
-            if self.mapping.remove_if(index, frame, pages, |_| true) {
-                self.desc(frame).set(PageState::ORPHAN);
-                self.cache.put(frame);
-            }
-        }
-    }
 }
 
 /// Reads gathered for one submission: finished requests plus the run being extended.
@@ -742,15 +471,4 @@ struct ReadBatch {
     requests: Vec<Request>,
     run_start: u64,
     run: Vec<FrameId>,
-}
-
-impl Drop for Inode {
-    fn drop(&mut self) {
-        // No handle and no I/O refers to the inode any more: every page is pinned only by the
-        // mapping (PageRefs hold the inode too).
-        self.drop_all_pages();
-        self.cache.backend.unregister(self.file_id);
-        self.cache.inodes().remove(self.mapping.id(), self.key);
-        let _ = &self.fd; // closed after the backend forgot it
-    }
 }

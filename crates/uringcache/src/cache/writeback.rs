@@ -1,102 +1,15 @@
-//! The per-cache writeback thread (the kernel's flusher, `wb_workfn`), its passes, and what
-//! happens to files and pages when handles go away: closed files let go of, pages that can
-//! never be written given up on once nobody is left to tell. See the parent module.
+//! The cache-wide side of writeback (`fs/fs-writeback.c`): the flusher's passes over the files
+//! with dirty pages (`wb_writeback`), pruning clean files from the list, and giving up on pages
+//! that can never be written once nobody is left to tell. The per-file side is in the inode's
+//! `writeback` and `sync` modules; the thread itself in [`super::flusher`].
 
-use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
-use uringcache_core::page::PageState;
-
-use crate::cache::CacheInner;
+use super::CacheInner;
 use crate::inode::Inode;
 use crate::stats::Counter;
 use crate::util::block_on;
-
-/// The per-cache writeback thread (the kernel's flusher, `wb_workfn`).
-pub(crate) struct Flusher {
-    shared: Arc<FlusherShared>,
-}
-
-struct FlusherShared {
-    cmd: Mutex<FlusherCmd>,
-    wake: Condvar,
-    interval: Duration,
-}
-
-#[derive(Default)]
-struct FlusherCmd {
-    kicked: bool,
-    all: bool,
-    stop: bool,
-}
-
-impl Flusher {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Flusher {
-            shared: Arc::new(FlusherShared {
-                cmd: Mutex::new(FlusherCmd::default()),
-                wake: Condvar::new(),
-                interval,
-            }),
-        }
-    }
-
-    /// Starts the thread. It holds only a weak reference to the cache and exits when the cache
-    /// is gone or [`stop`](Self::stop) is called.
-    pub(crate) fn spawn(&self, cache: Weak<CacheInner>) -> io::Result<()> {
-        let shared = self.shared.clone();
-        std::thread::Builder::new()
-            .name("uringcache-wb".into())
-            .spawn(move || flusher_main(&shared, &cache))
-            .map(|_| ())
-            .map_err(|e| crate::error::os(e, "cannot start the writeback thread"))
-    }
-
-    /// Wakes the thread for a pass now; `all` writes every dirty page, not only expired ones.
-    pub(crate) fn kick(&self, all: bool) {
-        let mut cmd = self.shared.cmd.lock();
-        if cmd.kicked && (cmd.all || !all) {
-            return;
-        }
-        cmd.kicked = true;
-        cmd.all |= all;
-        self.shared.wake.notify_one();
-    }
-
-    /// Makes the next timed pass write every dirty page, without waking the thread now.
-    pub(crate) fn kick_later(&self) {
-        self.shared.cmd.lock().all = true;
-    }
-
-    /// Stops the thread after its current pass.
-    pub(crate) fn stop(&self) {
-        self.shared.cmd.lock().stop = true;
-        self.shared.wake.notify_one();
-    }
-}
-
-fn flusher_main(shared: &FlusherShared, cache: &Weak<CacheInner>) {
-    loop {
-        let all = {
-            let mut cmd = shared.cmd.lock();
-            if !cmd.kicked && !cmd.stop {
-                shared.wake.wait_for(&mut cmd, shared.interval);
-            }
-            if cmd.stop {
-                return;
-            }
-            cmd.kicked = false;
-            std::mem::take(&mut cmd.all)
-        };
-        let Some(cache) = cache.upgrade() else {
-            return;
-        };
-        cache.writeback_pass(all);
-    }
-}
 
 impl CacheInner {
     /// Most pages under writeback at once from the flusher; beyond it the flusher waits for
@@ -194,10 +107,10 @@ impl CacheInner {
         {
             let mut list = self.dirty_inodes.lock();
             list.retain(|_, inode| {
-                inode.in_dirty_list.store(false, Ordering::Release);
+                inode.set_in_dirty_list(false);
                 let clean = inode.is_clean();
                 if !clean {
-                    inode.in_dirty_list.store(true, Ordering::Release);
+                    inode.set_in_dirty_list(true);
                 } else {
                     gone.push(inode.clone());
                 }
@@ -207,7 +120,7 @@ impl CacheInner {
         // Outside the lock: letting go waits for a cut, and the last reference to an inode
         // may drop it.
         for inode in gone {
-            if inode.handles.load(Ordering::Acquire) == 0 {
+            if !inode.has_handles() {
                 self.let_go(inode);
             }
         }
@@ -232,13 +145,13 @@ impl CacheInner {
                     format!(
                         "{}..{}",
                         r.start * ps,
-                        (r.end * ps).min(inode.mapping.size())
+                        (r.end * ps).min(inode.mapping().size())
                     )
                 })
                 .collect();
             let error = crate::error::errno(errno, "writing back");
             tracing::error!(
-                path = %inode.path.display(),
+                path = %inode.path().display(),
                 bytes = %ranges.join(", "),
                 pages = indices.len(),
                 %error,
@@ -253,34 +166,3 @@ impl CacheInner {
 /// Writeback passes in a row that leave pages dirty, with no handle of the cache left, before
 /// those pages are given up on.
 pub(crate) const GIVE_UP_AFTER: u32 = 3;
-
-impl Inode {
-    /// Forgets every dirty page that is not under writeback (it stays cached, clean, with the
-    /// bytes that could not be written). Returns their indices and the last errno seen on one.
-    fn discard_dirty_pages(self: &Arc<Self>) -> (Vec<u64>, i32) {
-        let cache = &self.cache;
-        let pages = cache.pool.pages();
-        let mut dropped = Vec::new();
-        let mut errno = 0;
-        for index in self.mapping.dirty_range(0, u64::MAX, usize::MAX) {
-            let Some(frame) = self.mapping.lookup(index, pages) else {
-                continue;
-            };
-            let desc = pages.get(frame);
-            if desc.try_lock() {
-                let st = desc.state();
-                if !st.has(PageState::WRITEBACK)
-                    && desc.clear(PageState::DIRTY).has(PageState::DIRTY)
-                {
-                    self.mapping.untag_dirty(index);
-                    cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
-                    errno = desc.errno();
-                    dropped.push(index);
-                }
-                cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
-            }
-            cache.put(frame);
-        }
-        (dropped, errno)
-    }
-}
