@@ -14,7 +14,7 @@
 //! * A handle owns an `Arc` of its inode, which owns an `Arc` of the cache, so the frame arena
 //!   outlives every handle: handles are `'static`, `Send` and `Sync`, and may outlive the
 //!   [`File`] and the [`Cache`](crate::Cache) they came from.
-//! * Every live handle counts in `CacheInner::user_pin_counts[frame]`, and each frame with at
+//! * Every live handle counts in the cache's `UserPins`, and each frame with at
 //!   least one counts once in `CacheInner::user_pins`: when every frame is held by handles, an
 //!   allocation fails with `OutOfMemory` instead of waiting for an unpin that only the waiting
 //!   program could do.
@@ -24,7 +24,6 @@
 //!   meanwhile.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,16 +34,12 @@ use crate::inode::Inode;
 
 /// Counts a new handle pinning `frame` (see the module invariants).
 fn user_pin(cache: &CacheInner, frame: FrameId) {
-    if cache.user_pin_counts[frame as usize].fetch_add(1, Ordering::AcqRel) == 0 {
-        cache.user_pins.fetch_add(1, Ordering::AcqRel);
-    }
+    cache.user_pins().add(frame);
 }
 
 /// Uncounts a handle of `frame`; called before its pin is dropped.
 fn user_unpin(cache: &CacheInner, frame: FrameId) {
-    if cache.user_pin_counts[frame as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
-        cache.user_pins.fetch_sub(1, Ordering::AcqRel);
-    }
+    cache.user_pins().remove(frame);
 }
 
 /// A pinned, up-to-date page of a file ([`File::page`](crate::File::page)): `Deref<Target = [u8]>` of exactly
@@ -118,7 +113,7 @@ impl Deref for PageRef {
         // SAFETY: this handle's pin keeps the frame from being reused, and it was handed out
         // for an up-to-date page, whose bytes only a writer holding LOCKED changes (the
         // documented shared-view semantics, as for concurrent read_at and write_at).
-        unsafe { self.inode.cache().arena.frame(self.frame) }
+        unsafe { self.inode.cache().arena().frame(self.frame) }
     }
 }
 
@@ -133,7 +128,7 @@ impl std::fmt::Debug for PageRef {
         f.debug_struct("PageRef")
             .field("path", &self.inode.path())
             .field("index", &self.index)
-            .field("len", &self.inode.cache().page_size)
+            .field("len", &self.inode.cache().page_size())
             .finish()
     }
 }
@@ -218,13 +213,13 @@ impl PageMut {
     pub fn discard(mut self) {
         if let Some(undo) = self.undo.take() {
             // SAFETY: this handle holds the page's LOCKED bit (see `DerefMut`).
-            unsafe { self.inode.cache().arena.frame_mut(self.frame) }.copy_from_slice(&undo);
+            unsafe { self.inode.cache().arena().frame_mut(self.frame) }.copy_from_slice(&undo);
         }
         self.discarded = true;
     }
 
     fn desc(&self) -> &PageDesc {
-        self.inode.cache().pool.pages().get(self.frame)
+        self.inode.cache().pool().pages().get(self.frame)
     }
 
     /// Dirties the page (`set_page_dirty`, extending the size) if asked, unlocks it, wakes its
@@ -237,11 +232,11 @@ impl PageMut {
             self.inode.redirty(desc, self.index);
             self.inode
                 .mapping()
-                .extend_size((self.index + 1) << cache.page_shift);
+                .extend_size((self.index + 1) << cache.page_shift());
         }
         user_unpin(cache, self.frame);
         cache
-            .waits
+            .waits()
             .clear_and_wake(desc, self.frame, PageState::LOCKED);
         cache.put(self.frame);
     }
@@ -253,13 +248,13 @@ impl Deref for PageMut {
     fn deref(&self) -> &[u8] {
         // SAFETY: the pin keeps the frame, and the LOCKED bit this handle holds keeps every
         // other writer and filler away; the page is up to date.
-        unsafe { self.inode.cache().arena.frame(self.frame) }
+        unsafe { self.inode.cache().arena().frame(self.frame) }
     }
 }
 
 impl DerefMut for PageMut {
     fn deref_mut(&mut self) -> &mut [u8] {
-        let arena = &self.inode.cache().arena;
+        let arena = &self.inode.cache().arena();
         if self.undo.is_none() {
             // SAFETY: as in `deref`.
             self.undo = Some(unsafe { arena.frame(self.frame) }.into());
@@ -289,7 +284,7 @@ impl std::fmt::Debug for PageMut {
         f.debug_struct("PageMut")
             .field("path", &self.inode.path())
             .field("index", &self.index)
-            .field("len", &self.inode.cache().page_size)
+            .field("len", &self.inode.cache().page_size())
             .field("changed", &self.undo.is_some())
             .finish()
     }

@@ -30,6 +30,7 @@ use uringcache_core::writeback::DirtyLimits;
 
 mod flusher;
 mod inode_table;
+mod pins;
 mod stuck;
 mod writeback;
 
@@ -40,6 +41,7 @@ use crate::stats::{Counter, Counters, Stats};
 use crate::util::block_on;
 use flusher::Flusher;
 use inode_table::InodeTable;
+use pins::UserPins;
 use stuck::StuckWaits;
 
 /// What [`CacheBuilder::build`] hands over once every setting is checked and the arena and
@@ -76,9 +78,8 @@ impl Cache {
             counters: Counters::default(),
             frame_event: Event::new(),
             alloc_waiters: AtomicUsize::new(0),
-            user_pins: AtomicUsize::new(0),
+            user_pins: UserPins::new(frames),
             user_handles: AtomicUsize::new(0),
-            user_pin_counts: (0..frames).map(|_| AtomicU32::new(0)).collect(),
             stuck: StuckWaits::default(),
             shut_down: AtomicBool::new(false),
             shutdown_started: AtomicBool::new(false),
@@ -219,33 +220,31 @@ impl Drop for WaiterGuard<'_> {
 
 /// The state shared by a cache and its files.
 pub(crate) struct CacheInner {
-    pub(crate) arena: Arc<FrameArena>,
-    pub(crate) pool: FramePool,
-    pub(crate) waits: WaitTable,
-    pub(crate) backend: Arc<dyn IoBackend>,
+    arena: Arc<FrameArena>,
+    pool: FramePool,
+    waits: WaitTable,
+    backend: Arc<dyn IoBackend>,
     /// What was learnt while starting the backend (fixed buffers, a fallback's reason).
     backend_info: BackendInfo,
     /// The timing layer around `backend` (the same object), for latency statistics.
     timed: Arc<Timed>,
     /// Open, written-back and closed files (see [`InodeTable`]).
     inodes: InodeTable,
-    pub(crate) page_size: usize,
-    pub(crate) page_shift: u32,
-    pub(crate) ra_max_pages: u64,
-    pub(crate) counters: Counters,
+    page_size: usize,
+    page_shift: u32,
+    ra_max_pages: u64,
+    counters: Counters,
     /// Notified when a frame may have become free or evictable (an unpin, an I/O completion)
     /// while an allocation waits for one.
-    pub(crate) frame_event: Event,
+    frame_event: Event,
     /// Allocations waiting on `frame_event`.
     alloc_waiters: AtomicUsize,
     /// Frames pinned by long-lived page handles (they do not unpin by themselves).
-    pub(crate) user_pins: AtomicUsize,
+    user_pins: UserPins,
     /// `Cache` and `File` handles alive. When the last goes, the flusher writes everything
     /// back and lets go of the files it holds for writeback, which is what keeps the cache
     /// alive (an inode holds its cache), so that the cache is freed.
-    pub(crate) user_handles: AtomicUsize,
-    /// Per frame, the live page handles pinning it (`user_pins` counts the frames with one).
-    pub(crate) user_pin_counts: Box<[AtomicU32]>,
+    user_handles: AtomicUsize,
     /// Waits on pages locked by page handles, reported by the flusher if they last.
     stuck: StuckWaits,
     shut_down: AtomicBool,
@@ -278,6 +277,59 @@ pub(crate) struct CacheInner {
 }
 
 impl CacheInner {
+    /// The frames' memory.
+    #[inline]
+    pub(crate) fn arena(&self) -> &FrameArena {
+        &self.arena
+    }
+
+    /// The frame pool: descriptors, free list and eviction policy.
+    #[inline]
+    pub(crate) fn pool(&self) -> &FramePool {
+        &self.pool
+    }
+
+    /// The page wait table (`folio_wait_table`).
+    #[inline]
+    pub(crate) fn waits(&self) -> &WaitTable {
+        &self.waits
+    }
+
+    /// The I/O backend (the timing layer over the one started).
+    #[inline]
+    pub(crate) fn backend(&self) -> &Arc<dyn IoBackend> {
+        &self.backend
+    }
+
+    /// Bytes per page.
+    #[inline]
+    pub(crate) fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// log2 of the page size.
+    #[inline]
+    pub(crate) fn page_shift(&self) -> u32 {
+        self.page_shift
+    }
+
+    /// The largest readahead window, in pages (also the longest device request).
+    #[inline]
+    pub(crate) fn ra_max_pages(&self) -> u64 {
+        self.ra_max_pages
+    }
+
+    /// Frames pinned by page handles.
+    #[inline]
+    pub(crate) fn user_pins(&self) -> &UserPins {
+        &self.user_pins
+    }
+
+    /// Wakes allocations waiting for a frame (a page just became free or evictable).
+    pub(crate) fn notify_frame_waiters(&self) {
+        self.frame_event.notify_all();
+    }
+
     /// Milliseconds since the cache was built (the clock of `dirtied_at`).
     pub(crate) fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
@@ -422,7 +474,7 @@ impl CacheInner {
                 self.alloc_waiters.fetch_sub(1, Ordering::SeqCst);
                 return Ok(f);
             }
-            if self.user_pins.load(Ordering::Acquire) >= self.pool.frames() {
+            if self.user_pins.pinned_frames() >= self.pool.frames() {
                 self.alloc_waiters.fetch_sub(1, Ordering::SeqCst);
                 return Err(io::Error::new(
                     io::ErrorKind::OutOfMemory,

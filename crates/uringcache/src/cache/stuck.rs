@@ -103,8 +103,7 @@ impl CacheInner {
         path: &std::path::Path,
         index: u64,
     ) {
-        let held_by_handle = desc.state().has(PageState::LOCKED)
-            && self.user_pin_counts[frame as usize].load(std::sync::atomic::Ordering::Acquire) > 0;
+        let held_by_handle = desc.state().has(PageState::LOCKED) && self.user_pins.is_pinned(frame);
         let _registered =
             held_by_handle.then(|| self.stuck().register(what, path.to_path_buf(), index));
         self.waits.wait(desc, frame, PageState::LOCKED).await;

@@ -78,7 +78,7 @@ impl Drop for Handle {
 
 impl ReadaheadSource for Handle {
     fn sync_window(&self, inode: &Inode, index: u64, req_pages: u64) -> Window {
-        let ps = inode.cache().page_size as u64;
+        let ps = inode.cache().page_size() as u64;
         let prev = self.prev_pos.load(Ordering::Relaxed);
         self.ra
             .lock()
@@ -224,12 +224,12 @@ impl File {
             )));
         }
         let align = uringcache_uring::dio_alignment(fd.as_fd()).map_err(|e| with_path(path, e))?;
-        if !cache.page_size.is_multiple_of(align.max(1) as usize) {
+        if !cache.page_size().is_multiple_of(align.max(1) as usize) {
             return Err(invalid(format!(
                 "cannot open {}: its direct-I/O alignment is {align} bytes, which does not \
                  divide the cache's page size {}",
                 path.display(),
-                cache.page_size
+                cache.page_size()
             )));
         }
         let key = (meta.dev(), meta.ino());
@@ -262,7 +262,7 @@ impl File {
             read,
             write,
             append,
-            ra: Mutex::new(readahead::State::new(cache.ra_max_pages)),
+            ra: Mutex::new(readahead::State::new(cache.ra_max_pages())),
             prev_pos: AtomicU64::new(0),
             wb_cursor: inode.mapping().wb_err().sample(),
             inode,
@@ -395,7 +395,7 @@ impl File {
             return Ok(0);
         }
         let end = (offset + buf.len() as u64).min(size);
-        let shift = self.cache().page_shift;
+        let shift = self.cache().page_shift();
         let last = (end - 1) >> shift;
         let prev_pos = self.handle.prev_pos.load(Ordering::Relaxed);
         for span in page_spans(offset, end, shift) {
@@ -463,7 +463,7 @@ impl File {
             return Ok(0);
         }
         let end = (offset + buf.len() as u64).min(size);
-        let shift = self.cache().page_shift;
+        let shift = self.cache().page_shift();
         let mut pos = offset;
         for span in page_spans(offset, end, shift) {
             let Some(page) = inode.try_get_page(span.index) else {
@@ -518,7 +518,7 @@ impl File {
             ))
         })?;
         let inode = self.inode();
-        let shift = self.cache().page_shift;
+        let shift = self.cache().page_shift();
         let end_byte = end_byte.min(inode.mapping().size());
         if offset >= end_byte {
             return Ok(());
@@ -526,7 +526,7 @@ impl File {
         let end = (end_byte - 1) >> shift;
         let end = end + 1;
         let mut pos = offset >> shift;
-        let step = self.cache().ra_max_pages;
+        let step = self.cache().ra_max_pages();
         while pos < end {
             let size = step.min(end - pos);
             let window = Window {
@@ -746,7 +746,7 @@ impl File {
                 "invalidate of {len} bytes at offset {offset} overflows the largest file offset"
             ))
         })?;
-        let ps = self.cache().page_size as u64;
+        let ps = self.cache().page_size() as u64;
         self.inode().invalidate(offset / ps, end.div_ceil(ps));
         Ok(())
     }
@@ -831,7 +831,7 @@ impl File {
 impl File {
     /// Checks that page `index` and the byte after it have file offsets.
     fn check_page_index(&self, index: u64) -> io::Result<u64> {
-        let ps = self.cache().page_size as u64;
+        let ps = self.cache().page_size() as u64;
         index
             .checked_add(1)
             .and_then(|i| i.checked_mul(ps))
@@ -877,7 +877,7 @@ impl File {
         let page = inode.get_page(index, 1, self.ra_source()).await?;
         page.mark_accessed();
         let frame = page.into_frame();
-        self.note_read_end((index + 1) << self.cache().page_shift);
+        self.note_read_end((index + 1) << self.cache().page_shift());
         Ok(PageRef::new(inode.clone(), frame, index))
     }
 
@@ -926,7 +926,7 @@ impl File {
         }
         let inode = self.inode();
         // Releasing the handle dirty grows the file to the end of the page: it must fit.
-        inode.check_fits(start + self.cache().page_size as u64)?;
+        inode.check_fits(start + self.cache().page_size() as u64)?;
         let page = inode.lock_for_write(index, false, self.ra_source()).await?;
         page.desc().mark_accessed();
         let frame = page.into_frame();
@@ -945,7 +945,7 @@ impl File {
             return Ok(Bytes::new());
         }
         let end = (offset + len as u64).min(size);
-        let shift = self.cache().page_shift;
+        let shift = self.cache().page_shift();
         let index = offset >> shift;
         if (end - 1) >> shift == index {
             let page = self.page(index).await?;

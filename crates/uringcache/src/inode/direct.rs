@@ -70,13 +70,13 @@ impl TempFrames {
     fn bytes(&self, k: usize) -> &[u8] {
         // SAFETY: the frame is ours (pinned, LOCKED, in no mapping) and no I/O is in flight on
         // it when the caller looks (device_io has completed).
-        unsafe { self.cache.arena.frame(self.frames[k]) }
+        unsafe { self.cache.arena().frame(self.frames[k]) }
     }
 
     #[allow(clippy::mut_from_ref)]
     fn bytes_mut(&self, k: usize) -> &mut [u8] {
         // SAFETY: as in `bytes`; callers never hold two slices of one frame at once.
-        unsafe { self.cache.arena.frame_mut(self.frames[k]) }
+        unsafe { self.cache.arena().frame_mut(self.frames[k]) }
     }
 }
 
@@ -98,7 +98,7 @@ impl Inode {
         frames: &[FrameId],
         len: usize,
     ) -> io::Result<usize> {
-        let pages = self.cache.pool.pages();
+        let pages = self.cache.pool().pages();
         for &f in frames {
             pages.get(f).pin();
         }
@@ -148,7 +148,7 @@ impl Inode {
         } else {
             // SAFETY: temporary frames of this call, in no mapping, pinned for the I/O until
             // its completion; the call reads them only after awaiting it.
-            unsafe { self.cache.backend.submit(&mut vec![request]) };
+            unsafe { self.cache.backend().submit(&mut vec![request]) };
         }
         cell.wait().await.map_err(|e| {
             crate::error::os(
@@ -166,7 +166,7 @@ impl Inode {
     /// be written (it is still dirty with an error).
     async fn flush_range_for_direct(self: &Arc<Self>, start: u64, end: u64) -> io::Result<()> {
         self.write_and_wait(start, end).await;
-        let pages = self.cache.pool.pages();
+        let pages = self.cache.pool().pages();
         for index in self.mapping.dirty_range(start, end, usize::MAX) {
             let Some(frame) = self.mapping.lookup(index, pages) else {
                 continue;
@@ -193,8 +193,8 @@ impl Inode {
     /// (`invalidate_inode_pages2_range`, with pinned pages updated instead of left stale).
     async fn after_direct_write(self: &Arc<Self>, start: u64, end: u64, data: &[u8], offset: u64) {
         let cache = &self.cache;
-        let pages = cache.pool.pages();
-        let ps = cache.page_size as u64;
+        let pages = cache.pool().pages();
+        let ps = cache.page_size() as u64;
         let data_end = offset + data.len() as u64;
         for (index, _) in self.mapping.range(start, end) {
             let Some(frame) = self.mapping.lookup(index, pages) else {
@@ -203,7 +203,7 @@ impl Inode {
             let mut page = self.lock_page(frame).await;
             while page.desc().state().has(PageState::WRITEBACK) {
                 cache
-                    .waits
+                    .waits()
                     .wait(page.desc(), frame, PageState::WRITEBACK)
                     .await;
             }
@@ -249,14 +249,14 @@ impl Inode {
             return Ok(0);
         }
         let end = (offset + buf.len() as u64).min(size);
-        let shift = inode.cache.page_shift;
-        let ps = inode.cache.page_size;
+        let shift = inode.cache.page_shift();
+        let ps = inode.cache.page_size();
         let first = offset >> shift;
         let last = ((end - 1) >> shift) + 1;
         inode.flush_range_for_direct(first, last).await?;
         let mut index = first;
         while index < last {
-            let want = (last - index).min(inode.cache.ra_max_pages.max(1)) as usize;
+            let want = (last - index).min(inode.cache.ra_max_pages().max(1)) as usize;
             let frames = TempFrames::take(&inode.cache, want).await?;
             let k = frames.len();
             let chunk = index << shift;
@@ -296,14 +296,14 @@ impl Inode {
         inode.check_fits(end)?;
         // Under the size lock, as buffered writes: never while set_len changes the size.
         let _size = inode.size_lock.shared().await;
-        let shift = inode.cache.page_shift;
-        let ps = inode.cache.page_size;
+        let shift = inode.cache.page_shift();
+        let ps = inode.cache.page_size();
         let first = offset >> shift;
         let last = ((end - 1) >> shift) + 1;
         inode.flush_range_for_direct(first, last).await?;
         let mut index = first;
         while index < last {
-            let want = (last - index).min(inode.cache.ra_max_pages.max(1)) as usize;
+            let want = (last - index).min(inode.cache.ra_max_pages().max(1)) as usize;
             let frames = TempFrames::take(&inode.cache, want).await?;
             let k = frames.len();
             let chunk = index << shift;

@@ -147,11 +147,11 @@ impl Pinned<'_> {
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: the pin keeps the frame from being reused, and `Pinned` is only handed out
         // for up-to-date pages, whose bytes nobody but a writer holding LOCKED changes.
-        unsafe { self.inode.cache.arena.frame(self.frame) }
+        unsafe { self.inode.cache.arena().frame(self.frame) }
     }
 
     fn desc(&self) -> &PageDesc {
-        self.inode.cache.pool.pages().get(self.frame)
+        self.inode.cache.pool().pages().get(self.frame)
     }
 
     /// The frame, keeping the pin (the caller takes over dropping it).
@@ -196,7 +196,7 @@ impl Inode {
         size: u64,
         path: PathBuf,
     ) -> io::Result<Inode> {
-        let file_id = cache.backend.register(fd.as_raw_fd()).map_err(|e| {
+        let file_id = cache.backend().register(fd.as_raw_fd()).map_err(|e| {
             crate::error::os(
                 e,
                 format!("cannot register {} with the backend", path.display()),
@@ -354,13 +354,13 @@ impl Inode {
 
     #[inline]
     fn desc(&self, frame: FrameId) -> &PageDesc {
-        self.cache.pool.pages().get(frame)
+        self.cache.pool().pages().get(frame)
     }
 
     /// Drops every cached page (used when a handle opens the file with `truncate`). Only
     /// pages that nobody pins go; the others are orphaned and freed at their last unpin.
     pub(crate) fn drop_all_pages(&self) {
-        let pages = self.cache.pool.pages();
+        let pages = self.cache.pool().pages();
         for (index, frame) in self.mapping.range(0, u64::MAX) {
             if self.mapping.remove_if(index, frame, pages, |_| true) {
                 self.desc(frame).set(PageState::ORPHAN);
@@ -375,7 +375,7 @@ impl Drop for Inode {
         // No handle and no I/O refers to the inode any more: every page is pinned only by the
         // mapping (PageRefs hold the inode too).
         self.drop_all_pages();
-        self.cache.backend.unregister(self.file_id);
+        self.cache.backend().unregister(self.file_id);
         self.cache.inodes().remove(self.mapping.id(), self.key);
         let _ = &self.fd; // closed after the backend forgot it
     }

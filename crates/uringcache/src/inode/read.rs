@@ -49,7 +49,7 @@ impl Inode {
     /// Returns the page at `index` pinned and up to date if it is cached and ready, without
     /// waiting or reading (`IOCB_NOWAIT`).
     pub(crate) fn try_get_page(&self, index: u64) -> Option<Pinned<'_>> {
-        let frame = self.mapping.lookup(index, self.cache.pool.pages())?;
+        let frame = self.mapping.lookup(index, self.cache.pool().pages())?;
         let page = Pinned { inode: self, frame };
         let st = page.desc().state();
         if st.has(PageState::UPTODATE) {
@@ -62,14 +62,14 @@ impl Inode {
 
     #[inline]
     fn note_hit(&self, page: &Pinned<'_>, st: PageState) {
-        self.cache.counters.add(Counter::Hits, 1);
+        self.cache.counters().add(Counter::Hits, 1);
         if st.has(PageState::PREFETCHED)
             && page
                 .desc()
                 .clear(PageState::PREFETCHED)
                 .has(PageState::PREFETCHED)
         {
-            self.cache.counters.add(Counter::ReadaheadHits, 1);
+            self.cache.counters().add(Counter::ReadaheadHits, 1);
         }
     }
 
@@ -87,12 +87,12 @@ impl Inode {
         let mut counted = false;
         let mut count = |c: Counter| {
             if !std::mem::replace(&mut counted, true) {
-                self.cache.counters.add(c, 1);
+                self.cache.counters().add(c, 1);
             }
         };
         let mut waited = false;
         loop {
-            let Some(frame) = self.mapping.lookup(index, self.cache.pool.pages()) else {
+            let Some(frame) = self.mapping.lookup(index, self.cache.pool().pages()) else {
                 count(Counter::Misses);
                 if index >= self.read_end_page() {
                     // Wholly past end of file, or past what the device holds (a hole the
@@ -121,13 +121,16 @@ impl Inode {
                 if st.has(PageState::PREFETCHED)
                     && desc.clear(PageState::PREFETCHED).has(PageState::PREFETCHED)
                 {
-                    self.cache.counters.add(Counter::ReadaheadHits, 1);
+                    self.cache.counters().add(Counter::ReadaheadHits, 1);
                 }
                 return Ok(page);
             }
             if st.has(PageState::LOCKED) {
                 count(Counter::Waits);
-                self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
+                self.cache
+                    .waits()
+                    .wait(desc, frame, PageState::LOCKED)
+                    .await;
                 waited = true;
                 continue;
             }
@@ -141,7 +144,7 @@ impl Inode {
             if desc.try_lock() {
                 if desc.state().has(PageState::UPTODATE) {
                     self.cache
-                        .waits
+                        .waits()
                         .clear_and_wake(desc, frame, PageState::LOCKED);
                     continue;
                 }
@@ -150,7 +153,7 @@ impl Inode {
                 self.push_read(&mut batch, index, vec![frame]);
                 // SAFETY: the page is LOCKED by us and not up to date (nobody reads or writes
                 // its bytes), pinned for the I/O until the completion unlocks and unpins it.
-                unsafe { self.cache.backend.submit(&mut batch) };
+                unsafe { self.cache.backend().submit(&mut batch) };
             }
             waited = true;
             // Wait for the read (ours or another task's) on the next turn.
@@ -164,7 +167,7 @@ impl Inode {
                 io::ErrorKind::InvalidData,
                 format!(
                     "page {index} (offset {}) of {} failed verification: {}",
-                    index << self.cache.page_shift,
+                    index << self.cache.page_shift(),
                     self.path.display(),
                     msg.as_deref().unwrap_or("rejected by the verify hook")
                 ),
@@ -174,7 +177,7 @@ impl Inode {
             errno,
             format!(
                 "reading page {index} (offset {}) of {} failed",
-                index << self.cache.page_shift,
+                index << self.cache.page_shift(),
                 self.path.display()
             ),
         )
@@ -186,7 +189,7 @@ impl Inode {
     /// device now) and the caller's next lookup reads it.
     pub(crate) async fn add_zero_page(self: &Arc<Self>, index: u64) -> io::Result<()> {
         let cache = &self.cache;
-        let pages = cache.pool.pages();
+        let pages = cache.pool().pages();
         let frame = cache.alloc().await?; // pinned and LOCKED, in no mapping yet
         if let Err(existing) = self.mapping.insert(index, frame, pages) {
             self.desc(frame).clear(PageState::LOCKED);
@@ -194,10 +197,10 @@ impl Inode {
             cache.put(existing);
             return Ok(());
         }
-        cache.pool.lru_add(frame, self.mapping.id(), index);
+        cache.pool().lru_add(frame, self.mapping.id(), index);
         // SAFETY: the page is LOCKED by this task and not UPTODATE: nobody else reads or
         // writes its bytes until the bit is cleared below.
-        unsafe { cache.arena.frame_mut(frame).fill(0) };
+        unsafe { cache.arena().frame_mut(frame).fill(0) };
         let desc = self.desc(frame);
         if index >= self.read_end_page() {
             desc.set(PageState::UPTODATE);
@@ -208,7 +211,7 @@ impl Inode {
             desc.set(PageState::ORPHAN);
             cache.put(frame); // the mapping's pin
         }
-        cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+        cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
         cache.put(frame);
         Ok(())
     }
@@ -263,7 +266,7 @@ impl Inode {
         self.mapping
             .size()
             .min(on_disk)
-            .div_ceil(self.cache.page_size as u64)
+            .div_ceil(self.cache.page_size() as u64)
     }
 
     /// Allocates, inserts and gathers reads for the absent pages in `start..end` (clamped to end
@@ -300,7 +303,7 @@ impl Inode {
         prefetch: bool,
         reads: &mut ReadBatch,
     ) {
-        let pool = &self.cache.pool;
+        let pool = &self.cache.pool();
         if let Err(existing) = self.mapping.insert(index, frame, pool.pages()) {
             // Another reader inserted it first: give our frame back, leave theirs alone.
             self.cache.put(existing);
@@ -311,7 +314,7 @@ impl Inode {
         let desc = self.desc(frame);
         if prefetch {
             desc.set(PageState::PREFETCHED);
-            self.cache.counters.add(Counter::ReadaheadPages, 1);
+            self.cache.counters().add(Counter::ReadaheadPages, 1);
         }
         if mark == Some(index) {
             desc.set(PageState::READAHEAD);
@@ -326,7 +329,7 @@ impl Inode {
     }
 
     fn max_io_pages(&self) -> usize {
-        self.cache.ra_max_pages.max(1) as usize
+        self.cache.ra_max_pages().max(1) as usize
     }
 
     fn flush_run(self: &Arc<Self>, reads: &mut ReadBatch) {
@@ -342,7 +345,7 @@ impl Inode {
         if !reads.requests.is_empty() {
             // SAFETY: every frame read into is a fresh page, LOCKED and not up to date, pinned
             // for the I/O until its completion unlocks and unpins it (see `add_page`).
-            unsafe { self.cache.backend.submit(&mut reads.requests) };
+            unsafe { self.cache.backend().submit(&mut reads.requests) };
         }
     }
 
@@ -350,12 +353,12 @@ impl Inode {
     /// the I/O) to `batch`.
     fn push_read(self: &Arc<Self>, batch: &mut Vec<Request>, index: u64, frames: Vec<FrameId>) {
         let this = self.clone();
-        let len = frames.len() * self.cache.page_size;
+        let len = frames.len() * self.cache.page_size();
         let done_frames = frames.clone();
         batch.push(Request {
             file: self.file_id,
             op: Op::Read {
-                offset: index << self.cache.page_shift,
+                offset: index << self.cache.page_shift(),
                 frames,
                 len,
             },
@@ -366,11 +369,11 @@ impl Inode {
     /// The completion of a read of consecutive pages from `first` (`mpage_end_io` →
     /// `folio_end_read`), with the verify hook run on each page before it becomes up to date.
     fn complete_read(&self, first: u64, frames: &[FrameId], res: io::Result<usize>) {
-        let ps = self.cache.page_size;
+        let ps = self.cache.page_size();
         match res {
             Ok(n) => {
                 self.cache
-                    .counters
+                    .counters()
                     .add(Counter::PagesRead, frames.len() as u64);
                 let verify = self.verify.read().clone();
                 for (k, &frame) in frames.iter().enumerate() {
@@ -379,7 +382,7 @@ impl Inode {
                         let from = n.saturating_sub(start);
                         // SAFETY: the page is LOCKED by this I/O, which owns its bytes until
                         // it clears the bit below.
-                        unsafe { self.cache.arena.frame_mut(frame)[from..].fill(0) };
+                        unsafe { self.cache.arena().frame_mut(frame)[from..].fill(0) };
                     }
                     let desc = self.desc(frame);
                     let index = first + k as u64;
@@ -392,7 +395,7 @@ impl Inode {
                     desc.clear(PageState::ERROR);
                     desc.set(PageState::UPTODATE);
                     self.cache
-                        .waits
+                        .waits()
                         .clear_and_wake(desc, frame, PageState::LOCKED);
                     self.cache.put(frame);
                 }
@@ -401,7 +404,7 @@ impl Inode {
                 let errno = crate::error::raw_os_error_of(&e).unwrap_or(libc::EIO);
                 tracing::debug!(path = %self.path.display(), error = %e, pages = frames.len(), "read failed");
                 self.cache
-                    .counters
+                    .counters()
                     .add(Counter::ReadErrors, frames.len() as u64);
                 for &frame in frames {
                     let desc = self.desc(frame);
@@ -409,7 +412,7 @@ impl Inode {
                     desc.set(PageState::ERROR);
                     desc.clear(PageState::READAHEAD | PageState::PREFETCHED);
                     self.cache
-                        .waits
+                        .waits()
                         .clear_and_wake(desc, frame, PageState::LOCKED);
                     self.cache.put(frame);
                 }
@@ -421,7 +424,7 @@ impl Inode {
     /// in the hook counts as a rejection: it must not take the completion thread down.
     fn run_verify(&self, verify: &VerifyFn, index: u64, frame: FrameId) -> Result<(), String> {
         // SAFETY: the page is LOCKED by the read completing, so nobody writes its bytes.
-        let bytes = unsafe { self.cache.arena.frame(frame) };
+        let bytes = unsafe { self.cache.arena().frame(frame) };
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify(index, bytes)))
             .unwrap_or_else(|_| Err("the verify hook panicked".to_string()));
         if res.is_ok() && !self.verify_errors.lock().is_empty() {
@@ -434,14 +437,14 @@ impl Inode {
     /// up to date; its waiters wake to the error and the I/O's pin is dropped.
     fn reject_page(&self, index: u64, frame: FrameId, msg: String) {
         tracing::warn!(path = %self.path.display(), index, error = %msg, "page failed verification");
-        self.cache.counters.add(Counter::ReadErrors, 1);
+        self.cache.counters().add(Counter::ReadErrors, 1);
         self.verify_errors.lock().insert(index, msg);
         let desc = self.desc(frame);
         desc.set_errno(libc::EBADMSG);
         desc.set(PageState::ERROR);
         desc.clear(PageState::READAHEAD | PageState::PREFETCHED);
         self.cache
-            .waits
+            .waits()
             .clear_and_wake(desc, frame, PageState::LOCKED);
         self.cache.put(frame);
     }
@@ -450,12 +453,15 @@ impl Inode {
     /// the first read error found.
     pub(crate) async fn wait_range(&self, start: u64, end: u64) -> io::Result<()> {
         for (index, _) in self.mapping.range(start, end) {
-            let Some(frame) = self.mapping.lookup(index, self.cache.pool.pages()) else {
+            let Some(frame) = self.mapping.lookup(index, self.cache.pool().pages()) else {
                 continue;
             };
             let page = Pinned { inode: self, frame };
             let desc = page.desc();
-            self.cache.waits.wait(desc, frame, PageState::LOCKED).await;
+            self.cache
+                .waits()
+                .wait(desc, frame, PageState::LOCKED)
+                .await;
             let st = desc.state();
             if !st.has(PageState::UPTODATE) && st.has(PageState::ERROR) {
                 return Err(self.read_error(index, desc.errno()));

@@ -30,7 +30,7 @@ pub(crate) enum SyncKind {
 impl Inode {
     /// Waits until the page at `index`, if cached, is neither locked nor under writeback.
     async fn wait_idle(&self, index: u64) {
-        let pages = self.cache.pool.pages();
+        let pages = self.cache.pool().pages();
         let Some(frame) = self.mapping.lookup(index, pages) else {
             return;
         };
@@ -39,7 +39,7 @@ impl Inode {
             .wait_unlocked(desc, frame, "a sync", &self.path, index)
             .await;
         self.cache
-            .waits
+            .waits()
             .wait(desc, frame, PageState::WRITEBACK)
             .await;
         self.cache.put(frame);
@@ -81,7 +81,7 @@ impl Inode {
             // SAFETY: writeback and direct writes: their frames are pinned for the I/O and
             // under WRITEBACK (no writer changes them, stable pages) or temporary frames of
             // the caller's, in no mapping, until the completion drops the I/O's pins.
-            unsafe { self.cache.backend.submit(&mut go) };
+            unsafe { self.cache.backend().submit(&mut go) };
         }
     }
 
@@ -145,13 +145,13 @@ impl Inode {
                 let mut release = next.release;
                 if !release.is_empty() {
                     // SAFETY: writes held by the gate, as admitted in `submit_writes`.
-                    unsafe { this.cache.backend.submit(&mut release) };
+                    unsafe { this.cache.backend().submit(&mut release) };
                 }
                 done(res);
             }),
         }];
         // SAFETY: an ftruncate names no frame.
-        unsafe { self.cache.backend.submit(&mut batch) };
+        unsafe { self.cache.backend().submit(&mut batch) };
     }
 
     /// Records the completion of write request `seq` (after its pages and the error sequence
@@ -211,7 +211,7 @@ impl Inode {
     fn start_flush(self: &Arc<Self>, flush: FlushStart) {
         let this = self.clone();
         let FlushStart { full, covers } = flush;
-        self.cache.counters.add(Counter::Flushes, 1);
+        self.cache.counters().add(Counter::Flushes, 1);
         tracing::trace!(full, covers, "flush");
         let mut batch = vec![Request {
             file: self.file_id,
@@ -220,7 +220,7 @@ impl Inode {
                 if let Err(e) = &res {
                     let errno = crate::error::raw_os_error_of(e).unwrap_or(libc::EIO);
                     tracing::error!(path = %this.path.display(), error = %e, "flush failed");
-                    this.cache.counters.add(Counter::FlushErrors, 1);
+                    this.cache.counters().add(Counter::FlushErrors, 1);
                     this.wb.poisoned.store(errno, Ordering::Release);
                     this.mapping.wb_err().set(errno);
                 }
@@ -232,7 +232,7 @@ impl Inode {
             }),
         }];
         // SAFETY: a flush names no frame.
-        unsafe { self.cache.backend.submit(&mut batch) };
+        unsafe { self.cache.backend().submit(&mut batch) };
     }
 
     /// `sync_range` / `sync_data` / `sync_all` for a handle whose error cursor is `cursor`.
@@ -241,12 +241,12 @@ impl Inode {
         kind: SyncKind,
         cursor: &ErrCursor,
     ) -> io::Result<()> {
-        self.cache.counters.add(Counter::Syncs, 1);
+        self.cache.counters().add(Counter::Syncs, 1);
         self.sync_once(kind, cursor).await
     }
 
     async fn sync_once(self: &Arc<Self>, kind: SyncKind, cursor: &ErrCursor) -> io::Result<()> {
-        let shift = self.cache.page_shift;
+        let shift = self.cache.page_shift();
         let (start, end) = match kind {
             SyncKind::Range(s, e) => (s >> shift, e.div_ceil(1 << shift)),
             SyncKind::Data | SyncKind::All => (0, u64::MAX),

@@ -55,7 +55,7 @@ pub(crate) struct LockedPage<'a> {
 
 impl LockedPage<'_> {
     pub(crate) fn desc(&self) -> &PageDesc {
-        self.inode.cache.pool.pages().get(self.frame)
+        self.inode.cache.pool().pages().get(self.frame)
     }
 
     /// The frame, keeping both the lock and the pin (the caller takes over releasing them).
@@ -69,15 +69,15 @@ impl LockedPage<'_> {
         // SAFETY: this task holds the page's LOCKED bit and has waited out its writeback, so
         // no reader fills it and no write reads it while the slice is used; readers of an
         // up-to-date page may copy concurrently (the kernel's semantics for racing read/write).
-        unsafe { self.inode.cache.arena.frame_mut(self.frame) }
+        unsafe { self.inode.cache.arena().frame_mut(self.frame) }
     }
 }
 
 impl Drop for LockedPage<'_> {
     fn drop(&mut self) {
         let cache = &self.inode.cache;
-        cache.waits.clear_and_wake(
-            cache.pool.pages().get(self.frame),
+        cache.waits().clear_and_wake(
+            cache.pool().pages().get(self.frame),
             self.frame,
             PageState::LOCKED,
         );
@@ -88,7 +88,7 @@ impl Drop for LockedPage<'_> {
 impl Inode {
     /// Locks the pinned page in `frame` (`lock_page`), taking over the caller's pin.
     pub(crate) async fn lock_page(&self, frame: FrameId) -> LockedPage<'_> {
-        let desc = self.cache.pool.pages().get(frame);
+        let desc = self.cache.pool().pages().get(frame);
         while !desc.try_lock() {
             self.cache
                 .wait_unlocked(
@@ -130,7 +130,7 @@ impl Inode {
                     {
                         return;
                     }
-                    cache.counters.add(Counter::ThrottleWaits, 1);
+                    cache.counters().add(Counter::ThrottleWaits, 1);
                     tracing::debug!(
                         dirty = cache.nr_dirty.load(Ordering::Relaxed),
                         limit = cache.limits.limit,
@@ -158,13 +158,13 @@ impl Inode {
     /// Writes `buf` at byte `offset` into the cache (`generic_perform_write`). All of it, or an
     /// error; the caller has checked the range.
     pub(crate) async fn write_at(self: &Arc<Self>, buf: &[u8], offset: u64) -> io::Result<()> {
-        let ps = self.cache.page_size as u64;
+        let ps = self.cache.page_size() as u64;
         let mut pos = offset;
         let end = offset + buf.len() as u64;
         self.check_fits(end)?;
         let _size = self.size_lock.shared().await;
         while pos < end {
-            let index = pos >> self.cache.page_shift;
+            let index = pos >> self.cache.page_shift();
             let in_page = (pos & (ps - 1)) as usize;
             let n = (ps - in_page as u64).min(end - pos) as usize;
             let from = (pos - offset) as usize;
@@ -182,7 +182,7 @@ impl Inode {
         in_page: usize,
         data: &[u8],
     ) -> io::Result<()> {
-        let whole = in_page == 0 && data.len() == self.cache.page_size;
+        let whole = in_page == 0 && data.len() == self.cache.page_size();
         let mut page = self.lock_for_write(index, whole, &NoReadahead).await?;
         page.bytes_mut()[in_page..in_page + data.len()].copy_from_slice(data);
         // A fresh page of a whole-page overwrite becomes readable only now (`write_end`).
@@ -190,7 +190,7 @@ impl Inode {
         page.desc().clear(PageState::ERROR);
         self.redirty(page.desc(), index);
         self.mapping
-            .extend_size((index << self.cache.page_shift) + (in_page + data.len()) as u64);
+            .extend_size((index << self.cache.page_shift()) + (in_page + data.len()) as u64);
         Ok(())
     }
 
@@ -207,23 +207,23 @@ impl Inode {
         ra: &dyn ReadaheadSource,
     ) -> io::Result<LockedPage<'_>> {
         let cache = &self.cache;
-        let page_start = index << cache.page_shift;
+        let page_start = index << cache.page_shift();
         loop {
             self.balance_dirty().await;
             let beyond_eof = page_start >= self.mapping.size();
-            let mut page = match self.mapping.lookup(index, cache.pool.pages()) {
+            let mut page = match self.mapping.lookup(index, cache.pool().pages()) {
                 Some(frame) => self.lock_page(frame).await,
                 None if whole || beyond_eof => {
                     // No file data to keep: a fresh frame, locked from the start.
                     let frame = cache.alloc().await?;
-                    match self.mapping.insert(index, frame, cache.pool.pages()) {
+                    match self.mapping.insert(index, frame, cache.pool().pages()) {
                         Ok(()) => {
-                            cache.pool.lru_add(frame, self.mapping.id(), index);
+                            cache.pool().lru_add(frame, self.mapping.id(), index);
                             LockedPage { inode: self, frame }
                         }
                         Err(existing) => {
                             // Another task created it first: use theirs.
-                            cache.pool.pages().get(frame).clear(PageState::LOCKED);
+                            cache.pool().pages().get(frame).clear(PageState::LOCKED);
                             cache.put(frame);
                             self.lock_page(existing).await
                         }
@@ -260,7 +260,7 @@ impl Inode {
             }
             while page.desc().state().has(PageState::WRITEBACK) {
                 cache
-                    .waits
+                    .waits()
                     .wait(page.desc(), page.frame, PageState::WRITEBACK)
                     .await;
             }
@@ -273,7 +273,7 @@ impl Inode {
     /// pinned by a reader keeps its frame until the last unpin.
     pub(crate) async fn truncate_pages(self: &Arc<Self>, first: u64) {
         let cache = &self.cache;
-        let pages = cache.pool.pages();
+        let pages = cache.pool().pages();
         for (index, _) in self.mapping.range(first, u64::MAX) {
             let Some(frame) = self.mapping.lookup(index, pages) else {
                 continue;
@@ -281,7 +281,7 @@ impl Inode {
             let page = self.lock_page(frame).await;
             while page.desc().state().has(PageState::WRITEBACK) {
                 cache
-                    .waits
+                    .waits()
                     .wait(page.desc(), frame, PageState::WRITEBACK)
                     .await;
             }
@@ -301,19 +301,19 @@ impl Inode {
     /// Zeroes the cached bytes of the page holding byte `len` from `len` on, so that the page
     /// past a new end of file reads as zeros (`truncate_pagecache` → `truncate_inode_partial_folio`).
     async fn zero_tail(self: &Arc<Self>, len: u64) {
-        let ps = self.cache.page_size as u64;
+        let ps = self.cache.page_size() as u64;
         let in_page = (len & (ps - 1)) as usize;
         if in_page == 0 {
             return;
         }
-        let index = len >> self.cache.page_shift;
-        let Some(frame) = self.mapping.lookup(index, self.cache.pool.pages()) else {
+        let index = len >> self.cache.page_shift();
+        let Some(frame) = self.mapping.lookup(index, self.cache.pool().pages()) else {
             return;
         };
         let mut page = self.lock_page(frame).await;
         while page.desc().state().has(PageState::WRITEBACK) {
             self.cache
-                .waits
+                .waits()
                 .wait(page.desc(), frame, PageState::WRITEBACK)
                 .await;
         }
@@ -334,7 +334,7 @@ impl Inode {
         let old = self.mapping.size();
         if len < old {
             self.mapping.set_size(len);
-            self.truncate_pages(len.div_ceil(self.cache.page_size as u64))
+            self.truncate_pages(len.div_ceil(self.cache.page_size() as u64))
                 .await;
             self.zero_tail(len).await;
             self.cut_disk(Some(len)).await
@@ -353,7 +353,7 @@ impl Inode {
     /// stay. Returns how many were dropped.
     pub(crate) fn invalidate(&self, start: u64, end: u64) -> usize {
         let cache = &self.cache;
-        let pages = cache.pool.pages();
+        let pages = cache.pool().pages();
         let mut dropped = 0;
         for (index, frame) in self.mapping.range(start, end) {
             let removed = self.mapping.remove_if(index, frame, pages, |d| {

@@ -72,7 +72,7 @@ use crate::stats::Counter;
 pub(crate) struct InodeWriteback {
     /// The file's length on disk as far as the cache knows (writes of the tail block may make
     /// it longer than `len()` until the next sync cuts it back).
-    pub(crate) disk_size: AtomicU64,
+    pub(super) disk_size: AtomicU64,
     /// `len()` at the last successful full flush.
     pub(super) synced_size: AtomicU64,
     pub(super) flush: Mutex<FlushState>,
@@ -162,8 +162,8 @@ impl Inode {
         dsync: bool,
     ) -> (usize, Vec<u64>) {
         let cache = &self.cache;
-        let pages = cache.pool.pages();
-        let ps = cache.page_size;
+        let pages = cache.pool().pages();
+        let ps = cache.page_size();
         let mut batch = WriteBatch {
             dsync,
             ..WriteBatch::default()
@@ -194,7 +194,7 @@ impl Inode {
                 if is_busy {
                     busy.push(index);
                 }
-                cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+                cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
                 cache.put(frame);
                 continue;
             }
@@ -207,7 +207,7 @@ impl Inode {
             self.mapping.start_writeback(index);
             cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
             cache.nr_writeback.fetch_add(1, Ordering::AcqRel);
-            cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+            cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
             if len == 0 {
                 // Wholly past end of file (a truncation is dropping it): nothing to write.
                 self.finish_writeback(index, frame, None);
@@ -233,7 +233,7 @@ impl Inode {
 
     fn max_write_pages(&self) -> usize {
         // As large as the largest read window: big writes reach the device's bandwidth.
-        self.cache.ra_max_pages.max(1) as usize
+        self.cache.ra_max_pages().max(1) as usize
     }
 
     fn flush_write_run(self: &Arc<Self>, batch: &mut WriteBatch) {
@@ -244,7 +244,7 @@ impl Inode {
         let len = std::mem::take(&mut batch.run_bytes);
         batch.run_closed = false;
         let first = batch.run_start;
-        let offset = first << self.cache.page_shift;
+        let offset = first << self.cache.page_shift();
         let this = self.clone();
         let done_frames = frames.clone();
         let dsync = batch.dsync;
@@ -283,9 +283,9 @@ impl Inode {
                     .disk_size
                     .fetch_max(offset + len as u64, Ordering::AcqRel);
                 cache
-                    .counters
+                    .counters()
                     .add(Counter::PagesWritten, frames.len() as u64);
-                cache.counters.add(Counter::WriteRequests, 1);
+                cache.counters().add(Counter::WriteRequests, 1);
                 None
             }
             Err(e) => {
@@ -294,7 +294,7 @@ impl Inode {
                     path = %self.path.display(), offset, len, error = %e,
                     "writeback failed; the pages stay dirty"
                 );
-                cache.counters.add(Counter::WriteErrors, 1);
+                cache.counters().add(Counter::WriteErrors, 1);
                 Some(errno)
             }
         };
@@ -306,14 +306,14 @@ impl Inode {
         }
         cache.dirty_event.notify_all();
         if cache.has_alloc_waiters() {
-            cache.frame_event.notify_all();
+            cache.notify_frame_waiters();
         }
     }
 
     /// Ends writeback of one page; on failure the page goes back to dirty first.
     fn finish_writeback(self: &Arc<Self>, index: u64, frame: FrameId, errno: Option<i32>) {
         let cache = &self.cache;
-        let desc = cache.pool.pages().get(frame);
+        let desc = cache.pool().pages().get(frame);
         if let Some(errno) = errno {
             desc.set_errno(errno);
             desc.set(PageState::ERROR);
@@ -326,7 +326,7 @@ impl Inode {
         self.mapping.end_writeback(index);
         cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
         cache
-            .waits
+            .waits()
             .clear_and_wake(desc, frame, PageState::WRITEBACK);
         cache.put(frame);
     }
@@ -373,7 +373,7 @@ impl Inode {
     /// bytes that could not be written). Returns their indices and the last errno seen on one.
     pub(crate) fn discard_dirty_pages(self: &Arc<Self>) -> (Vec<u64>, i32) {
         let cache = &self.cache;
-        let pages = cache.pool.pages();
+        let pages = cache.pool().pages();
         let mut dropped = Vec::new();
         let mut errno = 0;
         for index in self.mapping.dirty_range(0, u64::MAX, usize::MAX) {
@@ -391,7 +391,7 @@ impl Inode {
                     errno = desc.errno();
                     dropped.push(index);
                 }
-                cache.waits.clear_and_wake(desc, frame, PageState::LOCKED);
+                cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
             }
             cache.put(frame);
         }
