@@ -33,6 +33,20 @@ pub struct FileId(pub u32);
 /// Called once with the outcome of a [`Request`]: bytes transferred, or the error.
 pub type Completion = Box<dyn FnOnce(io::Result<usize>) + Send + 'static>;
 
+/// The kind of an [`Op`] without its arguments: what the counters, the timing layer and fault
+/// rules key on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// [`Op::Read`].
+    Read,
+    /// [`Op::Write`].
+    Write,
+    /// [`Op::Fsync`] (`fsync` or `fdatasync`).
+    Fsync,
+    /// [`Op::Truncate`].
+    Truncate,
+}
+
 /// What a request does.
 #[derive(Debug)]
 pub enum Op {
@@ -69,6 +83,23 @@ pub enum Op {
         /// The new size in bytes.
         len: u64,
     },
+}
+
+impl Op {
+    /// The operation's kind.
+    ///
+    /// ```
+    /// use uringcache_core::backend::{Op, OpKind};
+    /// assert_eq!(Op::Truncate { len: 0 }.kind(), OpKind::Truncate);
+    /// ```
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Read { .. } => OpKind::Read,
+            Op::Write { .. } => OpKind::Write,
+            Op::Fsync { .. } => OpKind::Fsync,
+            Op::Truncate { .. } => OpKind::Truncate,
+        }
+    }
 }
 
 /// One I/O for a backend to run.

@@ -4,7 +4,7 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use uringcache_core::backend::{BackendStats, Completion, FileId, Op};
+use uringcache_core::backend::{BackendStats, Completion, FileId, OpKind};
 use uringcache_core::frames::FrameArena;
 use uringcache_core::page::FrameId;
 
@@ -20,27 +20,6 @@ pub(crate) const MAX_RW: usize = 1 << 30;
 /// Consecutive `EINTR` / `EAGAIN` results tolerated on one operation before it fails.
 pub(crate) const MAX_RETRIES: u32 = 1000;
 
-/// What kind of work an operation does, for the counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Read,
-    Write,
-    Fsync,
-    Truncate,
-}
-
-impl Kind {
-    /// The kind of a request's operation.
-    pub(crate) fn of(op: &Op) -> Kind {
-        match op {
-            Op::Read { .. } => Kind::Read,
-            Op::Write { .. } => Kind::Write,
-            Op::Fsync { .. } => Kind::Fsync,
-            Op::Truncate { .. } => Kind::Truncate,
-        }
-    }
-}
-
 /// The counters behind [`BackendStats`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -55,23 +34,23 @@ pub(crate) struct Counters {
 
 impl Counters {
     /// Accounts for one finished operation.
-    pub(crate) fn record(&self, kind: Kind, result: &io::Result<usize>) {
+    pub(crate) fn record(&self, kind: OpKind, result: &io::Result<usize>) {
         match (kind, result) {
             (_, Err(_)) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
-            (Kind::Read, Ok(n)) => {
+            (OpKind::Read, Ok(n)) => {
                 self.reads.fetch_add(1, Ordering::Relaxed);
                 self.read_bytes.fetch_add(*n as u64, Ordering::Relaxed);
             }
-            (Kind::Write, Ok(n)) => {
+            (OpKind::Write, Ok(n)) => {
                 self.writes.fetch_add(1, Ordering::Relaxed);
                 self.write_bytes.fetch_add(*n as u64, Ordering::Relaxed);
             }
-            (Kind::Fsync, Ok(_)) => {
+            (OpKind::Fsync, Ok(_)) => {
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
-            (Kind::Truncate, Ok(_)) => {}
+            (OpKind::Truncate, Ok(_)) => {}
         }
     }
 
@@ -97,7 +76,7 @@ impl Counters {
 /// swallowed: it must not take the driver (and every other request's completion) with it.
 pub(crate) fn complete(
     counters: &Counters,
-    kind: Kind,
+    kind: OpKind,
     done: Completion,
     result: io::Result<usize>,
 ) {

@@ -19,35 +19,10 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use uringcache_core::backend::{Backend, BackendStats, FileId, Op, Request};
+use uringcache_core::backend::{Backend, BackendStats, FileId, Request};
 
-/// Which requests a rule applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    /// Reads.
-    Read,
-    /// Writes.
-    Write,
-    /// Flushes (`fsync` / `fdatasync`).
-    Fsync,
-    /// Truncations.
-    Truncate,
-    /// Every request.
-    Any,
-}
-
-impl OpKind {
-    fn matches(self, op: &Op) -> bool {
-        matches!(
-            (self, op),
-            (OpKind::Any, _)
-                | (OpKind::Read, Op::Read { .. })
-                | (OpKind::Write, Op::Write { .. })
-                | (OpKind::Fsync, Op::Fsync { .. })
-                | (OpKind::Truncate, Op::Truncate { .. })
-        )
-    }
-}
+/// Which requests a rule applies to (the core's operation kind, re-exported).
+pub use uringcache_core::backend::OpKind;
 
 /// What a rule does to a matching request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +132,7 @@ impl FaultBackend {
     fn rule_for(&self, req: &Request, holds: bool) -> Option<Fault> {
         let mut rules = self.rules.lock();
         let rule = rules.iter_mut().find(|r| {
-            r.kind.matches(&req.op)
+            r.kind == req.op.kind()
                 && r.file.is_none_or(|f| f == req.file)
                 && r.uses != Some(0)
                 && (holds || r.fault != Fault::Hold)

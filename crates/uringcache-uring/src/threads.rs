@@ -20,8 +20,8 @@ use uringcache_core::frames::FrameArena;
 use uringcache_core::page::FrameId;
 
 use crate::common::{
-    build_iovecs, check_rw, complete, shut_down_error, unknown_file_error, Counters, Kind,
-    Progress, Step, MAX_RETRIES, MAX_RW,
+    build_iovecs, check_rw, complete, shut_down_error, unknown_file_error, Counters, Progress,
+    Step, MAX_RETRIES, MAX_RW,
 };
 use crate::error;
 
@@ -156,7 +156,7 @@ impl Backend for ThreadsBackend {
             }
         }
         for (req, e) in refused {
-            complete(&self.inner.counters, Kind::of(&req.op), req.done, Err(e));
+            complete(&self.inner.counters, req.op.kind(), req.done, Err(e));
         }
     }
 
@@ -189,7 +189,7 @@ impl Drop for ThreadsBackend {
 
 fn run(inner: &Inner, job: Job) {
     let Job { fd, req } = job;
-    let kind = Kind::of(&req.op);
+    let kind = req.op.kind();
     let result = match req.op {
         Op::Read {
             offset,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use uringcache_core::backend::{Backend, BackendStats, FileId, Op, Request};
+use uringcache_core::backend::{Backend, BackendStats, FileId, Op, OpKind, Request};
 
 /// A latency summary in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,11 +41,14 @@ impl std::fmt::Display for Latency {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Read = 0,
-    Write = 1,
-    Flush = 2,
+/// The histogram of an operation kind (`None`: not timed).
+fn histogram_of(kind: OpKind) -> Option<usize> {
+    match kind {
+        OpKind::Read => Some(0),
+        OpKind::Write => Some(1),
+        OpKind::Fsync => Some(2),
+        OpKind::Truncate => None,
+    }
 }
 
 /// The timing layer.
@@ -108,18 +111,16 @@ impl Backend for Timed {
         .entered();
         let start = Instant::now();
         for req in batch.iter_mut() {
-            let kind = match req.op {
-                Op::Read { .. } => Kind::Read,
-                Op::Write { .. } => Kind::Write,
-                Op::Fsync { .. } => Kind::Flush,
-                Op::Truncate { .. } => continue,
+            let kind = req.op.kind();
+            let Some(slot) = histogram_of(kind) else {
+                continue;
             };
             let hist = self.hist.clone();
             let done = std::mem::replace(&mut req.done, Box::new(|_| {}));
             req.done = Box::new(move |res: io::Result<usize>| {
                 let us = start.elapsed().as_micros().max(1) as u64;
-                let _ = hist[kind as usize].lock().record(us.min(60_000_000));
-                tracing::trace!(kind = kind as u8, us, ok = res.is_ok(), "io complete");
+                let _ = hist[slot].lock().record(us.min(60_000_000));
+                tracing::trace!(?kind, us, ok = res.is_ok(), "io complete");
                 done(res);
             });
         }

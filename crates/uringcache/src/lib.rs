@@ -216,5 +216,7 @@ pub use uringcache_core::readahead::Advice;
 
 /// The I/O layer's trait and request types, for [`CacheBuilder::wrap_backend`] layers.
 pub mod io_backend {
-    pub use uringcache_core::backend::{Backend, BackendStats, Completion, FileId, Op, Request};
+    pub use uringcache_core::backend::{
+        Backend, BackendStats, Completion, FileId, Op, OpKind, Request,
+    };
 }

@@ -27,7 +27,9 @@ use uringcache_core::frames::FrameArena;
 
 use super::ops::InFlight;
 use super::setup::FileEntry;
-use crate::common::{complete, Counters, Kind, Step, MAX_RETRIES};
+use uringcache_core::backend::OpKind;
+
+use crate::common::{complete, Counters, Step, MAX_RETRIES};
 
 /// `user_data` of the NOP that wakes the driver at shutdown; never a slab key.
 const WAKE: u64 = u64::MAX;
@@ -138,7 +140,7 @@ pub(super) fn spawn(shared: &Arc<Shared>) -> io::Result<JoinHandle<()>> {
 fn drive(shared: &Shared) {
     let cq_cap = shared.ring.params().cq_entries() as usize;
     let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(cq_cap);
-    let mut finished: Vec<(Completion, Kind, io::Result<usize>)> = Vec::with_capacity(cq_cap);
+    let mut finished: Vec<(Completion, OpKind, io::Result<usize>)> = Vec::with_capacity(cq_cap);
     loop {
         {
             let st = shared.state.lock();

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use uringcache_core::backend::{Backend, BackendStats, FileId, Request};
 use uringcache_core::frames::FrameArena;
 
-use crate::common::{shut_down_error, Kind, MAX_RW};
+use crate::common::{shut_down_error, MAX_RW};
 
 mod driver;
 mod ops;
@@ -175,7 +175,7 @@ impl Backend for UringBackend {
             let mut st = shared.state.lock();
             if st.closing {
                 for req in batch.drain(..) {
-                    let kind = Kind::of(&req.op);
+                    let kind = req.op.kind();
                     later.push(Later::Complete(req.done, kind, Err(shut_down_error(NAME))));
                 }
             } else {

@@ -16,14 +16,14 @@ use std::io;
 use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
-use uringcache_core::backend::{Completion, Op, Request};
+use uringcache_core::backend::{Completion, Op, OpKind, Request};
 use uringcache_core::frames::FrameArena;
 use uringcache_core::page::FrameId;
 
 use super::driver::{Shared, State};
 use super::NAME;
 use crate::common::{
-    build_iovecs, check_rw, complete, consecutive, unknown_file_error, used_frames, Counters, Kind,
+    build_iovecs, check_rw, complete, consecutive, unknown_file_error, used_frames, Counters,
     Progress, Step, MAX_RETRIES,
 };
 
@@ -87,12 +87,12 @@ enum Work {
 }
 
 impl InFlight {
-    pub(super) fn kind(&self) -> Kind {
+    pub(super) fn kind(&self) -> OpKind {
         match &self.work {
-            Work::Rw { progress, .. } if progress.write => Kind::Write,
-            Work::Rw { .. } => Kind::Read,
-            Work::Fsync { .. } => Kind::Fsync,
-            Work::Truncate { .. } => Kind::Truncate,
+            Work::Rw { progress, .. } if progress.write => OpKind::Write,
+            Work::Rw { .. } => OpKind::Read,
+            Work::Fsync { .. } => OpKind::Fsync,
+            Work::Truncate { .. } => OpKind::Truncate,
         }
     }
 
@@ -187,7 +187,7 @@ impl InFlight {
 /// What the submitting thread does after releasing the mutex.
 pub(super) enum Later {
     /// Run a completion with this result.
-    Complete(Completion, Kind, io::Result<usize>),
+    Complete(Completion, OpKind, io::Result<usize>),
     /// `ftruncate(2)` on this thread: the kernel (before Linux 6.9) lacks
     /// `IORING_OP_FTRUNCATE`. Truncation is rare (`set_len`) and quick (metadata only, no data
     /// transfer), so a synchronous call on the submitting thread costs less than a hand-off to
@@ -211,7 +211,7 @@ impl Later {
                     Err(_) => Err(io::Error::from_raw_os_error(libc::EFBIG)),
                 };
                 counters.submitted();
-                complete(counters, Kind::Truncate, done, result)
+                complete(counters, OpKind::Truncate, done, result)
             }
         }
     }
@@ -221,7 +221,7 @@ impl Shared {
     /// Turns a request into an operation, or into something done on this thread.
     pub(super) fn prepare(&self, st: &State, req: Request) -> Result<InFlight, Later> {
         let Request { file, op, done } = req;
-        let kind = Kind::of(&op);
+        let kind = op.kind();
         let Some(entry) = st.files.get(file.0 as usize) else {
             return Err(Later::Complete(
                 done,
@@ -263,7 +263,7 @@ impl Shared {
                     frames,
                     fixed,
                     iovecs: IoVecs(Box::new([])),
-                    progress: Progress::new(kind == Kind::Write, len).with_max(self.max_transfer),
+                    progress: Progress::new(kind == OpKind::Write, len).with_max(self.max_transfer),
                     dsync,
                 }
             }
