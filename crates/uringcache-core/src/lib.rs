@@ -16,7 +16,8 @@
 //! | [`readahead`] | `mm/readahead.c`, `file_ra_state` | the on-demand readahead state machine |
 //! | [`errseq`] | `errseq_t` (`lib/errseq.c`) | writeback error sequences and per-handle cursors |
 //! | [`group_commit`] | jbd2's commit sequence, a WAL's group commit | concurrent syncs of a file sharing flushes |
-//! | [`writeback`] | `mm/page-writeback.c` | dirty thresholds, coalescing dirty runs, the tail block |
+//! | [`run`] | bio building (`mpage_readahead`, `mpage_writepages`) | gathering consecutive pages into device requests |
+//! | [`writeback`] | `mm/page-writeback.c` | dirty thresholds, the tail block |
 //! | [`backend`] | `address_space_operations` | the trait the I/O layer implements |
 //! | [`disk_gate`] | `i_rwsem` around `setattr` against direct writes | keeping device writes and `ftruncate`s of a file apart in time |
 //!
@@ -35,6 +36,7 @@ pub mod mapping;
 pub mod page;
 pub mod pool;
 pub mod readahead;
+pub mod run;
 mod sync;
 
 #[cfg(all(test, loom))]

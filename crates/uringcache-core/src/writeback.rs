@@ -3,14 +3,10 @@
 //! * [`DirtyLimits`]: the background threshold and the hard limit on dirty pages, as fractions
 //!   of the budget (`dirty_background_ratio`, `dirty_ratio`), and what a writer must do at a
 //!   given dirty count (`balance_dirty_pages`): run free, start background writeback, or wait.
-//! * [`coalesce`]: turns the sorted dirty indices of a file into runs of consecutive pages, each
-//!   one device write (`write_cache_pages` gathering into `mpage_writepages` bios).
 //! * [`tail_len`]: how much of the last page of a file an `O_DIRECT` write must cover: the
 //!   bytes up to end of file, rounded up to the direct-I/O alignment.
 //!
 //! Nothing here touches pages or does I/O; the `uringcache` crate applies these decisions.
-
-use std::ops::Range;
 
 /// What a writer should do before dirtying another page (`balance_dirty_pages`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,20 +52,6 @@ impl DirtyLimits {
     }
 }
 
-/// Splits sorted, distinct page indices into runs of consecutive pages of at most `max_pages`
-/// pages each.
-pub fn coalesce(indices: &[u64], max_pages: usize) -> Vec<Range<u64>> {
-    let max_pages = max_pages.max(1) as u64;
-    let mut runs: Vec<Range<u64>> = Vec::new();
-    for &i in indices {
-        match runs.last_mut() {
-            Some(run) if run.end == i && run.end - run.start < max_pages => run.end = i + 1,
-            _ => runs.push(i..i + 1),
-        }
-    }
-    runs
-}
-
 /// Bytes of page `index` to write so that the file's first `size` bytes reach the device:
 /// the whole page before the last one, the part up to `size` rounded up to `align` for the
 /// page holding the end, 0 for pages wholly past the end.
@@ -113,14 +95,6 @@ mod tests {
         assert_eq!(l.background, 8);
         let l = DirtyLimits::new(100, 0.9, 0.2);
         assert!(l.background < l.limit);
-    }
-
-    #[test]
-    fn coalescing_makes_runs() {
-        assert_eq!(coalesce(&[], 8), Vec::<Range<u64>>::new());
-        assert_eq!(coalesce(&[1, 2, 3, 7, 9, 10], 8), vec![1..4, 7..8, 9..11]);
-        assert_eq!(coalesce(&[0, 1, 2, 3, 4], 2), vec![0..2, 2..4, 4..5]);
-        assert_eq!(coalesce(&[u64::MAX - 1], 4), vec![u64::MAX - 1..u64::MAX]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct CacheBuilder {
     page_size: usize,
     backend: Backend,
     readahead_max: usize,
+    max_request_size: usize,
     uring_entries: u32,
     sqpoll: bool,
     threads: usize,
@@ -45,6 +46,7 @@ impl std::fmt::Debug for CacheBuilder {
             .field("page_size", &self.page_size)
             .field("backend", &self.backend)
             .field("readahead_max", &self.readahead_max)
+            .field("max_request_size", &self.max_request_size)
             .field("dirty_ratio", &self.dirty_ratio)
             .field("dirty_background_ratio", &self.dirty_background_ratio)
             .field("dirty_expire", &self.dirty_expire)
@@ -61,6 +63,7 @@ impl Default for CacheBuilder {
             page_size: 4096,
             backend: Backend::Auto,
             readahead_max: 2 << 20,
+            max_request_size: 2 << 20,
             uring_entries: 256,
             sqpoll: false,
             threads: 32,
@@ -114,6 +117,26 @@ impl CacheBuilder {
     /// core).
     pub fn sqpoll(&mut self, on: bool) -> &mut Self {
         self.sqpoll = on;
+        self
+    }
+
+    /// The most bytes one device request of the cache carries (default 2 MiB): a run of
+    /// consecutive pages read by readahead, written back, or moved by direct I/O is split at
+    /// this size. Further capped to a quarter of the budget. At least one page. Independent of
+    /// [`readahead_max`](Self::readahead_max), which sizes windows, not requests.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let cache = uringcache::Cache::builder()
+    ///     .memory_limit(16 << 20)
+    ///     .max_request_size(256 << 10) // 64 pages per request
+    ///     .build()?;
+    /// # drop(cache);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn max_request_size(&mut self, bytes: usize) -> &mut Self {
+        self.max_request_size = bytes;
         self
     }
 
@@ -190,6 +213,7 @@ impl CacheBuilder {
         let timed = Arc::new(Timed::new(backend));
         let backend: Arc<dyn IoBackend> = timed.clone();
         let ra_max_pages = ((self.readahead_max / ps).min(frames / 4)).max(1) as u64;
+        let max_request_pages = (self.max_request_size / ps).min(frames / 4).max(1);
         Cache::start(CacheParts {
             arena,
             backend,
@@ -198,6 +222,7 @@ impl CacheBuilder {
             frames,
             page_size: ps,
             ra_max_pages,
+            max_request_pages,
             limits: DirtyLimits::new(frames, self.dirty_background_ratio, self.dirty_ratio),
             writeback_interval: self.writeback_interval,
             dirty_expire: self.dirty_expire,
@@ -250,6 +275,12 @@ impl CacheBuilder {
                 "readahead_max {} is invalid: it must be at least one page ({ps} bytes); to \
                  read only what is asked, use `File::advise(Advice::Random)`",
                 self.readahead_max
+            )));
+        }
+        if self.max_request_size < ps {
+            return Err(invalid(format!(
+                "max_request_size {} is invalid: it must be at least one page ({ps} bytes)",
+                self.max_request_size
             )));
         }
         if self.uring_entries == 0 || self.uring_entries > MAX_URING_ENTRIES {
@@ -327,7 +358,7 @@ mod tests {
     #[test]
     fn validate_names_each_setting_out_of_range() {
         type Set = fn(&mut CacheBuilder);
-        let cases: [(&str, Set); 14] = [
+        let cases: [(&str, Set); 15] = [
             ("page size 0", |b| {
                 b.page_size(0);
             }),
@@ -354,6 +385,9 @@ mod tests {
             }),
             ("dirty_background_ratio -0.1", |b| {
                 b.dirty_background_ratio(-0.1);
+            }),
+            ("max_request_size 4095", |b| {
+                b.max_request_size(4095);
             }),
             ("readahead_max 0", |b| {
                 b.readahead_max(0);

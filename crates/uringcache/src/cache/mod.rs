@@ -54,6 +54,7 @@ pub(crate) struct CacheParts {
     pub(crate) frames: usize,
     pub(crate) page_size: usize,
     pub(crate) ra_max_pages: u64,
+    pub(crate) max_request_pages: usize,
     pub(crate) limits: DirtyLimits,
     pub(crate) writeback_interval: Duration,
     pub(crate) dirty_expire: Duration,
@@ -75,6 +76,7 @@ impl Cache {
             page_size: ps,
             page_shift: ps.trailing_zeros(),
             ra_max_pages: parts.ra_max_pages,
+            max_request_pages: parts.max_request_pages,
             counters: Counters::default(),
             frame_event: Event::new(),
             alloc_waiters: AtomicUsize::new(0),
@@ -233,6 +235,8 @@ pub(crate) struct CacheInner {
     page_size: usize,
     page_shift: u32,
     ra_max_pages: u64,
+    /// The most pages one device request carries (`CacheBuilder::max_request_size`).
+    max_request_pages: usize,
     counters: Counters,
     /// Notified when a frame may have become free or evictable (an unpin, an I/O completion)
     /// while an allocation waits for one.
@@ -313,10 +317,16 @@ impl CacheInner {
         self.page_shift
     }
 
-    /// The largest readahead window, in pages (also the longest device request).
+    /// The largest readahead window, in pages.
     #[inline]
     pub(crate) fn ra_max_pages(&self) -> u64 {
         self.ra_max_pages
+    }
+
+    /// The most pages one device request carries: reads, writeback runs, direct-I/O chunks.
+    #[inline]
+    pub(crate) fn max_request_pages(&self) -> usize {
+        self.max_request_pages
     }
 
     /// Frames pinned by page handles.

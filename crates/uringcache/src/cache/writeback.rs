@@ -6,6 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use uringcache_core::run::RunBuilder;
+
 use super::CacheInner;
 use crate::inode::Inode;
 use crate::stats::Counter;
@@ -139,15 +141,19 @@ impl CacheInner {
                 continue;
             }
             let ps = self.page_size as u64;
-            let ranges: Vec<String> = uringcache_core::writeback::coalesce(&indices, usize::MAX)
+            let mut runs = RunBuilder::new(usize::MAX, 1);
+            let mut spans: Vec<(u64, u64)> = Vec::new();
+            for &i in &indices {
+                spans.extend(
+                    runs.push(i, 0, 1)
+                        .map(|r| (r.first, r.first + r.bytes as u64)),
+                );
+            }
+            spans.extend(runs.finish().map(|r| (r.first, r.first + r.bytes as u64)));
+            let size = inode.mapping().size();
+            let ranges: Vec<String> = spans
                 .iter()
-                .map(|r| {
-                    format!(
-                        "{}..{}",
-                        r.start * ps,
-                        (r.end * ps).min(inode.mapping().size())
-                    )
-                })
+                .map(|&(start, end)| format!("{}..{}", start * ps, (end * ps).min(size)))
                 .collect();
             let error = crate::error::errno(errno, "writing back");
             tracing::error!(

@@ -256,7 +256,7 @@ impl Inode {
         inode.flush_range_for_direct(first, last).await?;
         let mut index = first;
         while index < last {
-            let want = (last - index).min(inode.cache.ra_max_pages().max(1)) as usize;
+            let want = (last - index).min(inode.cache.max_request_pages() as u64) as usize;
             let frames = TempFrames::take(&inode.cache, want).await?;
             let k = frames.len();
             let chunk = index << shift;
@@ -303,7 +303,7 @@ impl Inode {
         inode.flush_range_for_direct(first, last).await?;
         let mut index = first;
         while index < last {
-            let want = (last - index).min(inode.cache.ra_max_pages().max(1)) as usize;
+            let want = (last - index).min(inode.cache.max_request_pages() as u64) as usize;
             let frames = TempFrames::take(&inode.cache, want).await?;
             let k = frames.len();
             let chunk = index << shift;

@@ -40,6 +40,7 @@ use std::sync::Arc;
 use uringcache_core::backend::{Op, Request};
 use uringcache_core::page::{FrameId, PageState};
 use uringcache_core::readahead::Window;
+use uringcache_core::run::{Run, RunBuilder};
 
 use super::{Inode, Pinned, ReadaheadSource};
 use crate::options::VerifyFn;
@@ -150,7 +151,12 @@ impl Inode {
                 }
                 desc.pin(); // the I/O's own pin, dropped by the completion
                 let mut batch = Vec::with_capacity(1);
-                self.push_read(&mut batch, index, vec![frame]);
+                let run = Run {
+                    first: index,
+                    frames: vec![frame],
+                    bytes: self.cache.page_size(),
+                };
+                self.push_read(&mut batch, run);
                 // SAFETY: the page is LOCKED by us and not up to date (nobody reads or writes
                 // its bytes), pinned for the I/O until the completion unlocks and unpins it.
                 unsafe { self.cache.backend().submit(&mut batch) };
@@ -219,7 +225,7 @@ impl Inode {
     /// Starts reading `window` without waiting for anything (async readahead): pages that
     /// cannot get a frame right now are skipped.
     pub(crate) fn start_readahead(self: &Arc<Self>, window: Window) {
-        let mut reads = ReadBatch::default();
+        let mut reads = self.read_batch();
         self.fill_run(window.start, window.end(), window.mark(), &mut reads);
         self.submit(reads);
     }
@@ -233,7 +239,7 @@ impl Inode {
         window: Window,
         demand: Option<u64>,
     ) -> io::Result<u64> {
-        let mut reads = ReadBatch::default();
+        let mut reads = self.read_batch();
         let mut start = window.start;
         if let Some(d) = demand {
             if d < self.read_end_page() && !self.mapping.contains(d) {
@@ -247,7 +253,7 @@ impl Inode {
                     // chose another): the needed page goes first, on its own, so that a
                     // window cut short by a lack of free frames cannot leave it unread (and
                     // its reader looping).
-                    self.flush_run(&mut reads);
+                    self.end_run(&mut reads);
                 }
             }
         }
@@ -319,29 +325,21 @@ impl Inode {
         if mark == Some(index) {
             desc.set(PageState::READAHEAD);
         }
-        let contiguous = reads.run_start + reads.run.len() as u64 == index
-            && reads.run.len() < self.max_io_pages();
-        if !contiguous {
-            self.flush_run(reads);
-            reads.run_start = index;
+        if let Some(run) = reads.run.push(index, frame, self.cache.page_size()) {
+            self.push_read(&mut reads.requests, run);
         }
-        reads.run.push(frame);
     }
 
-    fn max_io_pages(&self) -> usize {
-        self.cache.ra_max_pages().max(1) as usize
-    }
-
-    fn flush_run(self: &Arc<Self>, reads: &mut ReadBatch) {
-        if !reads.run.is_empty() {
-            let frames = std::mem::take(&mut reads.run);
-            self.push_read(&mut reads.requests, reads.run_start, frames);
+    /// Ends the run being gathered: the next page starts a request of its own.
+    fn end_run(self: &Arc<Self>, reads: &mut ReadBatch) {
+        if let Some(run) = reads.run.finish() {
+            self.push_read(&mut reads.requests, run);
         }
     }
 
     /// Submits everything gathered in `reads`, in one backend call.
     fn submit(self: &Arc<Self>, mut reads: ReadBatch) {
-        self.flush_run(&mut reads);
+        self.end_run(&mut reads);
         if !reads.requests.is_empty() {
             // SAFETY: every frame read into is a fresh page, LOCKED and not up to date, pinned
             // for the I/O until its completion unlocks and unpins it (see `add_page`).
@@ -351,9 +349,13 @@ impl Inode {
 
     /// Appends a read of `frames` (consecutive pages from `index`, locked, each with a pin for
     /// the I/O) to `batch`.
-    fn push_read(self: &Arc<Self>, batch: &mut Vec<Request>, index: u64, frames: Vec<FrameId>) {
+    fn push_read(self: &Arc<Self>, batch: &mut Vec<Request>, run: Run) {
         let this = self.clone();
-        let len = frames.len() * self.cache.page_size();
+        let Run {
+            first: index,
+            frames,
+            bytes: len,
+        } = run;
         let done_frames = frames.clone();
         batch.push(Request {
             file: self.file_id,
@@ -472,9 +474,17 @@ impl Inode {
 }
 
 /// Reads gathered for one submission: finished requests plus the run being extended.
-#[derive(Default)]
 struct ReadBatch {
     requests: Vec<Request>,
-    run_start: u64,
-    run: Vec<FrameId>,
+    run: RunBuilder,
+}
+
+impl Inode {
+    /// An empty batch of reads, split into requests at the cache's request size.
+    fn read_batch(&self) -> ReadBatch {
+        ReadBatch {
+            requests: Vec::new(),
+            run: RunBuilder::new(self.cache.max_request_pages(), self.cache.page_size()),
+        }
+    }
 }

@@ -61,6 +61,7 @@ use uringcache_core::backend::{Completion, Op, Request};
 use uringcache_core::disk_gate::DiskGate;
 use uringcache_core::group_commit::GroupCommit;
 use uringcache_core::page::{FrameId, PageState};
+use uringcache_core::run::{Run, RunBuilder};
 use uringcache_core::wait::Event;
 use uringcache_core::writeback::tail_len;
 
@@ -137,19 +138,6 @@ impl Drop for FlushWaiterGuard<'_> {
 /// device's cache, so a large sync is cheaper as plain writes and one flush).
 pub(super) const DSYNC_MAX_PAGES: usize = 8;
 
-/// Writes gathered for one submission.
-#[derive(Default)]
-struct WriteBatch {
-    requests: Vec<Request>,
-    run_start: u64,
-    run: Vec<FrameId>,
-    run_bytes: usize,
-    /// The run ends with a partial (tail) page and cannot be extended.
-    run_closed: bool,
-    /// Write with `RWF_DSYNC`.
-    dsync: bool,
-}
-
 impl Inode {
     /// Starts writeback of the dirty pages in `indices` (sorted) without waiting
     /// (`write_cache_pages`). With `older_than`, only pages dirtied at or before that time
@@ -164,10 +152,8 @@ impl Inode {
         let cache = &self.cache;
         let pages = cache.pool().pages();
         let ps = cache.page_size();
-        let mut batch = WriteBatch {
-            dsync,
-            ..WriteBatch::default()
-        };
+        let mut requests = Vec::new();
+        let mut runs = RunBuilder::new(cache.max_request_pages(), ps);
         let mut busy = Vec::new();
         let mut submitted = 0;
         for &index in indices {
@@ -213,43 +199,32 @@ impl Inode {
                 self.finish_writeback(index, frame, None);
                 continue;
             }
-            let contiguous = !batch.run.is_empty()
-                && !batch.run_closed
-                && batch.run_start + batch.run.len() as u64 == index
-                && batch.run.len() < self.max_write_pages();
-            if !contiguous {
-                self.flush_write_run(&mut batch);
-                batch.run_start = index;
+            // The lookup's pin now belongs to the write.
+            if let Some(run) = runs.push(index, frame, len) {
+                self.push_write(&mut requests, run, dsync);
             }
-            batch.run.push(frame); // the lookup's pin now belongs to the write
-            batch.run_bytes += len;
-            batch.run_closed = len < ps;
             submitted += 1;
         }
-        self.flush_write_run(&mut batch);
-        self.submit_writes(batch.requests);
+        if let Some(run) = runs.finish() {
+            self.push_write(&mut requests, run, dsync);
+        }
+        self.submit_writes(requests);
         (submitted, busy)
     }
 
-    fn max_write_pages(&self) -> usize {
-        // As large as the largest read window: big writes reach the device's bandwidth.
-        self.cache.ra_max_pages().max(1) as usize
-    }
-
-    fn flush_write_run(self: &Arc<Self>, batch: &mut WriteBatch) {
-        if batch.run.is_empty() {
-            return;
-        }
-        let frames = std::mem::take(&mut batch.run);
-        let len = std::mem::take(&mut batch.run_bytes);
-        batch.run_closed = false;
-        let first = batch.run_start;
+    /// Makes the write request of one run (numbered for group commit) and adds it to
+    /// `requests`.
+    fn push_write(self: &Arc<Self>, requests: &mut Vec<Request>, run: Run, dsync: bool) {
+        let Run {
+            first,
+            frames,
+            bytes: len,
+        } = run;
         let offset = first << self.cache.page_shift();
         let this = self.clone();
         let done_frames = frames.clone();
-        let dsync = batch.dsync;
         let seq = self.wb.flush.lock().commit.begin_write();
-        batch.requests.push(Request {
+        requests.push(Request {
             file: self.file_id,
             op: Op::Write {
                 offset,
