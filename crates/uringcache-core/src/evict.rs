@@ -80,45 +80,177 @@ struct Entry {
     generation: u32,
 }
 
+/// Tunables of [`S3Fifo`]. `Default` is what the cache uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct S3FifoConfig {
+    /// Share of the frames the small (probationary) queue is kept to: above it, eviction takes
+    /// from the small queue first. Default 0.1; in `(0, 1]`.
+    pub small_ratio: f64,
+    /// Pages the ghost set remembers, as a share of the frames. Default 1.0; 0 disables it.
+    pub ghost_ratio: f64,
+    /// Access frequency at which a page leaving the small queue is promoted to the main queue
+    /// instead of evicted. Default 2 (read in, and used once more); in
+    /// `1..=`[`PageState::FREQ_MAX`].
+    pub promote_freq: u32,
+    /// Eviction attempts one pass may make, as a multiple of the entries queued when it starts
+    /// (plus two): the bound that makes a pass over pinned pages return. Default 2; at least 1.
+    pub scan_laps: usize,
+}
+
+impl Default for S3FifoConfig {
+    fn default() -> Self {
+        S3FifoConfig {
+            small_ratio: 0.1,
+            ghost_ratio: 1.0,
+            promote_freq: 2,
+            scan_laps: 2,
+        }
+    }
+}
+
+/// The ghost set: keys of pages recently evicted from the small queue, without their frames
+/// (the kernel's workingset shadow entries). A bounded FIFO: recording a key beyond the
+/// capacity forgets the oldest one.
+#[derive(Debug)]
+pub struct Ghost {
+    keys: HashSet<u64, BuildHasherDefault<IndexHasher>>,
+    fifo: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl Ghost {
+    /// An empty ghost set remembering up to `capacity` keys (0: it remembers nothing).
+    pub fn new(capacity: usize) -> Self {
+        Ghost {
+            keys: HashSet::default(),
+            fifo: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// The key under which page `index` of mapping `owner` is remembered.
+    #[inline]
+    pub fn key(owner: u32, index: u64) -> u64 {
+        (index.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((owner as u64) << 40 | owner as u64)
+    }
+
+    /// Remembers an evicted page, forgetting the oldest keys beyond the capacity.
+    pub fn record(&mut self, key: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.keys.insert(key);
+        self.fifo.push_back(key);
+        while self.fifo.len() > self.capacity {
+            if let Some(old) = self.fifo.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets `key`; returns whether it was remembered (a refault).
+    pub fn take(&mut self, key: u64) -> bool {
+        self.keys.remove(&key)
+    }
+
+    /// Whether `key` is remembered.
+    pub fn contains(&self, key: u64) -> bool {
+        self.keys.contains(&key)
+    }
+
+    /// Keys remembered.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The most keys remembered at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
 #[derive(Debug)]
 struct Queues {
     small: VecDeque<Entry>,
     main: VecDeque<Entry>,
-    ghost: HashSet<u64, BuildHasherDefault<IndexHasher>>,
-    ghost_fifo: VecDeque<u64>,
+    ghost: Ghost,
 }
 
 /// The S3-FIFO policy over a fixed set of frames.
 #[derive(Debug)]
-pub struct Policy {
+pub struct S3Fifo {
     queues: Mutex<Queues>,
+    config: S3FifoConfig,
     small_target: usize,
-    ghost_capacity: usize,
 }
 
-/// The key under which an evicted page is remembered in the ghost set.
-#[inline]
-pub fn ghost_key(owner: u32, index: u64) -> u64 {
-    (index.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((owner as u64) << 40 | owner as u64)
-}
-
-impl Policy {
-    /// A policy for `frames` frames.
+impl S3Fifo {
+    /// A policy for `frames` frames with the default [`S3FifoConfig`].
     pub fn new(frames: usize) -> Self {
-        Policy {
+        Self::with_config(frames, S3FifoConfig::default())
+    }
+
+    /// A policy for `frames` frames.
+    ///
+    /// # Panics
+    ///
+    /// If a field of `config` is outside the range its documentation gives.
+    pub fn with_config(frames: usize, config: S3FifoConfig) -> Self {
+        assert!(
+            config.small_ratio > 0.0 && config.small_ratio <= 1.0,
+            "S3FifoConfig::small_ratio {} is not in (0, 1]",
+            config.small_ratio
+        );
+        assert!(
+            config.ghost_ratio >= 0.0 && config.ghost_ratio.is_finite(),
+            "S3FifoConfig::ghost_ratio {} is not a finite share >= 0",
+            config.ghost_ratio
+        );
+        assert!(
+            (1..=PageState::FREQ_MAX).contains(&config.promote_freq),
+            "S3FifoConfig::promote_freq {} is not in 1..={}",
+            config.promote_freq,
+            PageState::FREQ_MAX
+        );
+        assert!(config.scan_laps >= 1, "S3FifoConfig::scan_laps is 0");
+        let ghost_capacity = if config.ghost_ratio > 0.0 {
+            ((frames as f64 * config.ghost_ratio) as usize).max(1)
+        } else {
+            0
+        };
+        S3Fifo {
             queues: Mutex::new(Queues {
                 small: VecDeque::with_capacity(frames),
                 main: VecDeque::with_capacity(frames),
-                ghost: HashSet::default(),
-                ghost_fifo: VecDeque::new(),
+                ghost: Ghost::new(ghost_capacity),
             }),
-            small_target: (frames / 10).max(1),
-            ghost_capacity: frames.max(1),
+            small_target: ((frames as f64 * config.small_ratio) as usize).max(1),
+            config,
         }
     }
 
+    /// The configuration the policy was made with.
+    pub fn config(&self) -> &S3FifoConfig {
+        &self.config
+    }
+
+    /// The small queue's target length, in entries.
+    pub fn small_target(&self) -> usize {
+        self.small_target
+    }
+
+    /// Keys in the ghost set.
+    pub fn ghost_len(&self) -> usize {
+        self.queues.lock().ghost.len()
+    }
+
     /// Queues a frame that just received a page (`lru_cache_add`). `key` is the page's
-    /// [`ghost_key`]: a remembered ghost sends it straight to the main queue (a refault).
+    /// [`Ghost::key`]: a remembered ghost sends it straight to the main queue (a refault).
     /// Returns whether it was a ghost hit.
     pub fn insert(&self, frame: FrameId, key: u64, pages: &PageTable) -> bool {
         let entry = Entry {
@@ -126,7 +258,7 @@ impl Policy {
             generation: pages.get(frame).generation(),
         };
         let mut q = self.queues.lock();
-        if q.ghost.remove(&key) {
+        if q.ghost.take(key) {
             q.main.push_back(entry);
             true
         } else {
@@ -156,7 +288,7 @@ impl Policy {
         let mut scan = EvictScan::default();
         let mut q = self.queues.lock();
         let queued = q.small.len() + q.main.len();
-        let mut budget = 2 * queued + 2;
+        let mut budget = self.config.scan_laps * queued + 2;
         // Each aging step removes one unit of a page's frequency, so aging cannot go on
         // forever unless hits race with the pass; it has a budget of its own, refunding the
         // attempt budget, so that hot pages are aged down to eviction instead of exhausting
@@ -185,7 +317,7 @@ impl Policy {
                 continue; // stale: the frame was freed (and maybe reused) since
             }
             if from_small {
-                if desc.state().freq() >= 2 {
+                if desc.state().freq() >= self.config.promote_freq {
                     desc.clear_freq();
                     q.main.push_back(entry);
                     continue;
@@ -199,17 +331,11 @@ impl Policy {
                 q.main.push_back(entry);
                 continue;
             }
-            let key = crate::evict::ghost_key(desc.owner(), desc.index());
+            let key = Ghost::key(desc.owner(), desc.index());
             match try_evict(entry.frame) {
                 Verdict::Evicted => {
                     if from_small {
-                        q.ghost.insert(key);
-                        q.ghost_fifo.push_back(key);
-                        while q.ghost_fifo.len() > self.ghost_capacity {
-                            if let Some(old) = q.ghost_fifo.pop_front() {
-                                q.ghost.remove(&old);
-                            }
-                        }
+                        q.ghost.record(key);
                     }
                     scan.frame = Some(entry.frame);
                     return scan;
@@ -246,7 +372,7 @@ mod tests {
     use super::*;
 
     /// A tiny model: frames hold (owner 1, index) pages; eviction succeeds unless pinned/dirty.
-    fn evict_one(policy: &Policy, pages: &PageTable) -> Option<FrameId> {
+    fn evict_one(policy: &S3Fifo, pages: &PageTable) -> Option<FrameId> {
         policy
             .evict(pages, |f| {
                 let d = pages.get(f);
@@ -261,16 +387,51 @@ mod tests {
             .frame
     }
 
-    fn fill(policy: &Policy, pages: &PageTable, frame: FrameId, index: u64) -> bool {
+    fn fill(policy: &S3Fifo, pages: &PageTable, frame: FrameId, index: u64) -> bool {
         pages.get(frame).release();
         pages.get(frame).set_identity(1, index);
-        policy.insert(frame, ghost_key(1, index), pages)
+        policy.insert(frame, Ghost::key(1, index), pages)
+    }
+
+    #[test]
+    fn default_config_keeps_the_former_constants() {
+        let c = S3FifoConfig::default();
+        assert_eq!((c.promote_freq, c.scan_laps), (2, 2));
+        for frames in (0..5000).chain([1 << 16, 1 << 20, (1 << 20) + 9, 10_000_007]) {
+            let p = S3Fifo::new(frames);
+            assert_eq!(p.small_target(), (frames / 10).max(1), "{frames} frames");
+            assert_eq!(p.queues.lock().ghost.capacity(), frames.max(1), "{frames} frames");
+        }
+        let off = S3Fifo::with_config(
+            10,
+            S3FifoConfig {
+                ghost_ratio: 0.0,
+                ..S3FifoConfig::default()
+            },
+        );
+        assert_eq!(off.queues.lock().ghost.capacity(), 0);
+    }
+
+    #[test]
+    fn the_ghost_is_a_bounded_fifo() {
+        let mut g = Ghost::new(3);
+        for k in 0..5 {
+            g.record(k);
+        }
+        assert_eq!(g.len(), 3);
+        assert!(!g.contains(0) && !g.contains(1), "the oldest keys are forgotten");
+        assert!(g.take(3));
+        assert!(!g.take(3), "a refault forgets the key");
+        assert!(g.contains(2) && g.contains(4));
+        let mut none = Ghost::new(0);
+        none.record(7);
+        assert!(none.is_empty());
     }
 
     #[test]
     fn fifo_order_without_hits() {
         let pages = PageTable::new(10);
-        let p = Policy::new(10);
+        let p = S3Fifo::new(10);
         for f in 0..10 {
             fill(&p, &pages, f, f as u64);
         }
@@ -285,7 +446,7 @@ mod tests {
         // 20 frames: a hot set of 5 pages used repeatedly, then a scan of 200 pages.
         let n = 20;
         let pages = PageTable::new(n);
-        let p = Policy::new(n);
+        let p = S3Fifo::new(n);
         let mut frame_of = std::collections::HashMap::new();
         let mut next_free: Vec<FrameId> = (0..n as FrameId).rev().collect();
         let access = |index: u64,
@@ -324,7 +485,7 @@ mod tests {
     #[test]
     fn pinned_and_dirty_pages_are_skipped_and_counted() {
         let pages = PageTable::new(3);
-        let p = Policy::new(3);
+        let p = S3Fifo::new(3);
         for f in 0..3 {
             fill(&p, &pages, f, f as u64);
         }
@@ -358,7 +519,7 @@ mod tests {
     #[test]
     fn stale_entries_are_dropped() {
         let pages = PageTable::new(2);
-        let p = Policy::new(2);
+        let p = S3Fifo::new(2);
         fill(&p, &pages, 0, 0);
         fill(&p, &pages, 1, 1);
         pages.get(0).release(); // truncated: frame freed outside eviction
@@ -369,7 +530,7 @@ mod tests {
     #[test]
     fn refault_of_a_ghost_goes_to_main() {
         let pages = PageTable::new(10);
-        let p = Policy::new(10);
+        let p = S3Fifo::new(10);
         for f in 0..10 {
             fill(&p, &pages, f, f as u64);
         }
@@ -386,7 +547,7 @@ mod tests {
     fn pinned_pages_of_one_queue_do_not_hide_victims_in_the_other() {
         // Small queue over its target and all pinned; the evictable pages are in main.
         let pages = PageTable::new(10);
-        let p = Policy::new(10);
+        let p = S3Fifo::new(10);
         for f in 0..2 {
             fill(&p, &pages, f, f as u64);
             pages.get(f).mark_accessed();
@@ -401,7 +562,7 @@ mod tests {
         // Main over everything and all pinned; the evictable page is in a small queue at
         // its target.
         let pages = PageTable::new(20);
-        let p = Policy::new(20);
+        let p = S3Fifo::new(20);
         for f in 0..6 {
             fill(&p, &pages, f, f as u64);
             pages.get(f).mark_accessed();
@@ -426,7 +587,7 @@ mod tests {
         // is going to make).
         let n = 10;
         let pages = PageTable::new(n);
-        let p = Policy::new(n);
+        let p = S3Fifo::new(n);
         for f in 0..n as FrameId {
             fill(&p, &pages, f, f as u64);
             pages.get(f).mark_accessed();

@@ -1,6 +1,6 @@
 //! Frame allocation: the free list first, then eviction (`add_to_page_cache_lru`, reclaim).
 //!
-//! [`FramePool`] owns the page descriptors, the free list and the eviction [`Policy`]. A frame
+//! [`FramePool`] owns the page descriptors, the free list and the eviction policy ([`S3Fifo`]). A frame
 //! is in exactly one of three places: the free list; a mapping (queued in the policy, pinned
 //! at least by the mapping); or orphaned (out of its mapping, still pinned by users, freed at the
 //! last [`FramePool::put`]).
@@ -20,7 +20,7 @@ use crate::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::sync::Mutex;
 
-use crate::evict::{ghost_key, EvictScan, Policy, Verdict};
+use crate::evict::{EvictScan, Ghost, S3Fifo, Verdict};
 use crate::page::{FrameId, PageState, PageTable};
 
 /// The frames of a cache: descriptors, free list, eviction policy.
@@ -29,7 +29,7 @@ pub struct FramePool {
     pages: PageTable,
     free: Mutex<Vec<FrameId>>,
     nr_free: AtomicUsize,
-    policy: Policy,
+    policy: S3Fifo,
 }
 
 impl FramePool {
@@ -41,7 +41,7 @@ impl FramePool {
             // contiguous and fixed-buffer I/O can cover runs of them.
             free: Mutex::new((0..frames as FrameId).rev().collect()),
             nr_free: AtomicUsize::new(frames),
-            policy: Policy::new(frames),
+            policy: S3Fifo::new(frames),
         }
     }
 
@@ -62,7 +62,7 @@ impl FramePool {
     }
 
     /// Takes a frame: from the free list, else by evicting through `try_evict` (see
-    /// [`Policy::evict`]; on `Evicted` the callback has removed the page from its mapping and
+    /// [`S3Fifo::evict`]; on `Evicted` the callback has removed the page from its mapping and
     /// holds no pin on it). Returns the frame pinned once and `LOCKED`, or the scan's findings
     /// when nothing could be evicted (every candidate pinned, locked or dirty).
     pub fn alloc(&self, try_evict: impl FnMut(FrameId) -> Verdict) -> Result<FrameId, EvictScan> {
@@ -93,7 +93,7 @@ impl FramePool {
     /// policy (`lru_cache_add`). Returns whether it refaulted from the ghost set.
     pub fn lru_add(&self, frame: FrameId, owner: u32, index: u64) -> bool {
         self.policy
-            .insert(frame, ghost_key(owner, index), &self.pages)
+            .insert(frame, Ghost::key(owner, index), &self.pages)
     }
 
     /// Drops one pin (`put_page`); frees the frame when it was the last. Returns whether the
