@@ -1,5 +1,5 @@
-//! The eviction policy: S3-FIFO over frames, the cache's answer to the kernel's active and
-//! inactive lists.
+//! The eviction policy: [`S3Fifo`] over frames, the cache's answer to the kernel's active and
+//! inactive lists, with a [`Ghost`] set for its shadow entries.
 //!
 //! # Why S3-FIFO
 //!
@@ -10,32 +10,71 @@
 //! promote a page that is refaulted soon after eviction. S3-FIFO (Yang et al., SOSP'23) has the
 //! same shape in FIFO form:
 //!
-//! * a **small** queue (10 % of the frames) where every new page starts — the inactive list;
+//! * a **small** queue (10 % of the frames, [`S3FifoConfig::small_ratio`]) where every new page
+//!   starts — the inactive list;
 //! * a **main** queue for pages used again while in the small queue — the active list;
 //! * a **ghost** set of recently evicted pages (identity only, no frame) — the shadow entries:
 //!   a page that misses while its ghost is remembered goes straight to the main queue.
 //!
 //! A hit only bumps a 2-bit frequency in the page's state word ([`PageDesc::mark_accessed`](crate::page::PageDesc::mark_accessed)):
 //! no list move and no lock, so hits scale with cores. Queues are touched only when a frame is
-//! allocated or evicted, under the policy's one mutex — the miss path, which already costs a
+//! allocated or evicted, under the policy's mutex — the miss path, which already costs a
 //! device I/O.
 //!
 //! Eviction from the small queue promotes a page whose frequency reached 2 (used at least twice:
-//! once when it was read in, once more since) and evicts the others into the ghost set. Eviction
-//! from the main queue gives each page one more lap per remaining unit of frequency (CLOCK-like)
-//! and evicts at zero. A scan's pages are touched once, so they leave through the small queue and
-//! never displace the main queue.
+//! once when it was read in, once more since; [`S3FifoConfig::promote_freq`]) and evicts the
+//! others into the ghost set. Eviction from the main queue gives each page one more lap per
+//! remaining unit of frequency (CLOCK-like) and evicts at zero. A scan's pages are touched once,
+//! so they leave through the small queue and never displace the main queue.
+//!
+//! # What it owns, and its lock
+//!
+//! [`S3Fifo`] owns the small and main queues (entries: a frame and the generation it had when
+//! queued), the [`Ghost`] set and the count of isolated candidates, all under one mutex. It owns
+//! nothing of the pages: pins, state bits and mappings are the cache's; the policy reads a
+//! descriptor's generation, frequency and identity and lowers its frequency. The mutex is a leaf:
+//! it is held only inside the policy's own methods, which never call out, so no other lock is
+//! taken under it and the policy never calls back into the cache.
+//!
+//! # Reclaim in three steps
+//!
+//! Eviction is the kernel's `isolate_lru_pages`, `shrink_page_list` and `putback_lru_page`:
+//!
+//! 1. [`S3Fifo::isolate`], under the mutex, works at the queues' heads: drops stale entries,
+//!    promotes small-queue pages used often enough, gives main-queue pages their laps, and takes
+//!    the candidates it meets off their queues into an [`Isolated`] batch: one at the start of a
+//!    pass (the oldest page can usually go), up to [`S3FifoConfig::batch`] once that failed. A
+//!    batch extends only over consecutive candidates (no promotion or lap is granted past a
+//!    candidate not yet tried), so trying them in order makes the same decisions, in the same
+//!    order, as one pass under the lock would.
+//! 2. The caller tries each candidate ([`Isolated::next_candidate`]) with no policy lock held: it
+//!    checks pins and bits under the mapping's lock and removes the page if it may go.
+//! 3. [`Isolated::putback`] records each [`Verdict`]; dropping the batch applies them under the
+//!    mutex, once per batch: `Evicted` → the ghost remembers the page (if it left the small
+//!    queue); `Busy` → the tail of its queue; `Dirty` → the tail, counted in [`EvictScan::dirty`]
+//!    so that the caller starts writeback; `Gone` → dropped; not tried → back at the head of its
+//!    queue, in order.
+//!
+//! [`S3Fifo::evict`] runs a whole [`Pass`] of these steps for one victim.
 //!
 //! # Invariants
 //!
 //! * Entries carry the frame's generation at insertion; an entry whose frame has been freed and
 //!   reused since (generation changed) is stale and silently dropped, so removal outside
 //!   eviction (truncation, invalidation) needs no queue surgery.
-//! * The policy never decides alone whether a page may go: the caller's `try_evict` checks pins
-//!   and state bits under the mapping's shard lock and removes the page. A page that cannot go
-//!   (pinned, locked, dirty, under writeback) is put back at the tail of its queue.
-//! * One call examines a bounded number of entries, so an allocation with every frame pinned
-//!   returns `None` instead of spinning.
+//! * The policy never decides alone whether a page may go: the caller checks pins and state bits
+//!   under the mapping's shard lock and removes the page. A page that cannot go (pinned, locked,
+//!   dirty, under writeback) is put back at the tail of its queue.
+//! * No entry is lost: an isolated candidate is in no queue and in exactly one batch, and the
+//!   batch is a drop guard. However the caller leaves it (done, early return, panic), every
+//!   candidate goes back to its queue unless its verdict was `Evicted` or `Gone`. A
+//!   [`Candidate`] cannot be copied, so its verdict is given once; one never given back counts
+//!   as not tried.
+//! * One pass examines a bounded number of entries ([`S3FifoConfig::scan_laps`]), so an
+//!   allocation with every frame pinned returns `None` instead of spinning.
+//! * Passes are meant to run one at a time ([`FramePool`](crate::pool::FramePool) serializes
+//!   them). Overlapping passes lose nothing, but the candidates of one are invisible to the
+//!   other, which may come back empty-handed while the first puts an evictable page back untried.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -45,7 +84,10 @@ use crate::sync::Mutex;
 use crate::mapping::IndexHasher;
 use crate::page::{FrameId, PageState, PageTable};
 
-/// Verdict of the caller's attempt to evict one candidate.
+/// The most candidates one [`Isolated`] batch holds (the kernel's `SWAP_CLUSTER_MAX`).
+pub const MAX_BATCH: usize = 32;
+
+/// Verdict of the caller's attempt to evict one candidate, given with [`Isolated::putback`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// The page left its mapping; the frame is the caller's to reuse.
@@ -74,6 +116,15 @@ pub struct EvictScan {
     pub aged: usize,
 }
 
+/// The queue an entry is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queue {
+    /// The probationary queue every new page starts on.
+    Small,
+    /// The queue of pages used again while on the small one, or refaulted from the ghost.
+    Main,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     frame: FrameId,
@@ -95,6 +146,9 @@ pub struct S3FifoConfig {
     /// Eviction attempts one pass may make, as a multiple of the entries queued when it starts
     /// (plus two): the bound that makes a pass over pinned pages return. Default 2; at least 1.
     pub scan_laps: usize,
+    /// Candidates one [`S3Fifo::isolate`] takes at most, after the first of a pass (which takes
+    /// one). Default 16; in `1..=`[`MAX_BATCH`].
+    pub batch: usize,
 }
 
 impl Default for S3FifoConfig {
@@ -104,6 +158,7 @@ impl Default for S3FifoConfig {
             ghost_ratio: 1.0,
             promote_freq: 2,
             scan_laps: 2,
+            batch: 16,
         }
     }
 }
@@ -179,6 +234,17 @@ struct Queues {
     small: VecDeque<Entry>,
     main: VecDeque<Entry>,
     ghost: Ghost,
+    /// Entries taken off the queues into batches not yet dropped.
+    isolated: usize,
+}
+
+impl Queues {
+    fn queue(&mut self, queue: Queue) -> &mut VecDeque<Entry> {
+        match queue {
+            Queue::Small => &mut self.small,
+            Queue::Main => &mut self.main,
+        }
+    }
 }
 
 /// The S3-FIFO policy over a fixed set of frames.
@@ -187,6 +253,167 @@ pub struct S3Fifo {
     queues: Mutex<Queues>,
     config: S3FifoConfig,
     small_target: usize,
+}
+
+/// One eviction pass, across the batches [`S3Fifo::isolate`] hands out for it: its budget, the
+/// candidates of each queue found busy so far, and what it found ([`Pass::scan`]).
+#[derive(Debug, Default)]
+pub struct Pass {
+    scan: EvictScan,
+    budget: Option<Budget>,
+    /// Candidates of each queue found busy (pinned, locked, dirty) in this pass: a queue whose
+    /// every entry is busy cannot give a victim now, so the other one is searched (long-lived
+    /// pins must not hide the evictable pages of the other queue).
+    small_busy: usize,
+    main_busy: usize,
+    batches: usize,
+    over: bool,
+}
+
+#[derive(Debug)]
+struct Budget {
+    /// Entries the pass may still take off the queues.
+    attempts: usize,
+    /// Each lap removes one unit of a page's frequency, so laps cannot go on forever unless
+    /// hits race with the pass; they have a budget of their own, refunding `attempts`, so that
+    /// hot pages are aged down to eviction instead of exhausting the attempts and making the
+    /// caller wait for a release that may never come.
+    laps: usize,
+}
+
+impl Pass {
+    /// A pass that has not started: its budget is set by its first [`S3Fifo::isolate`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What the pass found so far: busy and dirty candidates, laps granted (`frame` is `None`:
+    /// the victim is the caller's to report).
+    pub fn scan(&self) -> EvictScan {
+        self.scan
+    }
+
+    /// Whether the pass has nothing more to give: its budget is spent or both queues are empty.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    entry: Entry,
+    queue: Queue,
+    /// The page's ghost key, read when it was isolated (its identity is gone once evicted).
+    key: u64,
+    verdict: Option<Verdict>,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        entry: Entry {
+            frame: 0,
+            generation: 0,
+        },
+        queue: Queue::Small,
+        key: 0,
+        verdict: None,
+    };
+}
+
+/// Candidates taken off their queues by [`S3Fifo::isolate`], in queue order, held in a fixed
+/// array (no allocation). A drop guard: dropping it gives every candidate back to the policy
+/// with the verdict recorded by [`putback`](Isolated::putback) (those without one go back to
+/// the head of their queue, as if never taken).
+#[must_use = "dropping the batch at once puts every candidate back untried"]
+#[derive(Debug)]
+pub struct Isolated<'a> {
+    policy: &'a S3Fifo,
+    pass: &'a mut Pass,
+    slots: [Slot; MAX_BATCH],
+    len: usize,
+    handed: usize,
+}
+
+/// One candidate of an [`Isolated`] batch: try to evict its [`frame`](Candidate::frame), then
+/// give it back with [`Isolated::putback`] and the verdict.
+#[must_use = "give the candidate back with Isolated::putback"]
+#[derive(Debug)]
+pub struct Candidate {
+    slot: usize,
+    frame: FrameId,
+    queue: Queue,
+}
+
+impl Candidate {
+    /// The frame whose page is the candidate.
+    pub fn frame(&self) -> FrameId {
+        self.frame
+    }
+
+    /// The queue it was taken from.
+    pub fn queue(&self) -> Queue {
+        self.queue
+    }
+}
+
+impl Isolated<'_> {
+    /// Candidates in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch is empty: the pass is over ([`Pass::is_over`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next candidate to try, in queue order.
+    pub fn next_candidate(&mut self) -> Option<Candidate> {
+        if self.handed == self.len {
+            return None;
+        }
+        let slot = self.handed;
+        self.handed += 1;
+        let s = &self.slots[slot];
+        Some(Candidate {
+            slot,
+            frame: s.entry.frame,
+            queue: s.queue,
+        })
+    }
+
+    /// Records what became of `candidate`; applied when the batch is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If `candidate` comes from another batch.
+    pub fn putback(&mut self, candidate: Candidate, verdict: Verdict) {
+        let slot = &mut self.slots[..self.len][candidate.slot];
+        assert_eq!(
+            slot.entry.frame, candidate.frame,
+            "a candidate of another batch"
+        );
+        slot.verdict = Some(verdict);
+    }
+}
+
+impl Drop for Isolated<'_> {
+    fn drop(&mut self) {
+        self.policy.put_back(&self.slots[..self.len], self.pass);
+    }
+}
+
+/// What `isolate` does with the entry at the head of a queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Stale: drop it.
+    Drop,
+    /// Small queue, used often enough: to the main queue.
+    Promote,
+    /// Main queue, frequency left: one more lap.
+    Lap,
+    /// A candidate.
+    Take,
 }
 
 impl S3Fifo {
@@ -218,6 +445,11 @@ impl S3Fifo {
             PageState::FREQ_MAX
         );
         assert!(config.scan_laps >= 1, "S3FifoConfig::scan_laps is 0");
+        assert!(
+            (1..=MAX_BATCH).contains(&config.batch),
+            "S3FifoConfig::batch {} is not in 1..={MAX_BATCH}",
+            config.batch
+        );
         let ghost_capacity = if config.ghost_ratio > 0.0 {
             ((frames as f64 * config.ghost_ratio) as usize).max(1)
         } else {
@@ -228,6 +460,7 @@ impl S3Fifo {
                 small: VecDeque::with_capacity(frames),
                 main: VecDeque::with_capacity(frames),
                 ghost: Ghost::new(ghost_capacity),
+                isolated: 0,
             }),
             small_target: ((frames as f64 * config.small_ratio) as usize).max(1),
             config,
@@ -267,109 +500,227 @@ impl S3Fifo {
         }
     }
 
-    /// Lengths of the small and main queues (stale entries included).
+    /// Lengths of the small and main queues (stale entries included, isolated ones not).
     pub fn lens(&self) -> (usize, usize) {
         let q = self.queues.lock();
         (q.small.len(), q.main.len())
     }
 
-    /// Finds a victim and evicts it through `try_evict`. `try_evict(frame)` must check the page
-    /// under its mapping's lock, remove it when it may go, and say what it did.
+    /// Entries isolated in batches not yet dropped.
+    pub fn isolated(&self) -> usize {
+        self.queues.lock().isolated
+    }
+
+    /// Finds a victim: runs one [`Pass`] of [`isolate`](S3Fifo::isolate), `try_evict` on each
+    /// candidate in turn with no policy lock held, and putback, until a candidate is evicted or
+    /// the pass is over. `try_evict(frame)` must check the page under its mapping's lock,
+    /// remove it when it may go, and say what it did. The candidates after the victim go back
+    /// untried.
     ///
-    /// One pass makes at most twice as many eviction attempts and promotions as there are
-    /// queued entries, plus up to three aging laps per entry (the most a 2-bit frequency can
-    /// need): without racing hits, a pass over pages that are merely hot always ends in a
-    /// victim, and only pinned, locked or dirty pages make it come back empty-handed.
+    /// One pass makes at most [`scan_laps`](S3FifoConfig::scan_laps) times as many eviction
+    /// attempts and promotions as there are queued entries (plus two), plus up to three aging
+    /// laps per entry (the most a 2-bit frequency can need): without racing hits, a pass over
+    /// pages that are merely hot always ends in a victim, and only pinned, locked or dirty
+    /// pages make it come back empty-handed.
     pub fn evict(
         &self,
         pages: &PageTable,
         mut try_evict: impl FnMut(FrameId) -> Verdict,
     ) -> EvictScan {
-        let mut scan = EvictScan::default();
-        let mut q = self.queues.lock();
-        let queued = q.small.len() + q.main.len();
-        let mut budget = self.config.scan_laps * queued + 2;
-        // Each aging step removes one unit of a page's frequency, so aging cannot go on
-        // forever unless hits race with the pass; it has a budget of its own, refunding the
-        // attempt budget, so that hot pages are aged down to eviction instead of exhausting
-        // the attempts and making the caller wait for a release that may never come.
-        let mut aging = PageState::FREQ_MAX as usize * queued + 2;
-        // Candidates of each queue found busy (pinned, locked, dirty) in this pass: a queue
-        // whose every entry is busy cannot give a victim now, so the other one is searched
-        // (long-lived pins must not hide the evictable pages of the other queue).
-        let (mut small_busy, mut main_busy) = (0usize, 0usize);
-        while budget > 0 {
-            budget -= 1;
-            let prefer_small = q.small.len() > self.small_target || q.main.is_empty();
-            let from_small = if prefer_small {
-                small_busy < q.small.len() || q.main.is_empty()
-            } else {
-                main_busy >= q.main.len() && !q.small.is_empty()
-            };
-            let entry = if from_small {
-                q.small.pop_front()
-            } else {
-                q.main.pop_front()
-            };
-            let Some(entry) = entry else { break };
-            let desc = pages.get(entry.frame);
-            if desc.generation() != entry.generation {
-                continue; // stale: the frame was freed (and maybe reused) since
+        let mut pass = Pass::new();
+        let mut victim = None;
+        while victim.is_none() {
+            let mut batch = self.isolate(pages, &mut pass);
+            if batch.is_empty() {
+                break;
             }
-            if from_small {
-                if desc.state().freq() >= self.config.promote_freq {
-                    desc.clear_freq();
-                    q.main.push_back(entry);
-                    continue;
+            while let Some(candidate) = batch.next_candidate() {
+                let frame = candidate.frame();
+                let verdict = try_evict(frame);
+                batch.putback(candidate, verdict);
+                if verdict == Verdict::Evicted {
+                    victim = Some(frame);
+                    break;
                 }
-            } else if desc.age() > 0 {
-                scan.aged += 1;
-                if aging > 0 {
-                    aging -= 1;
-                    budget += 1;
-                }
-                q.main.push_back(entry);
-                continue;
-            }
-            let key = Ghost::key(desc.owner(), desc.index());
-            match try_evict(entry.frame) {
-                Verdict::Evicted => {
-                    if from_small {
-                        q.ghost.record(key);
-                    }
-                    scan.frame = Some(entry.frame);
-                    return scan;
-                }
-                Verdict::Busy => {
-                    scan.busy += 1;
-                    small_busy += from_small as usize;
-                    main_busy += !from_small as usize;
-                    requeue(&mut q, entry, from_small);
-                }
-                Verdict::Dirty => {
-                    scan.dirty += 1;
-                    small_busy += from_small as usize;
-                    main_busy += !from_small as usize;
-                    requeue(&mut q, entry, from_small);
-                }
-                Verdict::Gone => {}
             }
         }
-        scan
+        EvictScan {
+            frame: victim,
+            ..pass.scan()
+        }
     }
-}
 
-fn requeue(q: &mut Queues, entry: Entry, from_small: bool) {
-    if from_small {
-        q.small.push_back(entry);
-    } else {
-        q.main.push_back(entry);
+    /// Takes the next candidates of `pass` off their queues (`isolate_lru_pages`): one if the
+    /// pass is new, else up to [`S3FifoConfig::batch`], consecutive in the order a pass visits
+    /// them. Stale entries met on the way are dropped, small-queue pages used often enough
+    /// promoted, main-queue pages with frequency left given a lap. An empty batch means the
+    /// pass is over. Try the candidates in order and give each back with
+    /// [`Isolated::putback`]; the batch returns them all when dropped.
+    pub fn isolate<'a>(&'a self, pages: &PageTable, pass: &'a mut Pass) -> Isolated<'a> {
+        let mut slots = [Slot::EMPTY; MAX_BATCH];
+        let len = if pass.over {
+            0
+        } else {
+            self.isolate_into(pages, pass, &mut slots)
+        };
+        Isolated {
+            policy: self,
+            pass,
+            slots,
+            len,
+            handed: 0,
+        }
+    }
+
+    fn isolate_into(&self, pages: &PageTable, pass: &mut Pass, slots: &mut [Slot]) -> usize {
+        let limit = if pass.batches == 0 {
+            1
+        } else {
+            self.config.batch
+        };
+        pass.batches += 1;
+        let mut guard = self.queues.lock();
+        let q = &mut *guard;
+        let queued = q.small.len() + q.main.len();
+        let budget = pass.budget.get_or_insert_with(|| Budget {
+            attempts: self.config.scan_laps * queued + 2,
+            laps: PageState::FREQ_MAX as usize * queued + 2,
+        });
+        // The candidates of this batch count as still queued (at the tail) and busy, as they
+        // would be if each had been tried and put back before the next was taken: the choice
+        // of queue is then the one a pass trying them one by one would make.
+        let (mut out_small, mut out_main, mut n) = (0, 0, 0);
+        while n < limit {
+            if budget.attempts == 0 {
+                pass.over = true;
+                break;
+            }
+            let small_len = q.small.len() + out_small;
+            let main_len = q.main.len() + out_main;
+            let prefer_small = small_len > self.small_target || main_len == 0;
+            let from_small = if prefer_small {
+                pass.small_busy + out_small < small_len || main_len == 0
+            } else {
+                pass.main_busy + out_main >= main_len && small_len > 0
+            };
+            let queue = if from_small {
+                &mut q.small
+            } else {
+                &mut q.main
+            };
+            let Some(&entry) = queue.front() else {
+                // With no candidate taken both queues are empty; otherwise the rest of this
+                // queue is in the batch, to be tried (and requeued) before it comes round again.
+                pass.over |= n == 0;
+                break;
+            };
+            let desc = pages.get(entry.frame);
+            let step = if desc.generation() != entry.generation {
+                Step::Drop // the frame was freed (and maybe reused) since
+            } else if from_small {
+                if desc.state().freq() >= self.config.promote_freq {
+                    Step::Promote
+                } else {
+                    Step::Take
+                }
+            } else if n > 0 {
+                // Only a look: a lap is granted once the candidates before it are known to stay.
+                if desc.state().freq() > 0 {
+                    Step::Lap
+                } else {
+                    Step::Take
+                }
+            } else if desc.age() > 0 {
+                Step::Lap
+            } else {
+                Step::Take
+            };
+            if n > 0 && step != Step::Take {
+                break;
+            }
+            queue.pop_front();
+            budget.attempts -= 1;
+            match step {
+                Step::Drop => {}
+                Step::Promote => {
+                    desc.clear_freq();
+                    q.main.push_back(entry);
+                }
+                Step::Lap => {
+                    pass.scan.aged += 1;
+                    if budget.laps > 0 {
+                        budget.laps -= 1;
+                        budget.attempts += 1;
+                    }
+                    q.main.push_back(entry);
+                }
+                Step::Take => {
+                    slots[n] = Slot {
+                        entry,
+                        queue: if from_small {
+                            Queue::Small
+                        } else {
+                            Queue::Main
+                        },
+                        key: Ghost::key(desc.owner(), desc.index()),
+                        verdict: None,
+                    };
+                    n += 1;
+                    if from_small {
+                        out_small += 1;
+                    } else {
+                        out_main += 1;
+                    }
+                }
+            }
+        }
+        q.isolated += n;
+        n
+    }
+
+    /// Gives a dropped batch's candidates back (`putback_lru_page`), in one lock.
+    fn put_back(&self, slots: &[Slot], pass: &mut Pass) {
+        if slots.is_empty() {
+            return;
+        }
+        let mut q = self.queues.lock();
+        q.isolated -= slots.len();
+        // Not tried: back at the head, in their order.
+        for s in slots.iter().rev().filter(|s| s.verdict.is_none()) {
+            q.queue(s.queue).push_front(s.entry);
+        }
+        for s in slots {
+            match s.verdict {
+                None | Some(Verdict::Gone) => {}
+                Some(Verdict::Evicted) => {
+                    if s.queue == Queue::Small {
+                        q.ghost.record(s.key);
+                    }
+                }
+                Some(verdict @ (Verdict::Busy | Verdict::Dirty)) => {
+                    if verdict == Verdict::Dirty {
+                        pass.scan.dirty += 1;
+                    } else {
+                        pass.scan.busy += 1;
+                    }
+                    match s.queue {
+                        Queue::Small => pass.small_busy += 1,
+                        Queue::Main => pass.main_busy += 1,
+                    }
+                    q.queue(s.queue).push_back(s.entry);
+                }
+            }
+        }
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::page::NO_OWNER;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
 
     /// A tiny model: frames hold (owner 1, index) pages; eviction succeeds unless pinned/dirty.
     fn evict_one(policy: &S3Fifo, pages: &PageTable) -> Option<FrameId> {
@@ -400,7 +751,11 @@ mod tests {
         for frames in (0..5000).chain([1 << 16, 1 << 20, (1 << 20) + 9, 10_000_007]) {
             let p = S3Fifo::new(frames);
             assert_eq!(p.small_target(), (frames / 10).max(1), "{frames} frames");
-            assert_eq!(p.queues.lock().ghost.capacity(), frames.max(1), "{frames} frames");
+            assert_eq!(
+                p.queues.lock().ghost.capacity(),
+                frames.max(1),
+                "{frames} frames"
+            );
         }
         let off = S3Fifo::with_config(
             10,
@@ -419,7 +774,10 @@ mod tests {
             g.record(k);
         }
         assert_eq!(g.len(), 3);
-        assert!(!g.contains(0) && !g.contains(1), "the oldest keys are forgotten");
+        assert!(
+            !g.contains(0) && !g.contains(1),
+            "the oldest keys are forgotten"
+        );
         assert!(g.take(3));
         assert!(!g.take(3), "a refault forgets the key");
         assert!(g.contains(2) && g.contains(4));
@@ -612,5 +970,294 @@ mod tests {
             }
         }
         assert_eq!(evict_one(&p, &pages), Some(3));
+    }
+
+    /// The policy as it was when it tried candidates itself, under its lock (before
+    /// isolation and putback), kept as the reference the batched passes must match.
+    mod reference {
+        use super::super::{Entry, EvictScan, Ghost, Verdict};
+        use crate::page::{FrameId, PageState, PageTable};
+        use std::collections::VecDeque;
+
+        pub struct Policy {
+            small: VecDeque<Entry>,
+            main: VecDeque<Entry>,
+            ghost: Ghost,
+            small_target: usize,
+        }
+
+        impl Policy {
+            pub fn new(frames: usize) -> Self {
+                Policy {
+                    small: VecDeque::new(),
+                    main: VecDeque::new(),
+                    ghost: Ghost::new(frames.max(1)),
+                    small_target: (frames / 10).max(1),
+                }
+            }
+
+            pub fn insert(&mut self, frame: FrameId, key: u64, pages: &PageTable) -> bool {
+                let generation = pages.get(frame).generation();
+                let entry = Entry { frame, generation };
+                if self.ghost.take(key) {
+                    self.main.push_back(entry);
+                    true
+                } else {
+                    self.small.push_back(entry);
+                    false
+                }
+            }
+
+            pub fn small_len(&self) -> usize {
+                self.small.len()
+            }
+
+            pub fn main_len(&self) -> usize {
+                self.main.len()
+            }
+
+            pub fn evict(
+                &mut self,
+                pages: &PageTable,
+                mut try_evict: impl FnMut(FrameId) -> Verdict,
+            ) -> EvictScan {
+                let mut scan = EvictScan::default();
+                let q = self;
+                let queued = q.small.len() + q.main.len();
+                let mut budget = 2 * queued + 2;
+                let mut aging = PageState::FREQ_MAX as usize * queued + 2;
+                let (mut small_busy, mut main_busy) = (0usize, 0usize);
+                while budget > 0 {
+                    budget -= 1;
+                    let prefer_small = q.small.len() > q.small_target || q.main.is_empty();
+                    let from_small = if prefer_small {
+                        small_busy < q.small.len() || q.main.is_empty()
+                    } else {
+                        main_busy >= q.main.len() && !q.small.is_empty()
+                    };
+                    let entry = if from_small {
+                        q.small.pop_front()
+                    } else {
+                        q.main.pop_front()
+                    };
+                    let Some(entry) = entry else { break };
+                    let desc = pages.get(entry.frame);
+                    if desc.generation() != entry.generation {
+                        continue;
+                    }
+                    if from_small {
+                        if desc.state().freq() >= 2 {
+                            desc.clear_freq();
+                            q.main.push_back(entry);
+                            continue;
+                        }
+                    } else if desc.age() > 0 {
+                        scan.aged += 1;
+                        if aging > 0 {
+                            aging -= 1;
+                            budget += 1;
+                        }
+                        q.main.push_back(entry);
+                        continue;
+                    }
+                    let key = Ghost::key(desc.owner(), desc.index());
+                    match try_evict(entry.frame) {
+                        Verdict::Evicted => {
+                            if from_small {
+                                q.ghost.record(key);
+                            }
+                            scan.frame = Some(entry.frame);
+                            return scan;
+                        }
+                        v @ (Verdict::Busy | Verdict::Dirty) => {
+                            if v == Verdict::Busy {
+                                scan.busy += 1;
+                            } else {
+                                scan.dirty += 1;
+                            }
+                            small_busy += from_small as usize;
+                            main_busy += !from_small as usize;
+                            if from_small {
+                                q.small.push_back(entry);
+                            } else {
+                                q.main.push_back(entry);
+                            }
+                        }
+                        Verdict::Gone => {}
+                    }
+                }
+                scan
+            }
+        }
+    }
+
+    /// The verdict of a cache whose pages go unless pinned or dirty.
+    fn verdict_of(pages: &PageTable, f: FrameId) -> Verdict {
+        let d = pages.get(f);
+        if d.owner() == NO_OWNER {
+            Verdict::Gone
+        } else if d.pins() > 0 {
+            Verdict::Busy
+        } else if d.state().has(PageState::DIRTY) {
+            Verdict::Dirty
+        } else {
+            Verdict::Evicted
+        }
+    }
+
+    /// One cache's frames and pages, driven by the random workload below.
+    struct World {
+        pages: PageTable,
+        free: Vec<FrameId>,
+        /// page index → frame, for the pages cached.
+        frame_of: HashMap<u64, FrameId>,
+    }
+
+    impl World {
+        fn new(frames: usize) -> Self {
+            World {
+                pages: PageTable::new(frames),
+                free: (0..frames as FrameId).rev().collect(),
+                frame_of: HashMap::new(),
+            }
+        }
+
+        fn index_in(&self, f: FrameId) -> Option<u64> {
+            let d = self.pages.get(f);
+            (d.owner() == 1).then(|| d.index())
+        }
+
+        /// Drops the page in `f` from the model, after its eviction.
+        fn forget(&mut self, f: FrameId) {
+            let index = self.index_in(f).expect("an evicted frame held a page");
+            assert_eq!(self.frame_of.remove(&index), Some(f));
+            self.pages.get(f).release();
+        }
+
+        fn place(&mut self, f: FrameId, index: u64) {
+            let d = self.pages.get(f);
+            d.release();
+            d.set_identity(1, index);
+            d.mark_accessed(); // the read that faulted it in
+            self.frame_of.insert(index, f);
+        }
+    }
+
+    /// A random operation of the workload, drawn once and applied to both worlds.
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Access(u64),
+        Pin(usize),
+        Unpin(usize),
+        Dirty(usize),
+        Clean(usize),
+        Truncate(usize),
+    }
+
+    fn random_op(rng: &mut StdRng) -> Op {
+        match rng.gen_range(0..100) {
+            // A hot set, a warm set, and scans of pages never seen again.
+            0..=39 => Op::Access(rng.gen_range(0..8)),
+            40..=59 => Op::Access(rng.gen_range(8..64)),
+            60..=79 => Op::Access(rng.gen_range(1000..100_000)),
+            80..=84 => Op::Pin(rng.gen()),
+            85..=89 => Op::Unpin(rng.gen()),
+            90..=93 => Op::Dirty(rng.gen()),
+            94..=97 => Op::Clean(rng.gen()),
+            _ => Op::Truncate(rng.gen()),
+        }
+    }
+
+    /// The k-th cached page, in frame order (the same in both worlds while they agree).
+    fn nth_cached(w: &World, k: usize) -> Option<FrameId> {
+        let mut frames: Vec<FrameId> = w.frame_of.values().copied().collect();
+        frames.sort_unstable();
+        (!frames.is_empty()).then(|| frames[k % frames.len()])
+    }
+
+    #[test]
+    fn batched_passes_decide_as_the_single_lock_pass_did() {
+        for (seed, batch) in (0..24).zip([1, 2, 3, 16, 32].into_iter().cycle()) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let frames = rng.gen_range(4..48);
+            let config = S3FifoConfig {
+                batch,
+                ..S3FifoConfig::default()
+            };
+            let new = S3Fifo::with_config(frames, config);
+            let mut old = reference::Policy::new(frames);
+            let (mut a, mut b) = (World::new(frames), World::new(frames));
+            let (mut evictions, mut refused) = (0, 0);
+            for step in 0..4000 {
+                let op = random_op(&mut rng);
+                let ctx = format!("seed {seed} batch {batch} frames {frames} step {step} {op:?}");
+                match op {
+                    Op::Access(index) => {
+                        let (fa, fb) = (a.frame_of.get(&index), b.frame_of.get(&index));
+                        assert_eq!(fa, fb, "{ctx}");
+                        if let (Some(&fa), Some(&fb)) = (fa, fb) {
+                            a.pages.get(fa).mark_accessed();
+                            b.pages.get(fb).mark_accessed();
+                            continue;
+                        }
+                        let (fa, fb) = match (a.free.pop(), b.free.pop()) {
+                            (Some(fa), Some(fb)) => (fa, fb),
+                            (None, None) => {
+                                let sa = new.evict(&a.pages, |f| verdict_of(&a.pages, f));
+                                let sb = old.evict(&b.pages, |f| verdict_of(&b.pages, f));
+                                assert_eq!(sa, sb, "{ctx}");
+                                refused += sa.busy + sa.dirty;
+                                let Some(f) = sa.frame else {
+                                    continue;
+                                };
+                                evictions += 1;
+                                a.forget(f);
+                                b.forget(f);
+                                (f, f)
+                            }
+                            other => panic!("free lists differ: {other:?} {ctx}"),
+                        };
+                        assert_eq!(fa, fb, "{ctx}");
+                        a.place(fa, index);
+                        b.place(fb, index);
+                        let hit_a = new.insert(fa, Ghost::key(1, index), &a.pages);
+                        let hit_b = old.insert(fb, Ghost::key(1, index), &b.pages);
+                        assert_eq!(hit_a, hit_b, "ghost hit {ctx}");
+                    }
+                    Op::Pin(k) | Op::Unpin(k) | Op::Dirty(k) | Op::Clean(k) | Op::Truncate(k) => {
+                        let (Some(fa), Some(fb)) = (nth_cached(&a, k), nth_cached(&b, k)) else {
+                            continue;
+                        };
+                        assert_eq!(fa, fb, "{ctx}");
+                        for w in [&mut a, &mut b] {
+                            let d = w.pages.get(fa);
+                            match op {
+                                Op::Pin(_) if d.pins() < 2 => d.pin(),
+                                Op::Unpin(_) if d.pins() > 0 => {
+                                    d.unpin();
+                                }
+                                Op::Dirty(_) => {
+                                    d.set(PageState::DIRTY);
+                                }
+                                Op::Clean(_) => {
+                                    d.clear(PageState::DIRTY);
+                                }
+                                Op::Truncate(_) if d.pins() == 0 => {
+                                    w.forget(fa);
+                                    w.free.push(fa);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                assert_eq!(new.lens(), (old.small_len(), old.main_len()), "{ctx}");
+            }
+            assert!(evictions > 100, "seed {seed}: {evictions} evictions");
+            assert!(
+                refused > 50,
+                "seed {seed}: {refused} busy or dirty candidates"
+            );
+        }
     }
 }

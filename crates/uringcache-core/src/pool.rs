@@ -9,6 +9,11 @@
 //!
 //! * The free list's mutex protects only the list; the policy has its own mutex. Neither is
 //!   taken on the hit path.
+//! * One eviction pass at a time: the reclaim mutex is held across a pass ([`S3Fifo::evict`]),
+//!   including the caller's `try_evict` on each candidate, so that a pass that comes back
+//!   empty-handed has seen every queued page (another pass's candidates would be invisible to
+//!   it). It guards no data; the policy's own mutex is taken only inside the policy, briefly,
+//!   so queueing a new page (`lru_add`) never waits for a pass.
 //! * A frame handed out by [`FramePool::alloc`] has a fresh descriptor (new generation, no
 //!   owner), one pin (the caller's) and `LOCKED` set: nobody else can see it until the caller
 //!   publishes it in a mapping.
@@ -20,7 +25,7 @@ use crate::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::sync::Mutex;
 
-use crate::evict::{EvictScan, Ghost, S3Fifo, Verdict};
+use crate::evict::{EvictScan, Ghost, S3Fifo, S3FifoConfig, Verdict};
 use crate::page::{FrameId, PageState, PageTable};
 
 /// The frames of a cache: descriptors, free list, eviction policy.
@@ -30,18 +35,30 @@ pub struct FramePool {
     free: Mutex<Vec<FrameId>>,
     nr_free: AtomicUsize,
     policy: S3Fifo,
+    /// Held across an eviction pass: one at a time (see the module doc).
+    reclaim: Mutex<()>,
 }
 
 impl FramePool {
-    /// A pool of `frames` free frames.
+    /// A pool of `frames` free frames, with the default eviction policy.
     pub fn new(frames: usize) -> Self {
+        Self::with_policy(frames, S3FifoConfig::default())
+    }
+
+    /// A pool of `frames` free frames, evicting with an [`S3Fifo`] made with `config`.
+    ///
+    /// # Panics
+    ///
+    /// As [`S3Fifo::with_config`].
+    pub fn with_policy(frames: usize, config: S3FifoConfig) -> Self {
         FramePool {
             pages: PageTable::new(frames),
             // Popped from the end: hand out low frame ids first, so that early allocations are
             // contiguous and fixed-buffer I/O can cover runs of them.
             free: Mutex::new((0..frames as FrameId).rev().collect()),
             nr_free: AtomicUsize::new(frames),
-            policy: S3Fifo::new(frames),
+            policy: S3Fifo::with_config(frames, config),
+            reclaim: Mutex::new(()),
         }
     }
 
@@ -63,13 +80,17 @@ impl FramePool {
 
     /// Takes a frame: from the free list, else by evicting through `try_evict` (see
     /// [`S3Fifo::evict`]; on `Evicted` the callback has removed the page from its mapping and
-    /// holds no pin on it). Returns the frame pinned once and `LOCKED`, or the scan's findings
-    /// when nothing could be evicted (every candidate pinned, locked or dirty).
+    /// holds no pin on it). `try_evict` runs under the pool's reclaim mutex (one pass at a
+    /// time) but under no lock of the policy. Returns the frame pinned once and `LOCKED`, or the
+    /// scan's findings when nothing could be evicted (every candidate pinned, locked or dirty).
     pub fn alloc(&self, try_evict: impl FnMut(FrameId) -> Verdict) -> Result<FrameId, EvictScan> {
         let frame = match self.pop_free() {
             Some(f) => f,
             None => {
-                let scan = self.policy.evict(&self.pages, try_evict);
+                let scan = {
+                    let _one_pass_at_a_time = self.reclaim.lock();
+                    self.policy.evict(&self.pages, try_evict)
+                };
                 match scan.frame {
                     Some(f) => f,
                     None => return Err(scan),
@@ -120,6 +141,11 @@ impl FramePool {
     /// Lengths of the policy's small and main queues.
     pub fn policy_lens(&self) -> (usize, usize) {
         self.policy.lens()
+    }
+
+    /// The eviction policy.
+    pub fn policy(&self) -> &S3Fifo {
+        &self.policy
     }
 }
 
