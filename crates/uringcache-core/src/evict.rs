@@ -712,6 +712,16 @@ impl S3Fifo {
             }
         }
     }
+
+    /// The queues' entries whose generation is current, as (frame, queue), head first.
+    #[cfg(all(test, not(loom)))]
+    fn live_entries(&self, pages: &PageTable) -> Vec<(FrameId, Queue)> {
+        let q = self.queues.lock();
+        let live = |e: &&Entry| pages.get(e.frame).generation() == e.generation;
+        let small = q.small.iter().filter(live).map(|e| (e.frame, Queue::Small));
+        let main = q.main.iter().filter(live).map(|e| (e.frame, Queue::Main));
+        small.chain(main).collect()
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -970,6 +980,353 @@ mod tests {
             }
         }
         assert_eq!(evict_one(&p, &pages), Some(3));
+    }
+
+    /// The frames of the queues' live entries, head first (small queue, then main).
+    fn order(p: &S3Fifo, pages: &PageTable) -> Vec<FrameId> {
+        p.live_entries(pages).into_iter().map(|(f, _)| f).collect()
+    }
+
+    #[test]
+    fn a_one_pass_scan_does_not_displace_the_main_queue() {
+        // 20 frames; pages 0..5 used twice while in the small queue, then a scan of 200 pages
+        // each read once.
+        let n = 20;
+        let pages = PageTable::new(n);
+        let p = S3Fifo::new(n);
+        for f in 0..n as FrameId {
+            fill(&p, &pages, f, f as u64);
+            pages.get(f).mark_accessed(); // the read
+        }
+        for f in 0..5 {
+            pages.get(f).mark_accessed(); // and one more use
+        }
+        let hot: Vec<(FrameId, u32)> = (0..5).map(|f| (f, pages.get(f).generation())).collect();
+        let mut victims = Vec::new();
+        for index in 1000..1200 {
+            let f = evict_one(&p, &pages).expect("a victim");
+            victims.push(f);
+            fill(&p, &pages, f, index);
+            pages.get(f).mark_accessed();
+        }
+        assert!(victims.iter().all(|f| *f >= 5), "{victims:?}");
+        for (f, generation) in hot {
+            let d = pages.get(f);
+            assert_eq!((d.index(), d.generation()), (f as u64, generation));
+        }
+        let main: Vec<FrameId> = p
+            .live_entries(&pages)
+            .into_iter()
+            .filter(|(_, q)| *q == Queue::Main)
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            main,
+            vec![0, 1, 2, 3, 4],
+            "the main queue is the hot set, untouched"
+        );
+    }
+
+    #[test]
+    fn a_refaulted_ghost_goes_to_main_and_outlives_new_pages() {
+        let n = 10;
+        let pages = PageTable::new(n);
+        let p = S3Fifo::new(n);
+        for f in 0..n as FrameId {
+            fill(&p, &pages, f, f as u64);
+        }
+        assert_eq!(evict_one(&p, &pages), Some(0));
+        assert_eq!(p.ghost_len(), 1, "page 0 is remembered");
+        assert!(fill(&p, &pages, 0, 0), "its refault is a ghost hit");
+        assert_eq!((p.ghost_len(), p.lens()), (0, (9, 1)));
+        // New pages come and go through the small queue; page 0 stays.
+        for index in 100..150 {
+            let f = evict_one(&p, &pages).expect("a victim");
+            assert_ne!(f, 0, "the refaulted page outlives the new ones");
+            assert!(!fill(&p, &pages, f, index), "a new page is no ghost hit");
+        }
+        assert!(p.ghost_len() <= n, "the ghost stays bounded");
+    }
+
+    #[test]
+    fn busy_and_dirty_candidates_go_to_the_tail_of_their_queue() {
+        let pages = PageTable::new(4);
+        let p = S3Fifo::new(40); // a small target of 4: everything is taken from the small queue
+        for f in 0..4 {
+            fill(&p, &pages, f, f as u64);
+        }
+        let mut pass = Pass::new();
+        {
+            let mut batch = p.isolate(&pages, &mut pass);
+            assert_eq!(batch.len(), 1, "a pass starts with one candidate");
+            let c = batch.next_candidate().unwrap();
+            assert_eq!((c.frame(), c.queue()), (0, Queue::Small));
+            assert!(batch.next_candidate().is_none());
+            assert_eq!((p.isolated(), order(&p, &pages)), (1, vec![1, 2, 3]));
+            batch.putback(c, Verdict::Busy);
+        }
+        assert_eq!((p.isolated(), order(&p, &pages)), (0, vec![1, 2, 3, 0]));
+        {
+            // The rest of the pass goes by batches: 1, 2, 3, then 0 once more (a pass may
+            // try a page twice, as it did when it requeued each one at once).
+            let mut batch = p.isolate(&pages, &mut pass);
+            let frames: Vec<_> = std::iter::from_fn(|| batch.next_candidate()).collect();
+            assert_eq!(
+                frames.iter().map(|c| c.frame()).collect::<Vec<_>>(),
+                [1, 2, 3, 0]
+            );
+            let mut frames = frames.into_iter();
+            batch.putback(frames.next().unwrap(), Verdict::Dirty);
+            batch.putback(frames.next().unwrap(), Verdict::Busy);
+            // 3 and 0 are not tried.
+        }
+        assert_eq!(
+            order(&p, &pages),
+            vec![3, 0, 1, 2],
+            "untried at the head, refused at the tail"
+        );
+        let scan = pass.scan();
+        assert_eq!((scan.busy, scan.dirty, scan.frame), (2, 1, None));
+        // A main-queue candidate goes back to the tail of the main queue.
+        let p = S3Fifo::new(40);
+        p.queues.lock().ghost.record(Ghost::key(1, 7));
+        assert!(fill(&p, &pages, 0, 7), "a refault: to the main queue");
+        fill(&p, &pages, 1, 8);
+        let mut pass = Pass::new();
+        let mut batch = p.isolate(&pages, &mut pass);
+        let c = batch.next_candidate().unwrap();
+        assert_eq!(
+            (c.frame(), c.queue()),
+            (0, Queue::Main),
+            "the small queue is short"
+        );
+        batch.putback(c, Verdict::Busy);
+        drop(batch);
+        let mut batch = p.isolate(&pages, &mut pass);
+        let c = batch.next_candidate().unwrap();
+        assert_eq!(
+            (c.frame(), c.queue()),
+            (1, Queue::Small),
+            "the main queue is all busy"
+        );
+        batch.putback(c, Verdict::Dirty);
+        drop(batch);
+        let entries = p.live_entries(&pages);
+        assert_eq!(entries, vec![(1, Queue::Small), (0, Queue::Main)]);
+    }
+
+    #[test]
+    fn untried_and_forgotten_candidates_go_back_to_the_head_in_order() {
+        let pages = PageTable::new(6);
+        let p = S3Fifo::new(60);
+        for f in 0..6 {
+            fill(&p, &pages, f, f as u64);
+        }
+        let mut pass = Pass::new();
+        let c = {
+            let mut batch = p.isolate(&pages, &mut pass);
+            let c = batch.next_candidate().unwrap();
+            batch.putback(c, Verdict::Busy);
+            batch.len()
+        };
+        assert_eq!(c, 1);
+        {
+            let mut batch = p.isolate(&pages, &mut pass);
+            assert_eq!(batch.len(), 6);
+            // Handed out and dropped without a verdict: counts as not tried.
+            let _ = batch.next_candidate();
+            let second = batch.next_candidate().unwrap();
+            assert_eq!(second.frame(), 2);
+            assert_eq!(p.isolated(), 6);
+        }
+        assert_eq!(p.isolated(), 0);
+        assert_eq!(order(&p, &pages), vec![1, 2, 3, 4, 5, 0]);
+        assert_eq!(pass.scan().busy, 1, "untried candidates are not counted");
+    }
+
+    #[test]
+    fn stale_entries_are_never_candidates() {
+        let pages = PageTable::new(6);
+        let p = S3Fifo::new(6);
+        for f in 0..6 {
+            fill(&p, &pages, f, f as u64);
+        }
+        pages.get(1).release(); // truncated: freed outside eviction
+        pages.get(4).release();
+        let mut tried = Vec::new();
+        let scan = p.evict(&pages, |f| {
+            tried.push(f);
+            Verdict::Busy
+        });
+        assert_eq!(scan.frame, None);
+        assert!(
+            !tried.is_empty() && tried.iter().all(|f| ![1, 4].contains(f)),
+            "{tried:?}"
+        );
+        assert_eq!(p.lens(), (4, 0), "the stale entries are gone");
+        assert_eq!(order(&p, &pages), vec![0, 2, 3, 5]);
+    }
+
+    #[test]
+    fn a_pass_over_busy_frames_is_bounded() {
+        let n = 50;
+        let pages = PageTable::new(n);
+        let p = S3Fifo::new(n);
+        for f in 0..n as FrameId {
+            fill(&p, &pages, f, f as u64);
+            if f % 2 == 0 {
+                // Half of them hot, so the pass grants laps too.
+                for _ in 0..3 {
+                    pages.get(f).mark_accessed();
+                }
+            }
+        }
+        // Promote the hot half to the main queue.
+        let _ = p.evict(&pages, |_| Verdict::Busy);
+        let before = {
+            let mut v = order(&p, &pages);
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(before.len(), n);
+        for (busy, refusal) in [(Verdict::Busy, "pinned"), (Verdict::Dirty, "dirty")] {
+            let mut calls = 0;
+            let scan = p.evict(&pages, |_| {
+                calls += 1;
+                busy
+            });
+            assert_eq!(scan.frame, None, "every frame {refusal}");
+            assert!(
+                calls <= 2 * n + 2,
+                "{calls} attempts over {n} {refusal} frames"
+            );
+            assert!(calls >= n, "every frame was tried: {calls}");
+            assert_eq!(scan.busy + scan.dirty, calls);
+            assert_eq!(p.isolated(), 0);
+            let mut after = order(&p, &pages);
+            after.sort_unstable();
+            assert_eq!(after, before, "no frame lost, none doubled");
+        }
+    }
+
+    #[test]
+    fn a_panicking_evictor_loses_no_frame() {
+        let pages = PageTable::new(8);
+        let p = S3Fifo::new(8);
+        for f in 0..8 {
+            fill(&p, &pages, f, f as u64);
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.evict(&pages, |f| {
+                if f == 3 {
+                    panic!("deliberate panic in try_evict");
+                }
+                Verdict::Busy
+            })
+        }));
+        assert!(result.is_err());
+        assert_eq!(p.isolated(), 0);
+        let mut frames = order(&p, &pages);
+        frames.sort_unstable();
+        assert_eq!(frames, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn random_rounds_lose_no_frame() {
+        for seed in 0..20 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let n = rng.gen_range(2..40);
+            let config = S3FifoConfig {
+                small_ratio: rng.gen_range(0.05..0.5),
+                promote_freq: rng.gen_range(1..=PageState::FREQ_MAX),
+                batch: rng.gen_range(1..=MAX_BATCH),
+                ..S3FifoConfig::default()
+            };
+            let pages = PageTable::new(n);
+            let p = S3Fifo::with_config(n, config);
+            let mut free: Vec<FrameId> = (0..n as FrameId).collect();
+            let mut live: Vec<FrameId> = Vec::new();
+            let fill_one = |free: &mut Vec<FrameId>, live: &mut Vec<FrameId>, rng: &mut StdRng| {
+                if free.is_empty() {
+                    return;
+                }
+                let f = free.swap_remove(rng.gen_range(0..free.len()));
+                let index = rng.gen_range(0..3 * n as u64);
+                let d = pages.get(f);
+                d.release();
+                d.set_identity(1, index);
+                for _ in 0..rng.gen_range(0..3) {
+                    d.mark_accessed();
+                }
+                p.insert(f, Ghost::key(1, index), &pages);
+                live.push(f);
+            };
+            let drop_page = |f: FrameId, free: &mut Vec<FrameId>, live: &mut Vec<FrameId>| {
+                live.retain(|&g| g != f);
+                pages.get(f).release();
+                free.push(f);
+            };
+            for step in 0..3000 {
+                match rng.gen_range(0..10) {
+                    0..=2 => fill_one(&mut free, &mut live, &mut rng),
+                    3 if !live.is_empty() => {
+                        pages
+                            .get(live[rng.gen_range(0..live.len())])
+                            .mark_accessed();
+                    }
+                    4 if !live.is_empty() => {
+                        let f = live[rng.gen_range(0..live.len())];
+                        drop_page(f, &mut free, &mut live); // truncated
+                    }
+                    _ => {
+                        // A pass, by hand: random verdicts, early ends, forgotten candidates,
+                        // and pages queued or truncated while candidates are out.
+                        let mut pass = Pass::new();
+                        for _ in 0..rng.gen_range(1..6) {
+                            let mut batch = p.isolate(&pages, &mut pass);
+                            if batch.is_empty() {
+                                break;
+                            }
+                            while let Some(c) = batch.next_candidate() {
+                                let f = c.frame();
+                                assert!(live.contains(&f), "seed {seed} step {step}: {f} is live");
+                                assert!(
+                                    !order(&p, &pages).contains(&f),
+                                    "seed {seed} step {step}: a candidate is in no queue"
+                                );
+                                match rng.gen_range(0..12) {
+                                    0..=2 => {
+                                        drop_page(f, &mut free, &mut live);
+                                        batch.putback(c, Verdict::Evicted);
+                                    }
+                                    3..=5 => batch.putback(c, Verdict::Busy),
+                                    6..=7 => batch.putback(c, Verdict::Dirty),
+                                    8 => {
+                                        drop_page(f, &mut free, &mut live); // raced a truncation
+                                        batch.putback(c, Verdict::Gone);
+                                    }
+                                    9 => {} // forgotten: never given back
+                                    10 => {
+                                        fill_one(&mut free, &mut live, &mut rng);
+                                        batch.putback(c, Verdict::Busy);
+                                    }
+                                    _ => break,
+                                }
+                            }
+                        }
+                    }
+                }
+                assert_eq!(p.isolated(), 0);
+                let mut queued = order(&p, &pages);
+                queued.sort_unstable();
+                let mut expected = live.clone();
+                expected.sort_unstable();
+                assert_eq!(
+                    queued, expected,
+                    "seed {seed} step {step}: each live frame once"
+                );
+            }
+        }
     }
 
     /// The policy as it was when it tried candidates itself, under its lock (before

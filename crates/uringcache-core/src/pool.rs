@@ -233,4 +233,33 @@ mod tests {
         assert!(pool.put(pinned), "the last pin frees the frame");
         assert_eq!(pool.nr_free(), 2);
     }
+
+    #[test]
+    fn concurrent_allocations_lose_no_frame() {
+        // Four threads caching pages through 16 frames: at most one frame per thread is
+        // locked or not yet queued, so every allocation finds a victim, and at the end every
+        // frame holds a page, queued exactly once.
+        let frames = 16;
+        let pool = FramePool::new(frames);
+        let m = Mapping::new(1, 0);
+        let rounds = 2000u64;
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (pool, m) = (&pool, &m);
+                s.spawn(move || {
+                    for i in 0..rounds {
+                        cache_page(pool, m, t << 32 | i).expect("a victim");
+                    }
+                });
+            }
+        });
+        assert_eq!((m.nr_pages(), pool.nr_free()), (frames, 0));
+        assert_eq!(pool.policy().isolated(), 0);
+        let (small, main) = pool.policy_lens();
+        assert_eq!(
+            small + main,
+            frames,
+            "each page queued once, no stale entry"
+        );
+    }
 }
