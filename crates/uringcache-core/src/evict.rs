@@ -247,7 +247,9 @@ impl Queues {
     }
 }
 
-/// The S3-FIFO policy over a fixed set of frames.
+/// The S3-FIFO policy over a fixed set of frames: the small and main queues and the ghost set,
+/// under one leaf mutex. It hands out eviction candidates ([`isolate`](S3Fifo::isolate)) and
+/// takes them back; it never calls into the cache.
 #[derive(Debug)]
 pub struct S3Fifo {
     queues: Mutex<Queues>,

@@ -11,7 +11,7 @@
 //! | [`page`] | `struct page`, `PG_*` flags | per-frame state bits, pin counts, identity |
 //! | [`mapping`] | `struct address_space`, `i_pages` | per-file index page → frame, `i_size`, dirty tag |
 //! | [`wait`] | the page wait table | hashed waiter lists for page bits; a broadcast event |
-//! | [`evict`] | active / inactive lists | the S3-FIFO eviction policy |
+//! | [`evict`] | active / inactive lists, `isolate_lru_pages` / `putback_lru_page`, shadow entries | the S3-FIFO eviction policy ([`evict::S3Fifo`]): its queues and ghost set; candidates handed out and taken back |
 //! | [`pool`] | `add_to_page_cache_lru`, reclaim | frame allocation: free list, then eviction |
 //! | [`readahead`] | `mm/readahead.c`, `file_ra_state` | the on-demand readahead state machine |
 //! | [`errseq`] | `errseq_t` (`lib/errseq.c`) | writeback error sequences and per-handle cursors |
