@@ -366,6 +366,17 @@ impl File {
         Ok(())
     }
 
+    /// Checks a read of `len` bytes at `offset` ([`check_read`](Self::check_read)) and returns
+    /// where it ends, clamped to the end of file; `None` if it reads nothing.
+    fn read_end(&self, len: usize, offset: u64) -> io::Result<Option<u64>> {
+        self.check_read(len, offset)?;
+        let size = self.inode().mapping().size();
+        if len == 0 || offset >= size {
+            return Ok(None);
+        }
+        Ok(Some((offset + len as u64).min(size)))
+    }
+
     /// Reads into `buf` from `offset`, returning the bytes read: 0 at or past end of file,
     /// fewer than `buf.len()` only when the file ends first. Cached pages are copied without a
     /// system call; missing ones are read from the device with readahead.
@@ -388,13 +399,10 @@ impl File {
     /// # }
     /// ```
     pub async fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.check_read(buf.len(), offset)?;
-        let inode = self.inode();
-        let size = inode.mapping().size();
-        if buf.is_empty() || offset >= size {
+        let Some(end) = self.read_end(buf.len(), offset)? else {
             return Ok(0);
-        }
-        let end = (offset + buf.len() as u64).min(size);
+        };
+        let inode = self.inode();
         let shift = self.cache().page_shift();
         let last = (end - 1) >> shift;
         let prev_pos = self.handle.prev_pos.load(Ordering::Relaxed);
@@ -456,13 +464,10 @@ impl File {
     /// # }
     /// ```
     pub fn try_read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.check_read(buf.len(), offset)?;
-        let inode = self.inode();
-        let size = inode.mapping().size();
-        if buf.is_empty() || offset >= size {
+        let Some(end) = self.read_end(buf.len(), offset)? else {
             return Ok(0);
-        }
-        let end = (offset + buf.len() as u64).min(size);
+        };
+        let inode = self.inode();
         let shift = self.cache().page_shift();
         let mut pos = offset;
         for span in page_spans(offset, end, shift) {
