@@ -5,19 +5,20 @@ mod common;
 
 use std::io;
 
-use common::{cache, make_file, on_runtimes, pattern, scratch_dir};
+use common::{cache_on, make_file, on_runtimes, pattern, scratch_dir};
 use rand::{Rng, SeedableRng};
+use uringcache::Backend;
 
 const PS: usize = 4096;
 
 use common::rw;
 
-#[test]
-fn direct_reads_see_buffered_writes() {
-    on_runtimes(|| async {
+common::backend_test!(direct_reads_see_buffered_writes);
+fn direct_reads_see_buffered_writes(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut model) = make_file(dir.path(), "a", 10 * PS + 300, 1);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let file = cache.open(&path, &rw()).await?;
         // Dirty pages: a partial one, a whole one, one past the old end.
         for (off, len, seed) in [
@@ -59,12 +60,12 @@ fn direct_reads_see_buffered_writes() {
     });
 }
 
-#[test]
-fn buffered_reads_see_direct_writes() {
-    on_runtimes(|| async {
+common::backend_test!(buffered_reads_see_direct_writes);
+fn buffered_reads_see_direct_writes(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut model) = make_file(dir.path(), "b", 8 * PS, 5);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let file = cache.open(&path, &rw()).await?;
         let other = cache.open(&path, &common::ro()).await?;
         // Everything cached, one page pinned, one page dirty.
@@ -109,12 +110,12 @@ fn buffered_reads_see_direct_writes() {
     });
 }
 
-#[test]
-fn a_direct_write_of_a_partial_tail_block_is_cut_back_by_sync() {
-    on_runtimes(|| async {
+common::backend_test!(a_direct_write_of_a_partial_tail_block_is_cut_back_by_sync);
+fn a_direct_write_of_a_partial_tail_block_is_cut_back_by_sync(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut model) = make_file(dir.path(), "t", 1000, 8);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &rw()).await?;
         file.write_direct_at(b"hello", 998).await?;
         model.resize(1003, 0);
@@ -142,12 +143,12 @@ fn a_direct_write_of_a_partial_tail_block_is_cut_back_by_sync() {
     });
 }
 
-#[test]
-fn direct_io_needs_the_access_and_works_on_the_smallest_budget() {
-    on_runtimes(|| async {
+common::backend_test!(direct_io_needs_the_access_and_works_on_the_smallest_budget);
+fn direct_io_needs_the_access_and_works_on_the_smallest_budget(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "s", 300 * PS + 11, 9);
-        let cache = cache(4);
+        let cache = cache_on(backend, 4);
         let ro = cache.open(&path, &common::ro()).await?;
         let err = ro.write_direct_at(b"x", 0).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
@@ -178,12 +179,12 @@ fn direct_io_needs_the_access_and_works_on_the_smallest_budget() {
     });
 }
 
-#[test]
-fn random_direct_and_buffered_io_agree_with_a_model() {
-    on_runtimes(|| async {
+common::backend_test!(random_direct_and_buffered_io_agree_with_a_model);
+fn random_direct_and_buffered_io_agree_with_a_model(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut model) = make_file(dir.path(), "r", 40 * PS, 11);
-        let cache = cache(24);
+        let cache = cache_on(backend, 24);
         let file = cache.open(&path, &rw()).await?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let mut pins = Vec::new();

@@ -7,14 +7,14 @@ use std::io;
 use std::sync::{Arc, OnceLock};
 
 use common::{make_file, on_runtimes, pattern, scratch_dir};
-use uringcache::{Advice, Cache};
+use uringcache::{Advice, Backend, Cache};
 use uringcache_uring::fault::{Fault, OpKind};
 use uringcache_uring::FaultBackend;
 
-fn faulty_cache(frames: usize) -> (Cache, Arc<FaultBackend>) {
+fn faulty_cache(backend: Backend, frames: usize) -> (Cache, Arc<FaultBackend>) {
     let slot = Arc::new(OnceLock::new());
     let s = slot.clone();
-    let cache = Cache::builder()
+    let cache = common::builder(backend)
         .memory_limit(frames * 4096)
         .wrap_backend(move |inner| {
             let f = Arc::new(FaultBackend::new(inner));
@@ -29,12 +29,12 @@ fn faulty_cache(frames: usize) -> (Cache, Arc<FaultBackend>) {
 
 use common::rw;
 
-#[test]
-fn a_read_error_is_returned_and_the_next_read_retries() {
-    on_runtimes(|| async {
+common::backend_test!(a_read_error_is_returned_and_the_next_read_retries);
+fn a_read_error_is_returned_and_the_next_read_retries(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "r", 64 << 10, 1);
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let f = cache.open(&path, &common::ro()).await?;
         fault.inject(OpKind::Read, Fault::Fail(libc::EIO), Some(1));
         let mut buf = vec![0u8; 4096];
@@ -50,12 +50,12 @@ fn a_read_error_is_returned_and_the_next_read_retries() {
     });
 }
 
-#[test]
-fn every_waiter_of_a_failed_read_gets_the_error() {
+common::backend_test!(every_waiter_of_a_failed_read_gets_the_error);
+fn every_waiter_of_a_failed_read_gets_the_error(backend: Backend) {
     common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "w", 64 << 10, 2);
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let f = cache.open(&path, &common::ro()).await.unwrap();
         f.advise(Advice::Random);
         fault.inject(OpKind::Read, Fault::Hold, Some(1));
@@ -88,12 +88,12 @@ fn every_waiter_of_a_failed_read_gets_the_error() {
     });
 }
 
-#[test]
-fn a_write_error_keeps_pages_dirty_and_reaches_every_handle_once() {
-    on_runtimes(|| async {
+common::backend_test!(a_write_error_keeps_pages_dirty_and_reaches_every_handle_once);
+fn a_write_error_keeps_pages_dirty_and_reaches_every_handle_once(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("w");
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let a = cache.open(&path, &rw()).await?;
         let b = cache.open(&path, &rw()).await?;
         let data = pattern(10_000, 3);
@@ -127,12 +127,12 @@ fn a_write_error_keeps_pages_dirty_and_reaches_every_handle_once() {
     });
 }
 
-#[test]
-fn enospc_is_reported_as_storage_full() {
-    on_runtimes(|| async {
+common::backend_test!(enospc_is_reported_as_storage_full);
+fn enospc_is_reported_as_storage_full(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("full");
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let f = cache.open(&path, &rw()).await?;
         f.write_all_at(&[1u8; 8192], 0).await?;
         fault.inject(OpKind::Write, Fault::Fail(libc::ENOSPC), Some(1));
@@ -144,12 +144,12 @@ fn enospc_is_reported_as_storage_full() {
     });
 }
 
-#[test]
-fn a_failed_flush_is_never_turned_into_success() {
-    on_runtimes(|| async {
+common::backend_test!(a_failed_flush_is_never_turned_into_success);
+fn a_failed_flush_is_never_turned_into_success(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("fs");
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let a = cache.open(&path, &rw()).await?;
         let b = cache.open(&path, &rw()).await?;
         a.write_all_at(&[2u8; 5000], 0).await?;
@@ -173,12 +173,16 @@ fn a_failed_flush_is_never_turned_into_success() {
     });
 }
 
-#[test]
-fn a_sync_waits_for_its_write_before_the_flush_and_a_dropped_sync_leaves_nothing_stuck() {
-    on_runtimes(|| async {
+common::backend_test!(
+    a_sync_waits_for_its_write_before_the_flush_and_a_dropped_sync_leaves_nothing_stuck
+);
+fn a_sync_waits_for_its_write_before_the_flush_and_a_dropped_sync_leaves_nothing_stuck(
+    backend: Backend,
+) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("gc");
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let f = cache.open(&path, &rw()).await?;
         f.write_all_at(&[1u8; 8192], 0).await?;
         f.sync_all().await?;
@@ -232,12 +236,12 @@ async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Op
     .await
 }
 
-#[test]
-fn a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it() {
-    on_runtimes(|| async {
+common::backend_test!(a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it);
+fn a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("cut");
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let f = cache.open(&path, &rw()).await?;
         // An unaligned length: sync_all writes the tail block whole, then cuts the file back
         // to 5000 bytes on disk. That ftruncate is held.
@@ -279,12 +283,12 @@ fn a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it() {
     });
 }
 
-#[test]
-fn a_completion_after_its_future_was_dropped_is_harmless() {
-    on_runtimes(|| async {
+common::backend_test!(a_completion_after_its_future_was_dropped_is_harmless);
+fn a_completion_after_its_future_was_dropped_is_harmless(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "drop", 64 << 10, 4);
-        let (cache, fault) = faulty_cache(16);
+        let (cache, fault) = faulty_cache(backend, 16);
         let f = cache.open(&path, &common::ro()).await?;
         fault.inject(OpKind::Read, Fault::Hold, None);
         {
@@ -314,12 +318,12 @@ async fn futures_poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> 
     .await
 }
 
-#[test]
-fn enospc_when_extending_the_file_is_reported_and_changes_nothing() {
-    on_runtimes(|| async {
+common::backend_test!(enospc_when_extending_the_file_is_reported_and_changes_nothing);
+fn enospc_when_extending_the_file_is_reported_and_changes_nothing(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "grow", 5000, 5);
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let f = cache.open(&path, &rw()).await?;
         fault.inject(OpKind::Truncate, Fault::Fail(libc::ENOSPC), Some(1));
         let err = f.set_len(1 << 30).await.unwrap_err();
@@ -332,40 +336,40 @@ fn enospc_when_extending_the_file_is_reported_and_changes_nothing() {
     });
 }
 
+common::backend_test!(short_transfers_are_continued_not_taken_for_end_of_file);
 /// Transfers cut short at every 512 bytes (each system call or SQE asks for at most that)
-/// are continued, never mistaken for end of file, on both backends.
-#[test]
-fn short_transfers_are_continued_not_taken_for_end_of_file() {
-    for backend in [uringcache::Backend::IoUring, uringcache::Backend::Threads] {
-        on_runtimes(move || async move {
-            let dir = scratch_dir();
-            let (path, mut data) = make_file(dir.path(), "short", (1 << 20) + 777, 6);
-            let cache = Cache::builder()
-                .memory_limit(64 * 4096)
-                .backend(backend)
-                .max_transfer(512)
-                .build()?;
-            let f = cache.open(&path, &rw()).await?;
-            let mut buf = vec![0u8; data.len() + 100];
-            assert_eq!(f.read_at(&mut buf, 0).await?, data.len());
-            common::assert_bytes(&buf[..data.len()], &data, "read in 512-byte pieces");
-            let new = pattern(300_000, 7);
-            f.write_all_at(&new, 5000).await?;
-            data[5000..305_000].copy_from_slice(&new);
-            f.sync_all().await?;
-            common::assert_bytes(
-                &common::read_disk(&path)?,
-                &data,
-                "written in 512-byte pieces",
-            );
-            let s = cache.stats();
-            assert!(
-                s.submit_calls > s.device_reads + s.device_writes,
-                "requests were split: {s}"
-            );
-            Ok(())
-        });
-    }
-    let err = Cache::builder().max_transfer(1000).build().unwrap_err();
+/// are continued, never mistaken for end of file.
+fn short_transfers_are_continued_not_taken_for_end_of_file(backend: Backend) {
+    on_runtimes(move || async move {
+        let dir = scratch_dir();
+        let (path, mut data) = make_file(dir.path(), "short", (1 << 20) + 777, 6);
+        let cache = common::builder(backend)
+            .memory_limit(64 * 4096)
+            .max_transfer(512)
+            .build()?;
+        let f = cache.open(&path, &rw()).await?;
+        let mut buf = vec![0u8; data.len() + 100];
+        assert_eq!(f.read_at(&mut buf, 0).await?, data.len());
+        common::assert_bytes(&buf[..data.len()], &data, "read in 512-byte pieces");
+        let new = pattern(300_000, 7);
+        f.write_all_at(&new, 5000).await?;
+        data[5000..305_000].copy_from_slice(&new);
+        f.sync_all().await?;
+        common::assert_bytes(
+            &common::read_disk(&path)?,
+            &data,
+            "written in 512-byte pieces",
+        );
+        let s = cache.stats();
+        assert!(
+            s.submit_calls > s.device_reads + s.device_writes,
+            "requests were split: {s}"
+        );
+        Ok(())
+    });
+    let err = common::builder(backend)
+        .max_transfer(1000)
+        .build()
+        .unwrap_err();
     assert!(err.to_string().contains("multiple of 512"), "{err}");
 }

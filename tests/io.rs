@@ -6,10 +6,10 @@ mod common;
 
 use std::io::{self, SeekFrom};
 
-use common::{assert_bytes, cache, make_file, on_runtimes, pattern, ro, scratch_dir};
+use common::{assert_bytes, cache_on, make_file, on_runtimes, pattern, ro, scratch_dir};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use uringcache::OpenOptions;
+use uringcache::{Backend, OpenOptions};
 
 const SIZES: &[usize] = &[
     0,
@@ -29,15 +29,15 @@ fn rw_create() -> OpenOptions {
     o
 }
 
-#[test]
-fn read_to_end_matches_std_fs() {
-    on_runtimes(|| async {
+common::backend_test!(read_to_end_matches_std_fs);
+fn read_to_end_matches_std_fs(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         for (i, &len) in SIZES.iter().enumerate() {
             let (path, data) = make_file(dir.path(), &format!("f{i}"), len, 10 + i as u64);
             // A budget smaller than the larger files, so reads also evict.
             for frames in [16usize, 1024] {
-                let cache = cache(frames);
+                let cache = cache_on(backend, frames);
                 let file = cache.open(&path, &ro()).await?;
                 for capacity in [None, Some(1), Some(4096), Some(5000), Some(1 << 20)] {
                     let mut reader = match capacity {
@@ -71,13 +71,13 @@ fn read_to_end_matches_std_fs() {
     });
 }
 
-#[test]
-fn small_reads_through_poll_read() {
-    on_runtimes(|| async {
+common::backend_test!(small_reads_through_poll_read);
+fn small_reads_through_poll_read(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let len = (200 << 10) + 77;
         let (path, data) = make_file(dir.path(), "small", len, 3);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let file = cache.open(&path, &ro()).await?;
         let mut reader = file.reader(0);
         let mut got = Vec::new();
@@ -94,13 +94,13 @@ fn small_reads_through_poll_read() {
     });
 }
 
-#[test]
-fn seek_start_end_current_then_read() {
-    on_runtimes(|| async {
+common::backend_test!(seek_start_end_current_then_read);
+fn seek_start_end_current_then_read(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let len = (1 << 20) + 1000;
         let (path, data) = make_file(dir.path(), "seek", len, 4);
-        let cache = cache(256);
+        let cache = cache_on(backend, 256);
         let file = cache.open(&path, &ro()).await?;
         let mut reader = file.reader(0);
 
@@ -145,12 +145,12 @@ fn seek_start_end_current_then_read() {
     });
 }
 
-#[test]
-fn seek_within_buffer_keeps_it_and_leaving_discards_it() {
-    on_runtimes(|| async {
+common::backend_test!(seek_within_buffer_keeps_it_and_leaving_discards_it);
+fn seek_within_buffer_keeps_it_and_leaving_discards_it(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "buf", 1 << 20, 5);
-        let cache = cache(256);
+        let cache = cache_on(backend, 256);
         let file = cache.open(&path, &ro()).await?;
         let mut reader = uringcache::Reader::with_capacity(file.clone(), 0, 64 << 10);
         let chunk = reader.fill_buf().await?.to_vec();
@@ -181,12 +181,12 @@ fn seek_within_buffer_keeps_it_and_leaving_discards_it() {
     });
 }
 
-#[test]
-fn negative_and_overflowing_seeks_fail_and_keep_the_position() {
-    on_runtimes(|| async {
+common::backend_test!(negative_and_overflowing_seeks_fail_and_keep_the_position);
+fn negative_and_overflowing_seeks_fail_and_keep_the_position(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "neg", 10_000, 6);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &ro()).await?;
         let mut reader = file.reader(0);
         reader.seek(SeekFrom::Start(100)).await?;
@@ -215,13 +215,13 @@ fn negative_and_overflowing_seeks_fail_and_keep_the_position() {
     });
 }
 
-#[test]
-fn random_seeks_and_reads_match_std_fs() {
-    on_runtimes(|| async {
+common::backend_test!(random_seeks_and_reads_match_std_fs);
+fn random_seeks_and_reads_match_std_fs(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let len = (700 << 10) + 5;
         let (path, data) = make_file(dir.path(), "rand", len, 7);
-        let cache = cache(32);
+        let cache = cache_on(backend, 32);
         let file = cache.open(&path, &ro()).await?;
         let mut reader = uringcache::Reader::with_capacity(file.clone(), 0, 16 << 10);
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
@@ -257,9 +257,9 @@ fn random_seeks_and_reads_match_std_fs() {
     });
 }
 
-#[test]
-fn read_line_and_lines_match_std() {
-    on_runtimes(|| async {
+common::backend_test!(read_line_and_lines_match_std);
+fn read_line_and_lines_match_std(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         // Short lines, an empty one, and lines longer than the reader's buffer, no final newline.
         let mut text = String::new();
@@ -273,7 +273,7 @@ fn read_line_and_lines_match_std() {
         text.push_str("no newline at the end");
         let path = dir.path().join("text.txt");
         std::fs::write(&path, &text)?;
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let file = cache.open(&path, &ro()).await?;
 
         let mut lines = file.reader(0).lines();
@@ -305,14 +305,14 @@ fn read_line_and_lines_match_std() {
     });
 }
 
-#[test]
-fn many_small_writes_then_shutdown_match_std_fs() {
-    on_runtimes(|| async {
+common::backend_test!(many_small_writes_then_shutdown_match_std_fs);
+fn many_small_writes_then_shutdown_match_std_fs(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("out");
         let len = (1 << 20) + 333;
         let data = pattern(len, 8);
-        let cache = cache(128);
+        let cache = cache_on(backend, 128);
         let file = cache.open(&path, &rw_create()).await?;
         let mut writer = file.writer(0);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -340,12 +340,12 @@ fn many_small_writes_then_shutdown_match_std_fs() {
     });
 }
 
-#[test]
-fn buffered_bytes_reach_the_cache_on_flush_not_before() {
-    on_runtimes(|| async {
+common::backend_test!(buffered_bytes_reach_the_cache_on_flush_not_before);
+fn buffered_bytes_reach_the_cache_on_flush_not_before(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut data) = make_file(dir.path(), "flush", 20_000, 9);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let file = cache.open(&path, &rw_create()).await?;
         let mut writer = uringcache::Writer::with_capacity(file.clone(), 5000, 8192);
         writer.write_all(b"hello").await?;
@@ -377,13 +377,13 @@ fn buffered_bytes_reach_the_cache_on_flush_not_before() {
     });
 }
 
-#[test]
-fn copy_between_files_through_reader_and_writer() {
-    on_runtimes(|| async {
+common::backend_test!(copy_between_files_through_reader_and_writer);
+fn copy_between_files_through_reader_and_writer(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (src, data) = make_file(dir.path(), "src", (3 << 20) + 4321, 11);
         let dst = dir.path().join("dst");
-        let cache = cache(256);
+        let cache = cache_on(backend, 256);
         let input = cache.open(&src, &ro()).await?;
         let output = cache.open(&dst, &rw_create()).await?;
         let mut reader = input.reader(0);
@@ -407,12 +407,12 @@ fn copy_between_files_through_reader_and_writer() {
     });
 }
 
-#[test]
-fn reader_sees_bytes_appended_after_reaching_the_end() {
-    on_runtimes(|| async {
+common::backend_test!(reader_sees_bytes_appended_after_reaching_the_end);
+fn reader_sees_bytes_appended_after_reaching_the_end(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut data) = make_file(dir.path(), "grow", 3000, 12);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &rw_create()).await?;
         let mut reader = file.reader(0);
         let mut got = Vec::new();
@@ -430,12 +430,12 @@ fn reader_sees_bytes_appended_after_reaching_the_end() {
     });
 }
 
-#[test]
-fn writer_errors_keep_the_buffer_and_name_the_cause() {
-    on_runtimes(|| async {
+common::backend_test!(writer_errors_keep_the_buffer_and_name_the_cause);
+fn writer_errors_keep_the_buffer_and_name_the_cause(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "ro", 4096, 14);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &ro()).await?;
         let mut writer = file.writer(0);
         writer.write_all(b"nope").await?;
@@ -451,16 +451,16 @@ fn writer_errors_keep_the_buffer_and_name_the_cause() {
     });
 }
 
-#[test]
-fn adapters_are_send_and_static() {
+common::backend_test!(adapters_are_send_and_static);
+fn adapters_are_send_and_static(backend: Backend) {
     fn check<T: Send + Unpin + 'static>() {}
     check::<uringcache::Reader>();
     check::<uringcache::Writer>();
     // And they run on spawned tasks (on_runtimes spawns on the multi-thread runtime).
-    on_runtimes(|| async {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "spawn", 100_000, 15);
-        let cache = cache(32);
+        let cache = cache_on(backend, 32);
         let file = cache.open(&path, &ro()).await?;
         let reader = file.reader(0);
         let got = tokio::spawn(async move {

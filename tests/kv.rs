@@ -14,9 +14,10 @@ use std::path::Path;
 use common::scratch_dir;
 use rand::{Rng, SeedableRng};
 use store::{Pager, StdPager, Store, UringPager};
+use uringcache::Backend;
 
-fn new_cache(frames: usize) -> uringcache::Cache {
-    uringcache::Cache::builder()
+fn new_cache(backend: Backend, frames: usize) -> uringcache::Cache {
+    common::builder(backend)
         .memory_limit(frames * 4096)
         .build()
         .expect("cache")
@@ -99,8 +100,8 @@ async fn check<P: Pager>(
     Ok(())
 }
 
-#[test]
-fn random_operations_match_a_model_across_restarts() {
+common::backend_test!(random_operations_match_a_model_across_restarts);
+fn random_operations_match_a_model_across_restarts(backend: Backend) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,7 +119,7 @@ fn random_operations_match_a_model_across_restarts() {
         for (epoch, frames) in [4usize, 8, 16, 5, 64, 12].into_iter().enumerate() {
             let batch = ops(epoch as u64, 1500, keys);
             // uringcache
-            let cache = new_cache(frames);
+            let cache = new_cache(backend, frames);
             let mut store = Store::open(UringPager::open(&cache, &upath).await?, 4).await?;
             check(&store, &umodel, keys).await?;
             apply(&mut store, &mut umodel, &batch).await?;
@@ -147,7 +148,7 @@ fn random_operations_match_a_model_across_restarts() {
             );
         }
         // A last reopen checks everything once more, with a large cache.
-        let cache = new_cache(256);
+        let cache = new_cache(backend, 256);
         let store = Store::open(UringPager::open(&cache, &upath).await?, 4).await?;
         check(&store, &umodel, keys).await?;
         assert!(store.pages() > 5, "overflow chains were used");
@@ -170,8 +171,8 @@ fn flip_byte(path: &Path, offset: u64) {
     f.sync_all().unwrap();
 }
 
-#[test]
-fn a_corrupted_page_is_caught_by_the_verify_hook() {
+common::backend_test!(a_corrupted_page_is_caught_by_the_verify_hook);
+fn a_corrupted_page_is_caught_by_the_verify_hook(backend: Backend) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -179,7 +180,7 @@ fn a_corrupted_page_is_caught_by_the_verify_hook() {
     rt.block_on(async {
         let dir = scratch_dir();
         let path = dir.path().join("c.db");
-        let cache = new_cache(32);
+        let cache = new_cache(backend, 32);
         let mut store = Store::open(UringPager::open(&cache, &path).await?, 2).await?;
         for k in 0..200 {
             store.put(&key_of(k), &[k as u8; 40]).await?;
@@ -190,7 +191,7 @@ fn a_corrupted_page_is_caught_by_the_verify_hook() {
         drop(cache);
         // One bit of a record in bucket page 1 goes bad on disk.
         flip_byte(&path, 4096 + 100);
-        let cache = new_cache(32);
+        let cache = new_cache(backend, 32);
         let store = Store::open(UringPager::open(&cache, &path).await?, 2).await?;
         let mut bad = 0;
         for k in 0..200 {
@@ -220,15 +221,15 @@ fn a_corrupted_page_is_caught_by_the_verify_hook() {
     .unwrap();
 }
 
-#[test]
-fn a_record_must_fit_in_a_page() {
+common::backend_test!(a_record_must_fit_in_a_page);
+fn a_record_must_fit_in_a_page(backend: Backend) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let dir = scratch_dir();
-        let cache = new_cache(16);
+        let cache = new_cache(backend, 16);
         let mut store =
             Store::open(UringPager::open(&cache, &dir.path().join("b.db")).await?, 1).await?;
         let err = store

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::{cache, make_file, on_runtimes, pattern, scratch_dir};
-use uringcache::{Advice, Cache, OpenOptions, PageRef};
+use common::{cache_on, make_file, on_runtimes, pattern, scratch_dir};
+use uringcache::{Advice, Backend, Cache, OpenOptions, PageRef};
 use uringcache_uring::fault::{Fault, OpKind};
 use uringcache_uring::FaultBackend;
 
@@ -17,10 +17,10 @@ const PS: usize = 4096;
 
 use common::rw;
 
-fn faulty_cache(frames: usize) -> (Cache, Arc<FaultBackend>) {
+fn faulty_cache(backend: Backend, frames: usize) -> (Cache, Arc<FaultBackend>) {
     let slot = Arc::new(OnceLock::new());
     let s = slot.clone();
-    let cache = Cache::builder()
+    let cache = common::builder(backend)
         .memory_limit(frames * PS)
         .wrap_backend(move |inner| {
             let f = Arc::new(FaultBackend::new(inner));
@@ -51,13 +51,13 @@ fn handles_are_send_sync_and_static() {
     assert_send_sync_static::<OpenOptions>();
 }
 
-#[test]
-fn page_contents_match_std_fs() {
-    on_runtimes(|| async {
+common::backend_test!(page_contents_match_std_fs);
+fn page_contents_match_std_fs(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let len = 10 * PS + 1234;
         let (path, data) = make_file(dir.path(), "p", len, 1);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let file = cache.open(&path, &common::ro()).await?;
         for index in (0..14u64).rev() {
             let page = file.page(index).await?;
@@ -78,13 +78,13 @@ fn page_contents_match_std_fs() {
     });
 }
 
-#[test]
-fn page_mut_is_seen_by_read_at_at_once_and_on_disk_after_sync_all() {
-    on_runtimes(|| async {
+common::backend_test!(page_mut_is_seen_by_read_at_at_once_and_on_disk_after_sync_all);
+fn page_mut_is_seen_by_read_at_at_once_and_on_disk_after_sync_all(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let len = 5 * PS + 100;
         let (path, mut model) = make_file(dir.path(), "m", len, 2);
-        let cache = cache(32);
+        let cache = cache_on(backend, 32);
         let file = cache.open(&path, &rw()).await?;
         let reader = cache.open(&path, &common::ro()).await?;
         // A page of file data: read-modify-write in place.
@@ -126,8 +126,8 @@ fn page_mut_is_seen_by_read_at_at_once_and_on_disk_after_sync_all() {
     });
 }
 
-#[test]
-fn sixteen_tasks_pinning_one_page_cause_one_device_read() {
+common::backend_test!(sixteen_tasks_pinning_one_page_cause_one_device_read);
+fn sixteen_tasks_pinning_one_page_cause_one_device_read(backend: Backend) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -136,7 +136,7 @@ fn sixteen_tasks_pinning_one_page_cause_one_device_read() {
     rt.block_on(async {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "s", 8 * PS, 3);
-        let (cache, fault) = faulty_cache(64);
+        let (cache, fault) = faulty_cache(backend, 64);
         let file = cache.open(&path, &common::ro()).await.unwrap();
         file.advise(Advice::Random);
         // Hold the first read so that every task finds it in flight.
@@ -171,13 +171,13 @@ fn sixteen_tasks_pinning_one_page_cause_one_device_read() {
     });
 }
 
-#[test]
-fn pins_survive_memory_pressure() {
-    on_runtimes(|| async {
+common::backend_test!(pins_survive_memory_pressure);
+fn pins_survive_memory_pressure(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (a_path, a_data) = make_file(dir.path(), "a", 8 * PS, 4);
         let (b_path, b_data) = make_file(dir.path(), "b", 300 * PS, 5);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let a = cache.open(&a_path, &common::ro()).await?;
         let b = cache.open(&b_path, &common::ro()).await?;
         let pinned: Vec<PageRef> = {
@@ -211,12 +211,12 @@ fn pins_survive_memory_pressure() {
     });
 }
 
-#[test]
-fn every_frame_pinned_is_an_error_and_one_unpin_fixes_it() {
-    on_runtimes(|| async {
+common::backend_test!(every_frame_pinned_is_an_error_and_one_unpin_fixes_it);
+fn every_frame_pinned_is_an_error_and_one_unpin_fixes_it(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "f", 16 * PS, 6);
-        let cache = cache(4);
+        let cache = cache_on(backend, 4);
         let file = cache.open(&path, &common::ro()).await?;
         file.advise(Advice::Random);
         // Many handles of one page hold one frame, not many.
@@ -242,13 +242,13 @@ fn every_frame_pinned_is_an_error_and_one_unpin_fixes_it() {
     });
 }
 
-#[test]
-fn a_pin_across_truncation_keeps_its_frame_until_the_last_unpin() {
-    on_runtimes(|| async {
+common::backend_test!(a_pin_across_truncation_keeps_its_frame_until_the_last_unpin);
+fn a_pin_across_truncation_keeps_its_frame_until_the_last_unpin(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "t", 8 * PS, 7);
         let (other_path, other) = make_file(dir.path(), "o", 64 * PS, 8);
-        let cache = cache(8);
+        let cache = cache_on(backend, 8);
         let file = cache.open(&path, &rw()).await?;
         let big = cache.open(&other_path, &common::ro()).await?;
         let pinned = file.page(5).await?;
@@ -299,12 +299,12 @@ fn a_pin_across_truncation_keeps_its_frame_until_the_last_unpin() {
     });
 }
 
-#[test]
-fn a_pin_across_invalidate_keeps_the_page() {
-    on_runtimes(|| async {
+common::backend_test!(a_pin_across_invalidate_keeps_the_page);
+fn a_pin_across_invalidate_keeps_the_page(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "i", 4 * PS, 9);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &rw()).await?;
         let p1 = file.page(1).await?;
         drop(file.page(2).await?);
@@ -329,12 +329,12 @@ fn a_pin_across_invalidate_keeps_the_page() {
     });
 }
 
-#[test]
-fn page_mut_excludes_other_writers_until_dropped() {
-    on_runtimes(|| async {
+common::backend_test!(page_mut_excludes_other_writers_until_dropped);
+fn page_mut_excludes_other_writers_until_dropped(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "x", 4 * PS, 10);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &rw()).await?;
         let mut first = file.page_mut(1).await?;
         first[0] = 1;
@@ -368,12 +368,12 @@ fn page_mut_excludes_other_writers_until_dropped() {
     });
 }
 
-#[test]
-fn discard_puts_the_bytes_back_and_dirties_nothing() {
-    on_runtimes(|| async {
+common::backend_test!(discard_puts_the_bytes_back_and_dirties_nothing);
+fn discard_puts_the_bytes_back_and_dirties_nothing(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "d", 3 * PS, 11);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &rw()).await?;
         let mut p = file.page_mut(1).await?;
         p.fill(0xEE);
@@ -397,12 +397,12 @@ fn discard_puts_the_bytes_back_and_dirties_nothing() {
     });
 }
 
-#[test]
-fn page_mut_needs_read_and_write_access() {
-    on_runtimes(|| async {
+common::backend_test!(page_mut_needs_read_and_write_access);
+fn page_mut_needs_read_and_write_access(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "a", PS, 12);
-        let cache = cache(8);
+        let cache = cache_on(backend, 8);
         let ro = cache.open(&path, &common::ro()).await?;
         let err = ro.page_mut(0).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
@@ -419,13 +419,13 @@ fn page_mut_needs_read_and_write_access() {
     });
 }
 
-#[test]
-fn read_bytes_is_zero_copy_within_a_page_and_clamped() {
-    on_runtimes(|| async {
+common::backend_test!(read_bytes_is_zero_copy_within_a_page_and_clamped);
+fn read_bytes_is_zero_copy_within_a_page_and_clamped(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let len = 3 * PS + 500;
         let (path, data) = make_file(dir.path(), "b", len, 13);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &common::ro()).await?;
         let b = file.read_bytes(PS as u64 + 100, 200).await?;
         assert_eq!(&b[..], &data[PS + 100..PS + 300]);
@@ -472,12 +472,12 @@ fn counting_hook(
     }
 }
 
-#[test]
-fn the_verify_hook_runs_once_per_fill() {
-    on_runtimes(|| async {
+common::backend_test!(the_verify_hook_runs_once_per_fill);
+fn the_verify_hook_runs_once_per_fill(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "v", 20 * PS + 7, 14);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let calls = Arc::new(AtomicUsize::new(0));
         let mut opts = common::ro();
         opts.verify(counting_hook(
@@ -508,12 +508,12 @@ fn the_verify_hook_runs_once_per_fill() {
     });
 }
 
-#[test]
-fn a_verify_failure_is_invalid_data_and_the_page_is_never_served() {
-    on_runtimes(|| async {
+common::backend_test!(a_verify_failure_is_invalid_data_and_the_page_is_never_served);
+fn a_verify_failure_is_invalid_data_and_the_page_is_never_served(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "bad", 8 * PS, 15);
-        let cache = cache(32);
+        let cache = cache_on(backend, 32);
         let calls = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(true));
         let mut opts = rw();
@@ -561,12 +561,12 @@ fn a_verify_failure_is_invalid_data_and_the_page_is_never_served() {
     });
 }
 
-#[test]
-fn pages_not_read_from_the_device_are_not_verified() {
-    on_runtimes(|| async {
+common::backend_test!(pages_not_read_from_the_device_are_not_verified);
+fn pages_not_read_from_the_device_are_not_verified(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "nv", 4 * PS, 16);
-        let cache = cache(32);
+        let cache = cache_on(backend, 32);
         let calls = Arc::new(AtomicUsize::new(0));
         let mut opts = rw();
         opts.verify(counting_hook(
@@ -587,12 +587,12 @@ fn pages_not_read_from_the_device_are_not_verified() {
     });
 }
 
-#[test]
-fn the_verify_hook_belongs_to_the_file() {
-    on_runtimes(|| async {
+common::backend_test!(the_verify_hook_belongs_to_the_file);
+fn the_verify_hook_belongs_to_the_file(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "h", 8 * PS, 17);
-        let cache = cache(32);
+        let cache = cache_on(backend, 32);
         let first = Arc::new(AtomicUsize::new(0));
         let second = Arc::new(AtomicUsize::new(0));
         let never = Arc::new(AtomicBool::new(false));
@@ -619,12 +619,12 @@ fn the_verify_hook_belongs_to_the_file() {
     });
 }
 
-#[test]
-fn a_panicking_hook_rejects_the_page() {
-    on_runtimes(|| async {
+common::backend_test!(a_panicking_hook_rejects_the_page);
+fn a_panicking_hook_rejects_the_page(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "pan", 2 * PS, 18);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let armed = Arc::new(AtomicBool::new(true));
         let a2 = armed.clone();
         let mut opts = common::ro();
@@ -643,12 +643,12 @@ fn a_panicking_hook_rejects_the_page() {
     });
 }
 
-#[test]
-fn pinned_page_handles_work_across_tasks_and_threads() {
-    on_runtimes(|| async {
+common::backend_test!(pinned_page_handles_work_across_tasks_and_threads);
+fn pinned_page_handles_work_across_tasks_and_threads(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "th", 4 * PS, 19);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &common::ro()).await?;
         let page = file.page(2).await?;
         let want = page_of(&data, 2);
@@ -663,13 +663,13 @@ fn pinned_page_handles_work_across_tasks_and_threads() {
     });
 }
 
-#[test]
-fn page_muts_held_on_dirty_pages_do_not_block_the_next_page_mut() {
-    on_runtimes(|| async {
+common::backend_test!(page_muts_held_on_dirty_pages_do_not_block_the_next_page_mut);
+fn page_muts_held_on_dirty_pages_do_not_block_the_next_page_mut(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "dl", 8 * PS, 20);
         // 16 frames: writers wait at 3 dirty pages.
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &rw()).await?;
         file.advise(Advice::Random);
         file.write_all_at(&[1], 0).await?;
@@ -697,12 +697,12 @@ fn page_muts_held_on_dirty_pages_do_not_block_the_next_page_mut() {
     });
 }
 
-#[test]
-fn a_hole_the_cache_grew_the_file_over_is_zeros_without_a_read() {
-    on_runtimes(|| async {
+common::backend_test!(a_hole_the_cache_grew_the_file_over_is_zeros_without_a_read);
+fn a_hole_the_cache_grew_the_file_over_is_zeros_without_a_read(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("hole");
-        let cache = cache(32);
+        let cache = cache_on(backend, 32);
         let file = cache.open(&path, &rw()).await?;
         file.write_all_at(b"end", 20 * PS as u64).await?;
         assert_eq!(file.len(), 20 * PS as u64 + 3);
@@ -724,16 +724,16 @@ fn a_hole_the_cache_grew_the_file_over_is_zeros_without_a_read() {
     });
 }
 
+common::backend_test!(a_sync_stuck_behind_a_held_page_mut_is_reported);
 /// A `PageMut` held by the task that then syncs the same page never lets the sync finish (the
 /// page stays locked). The wait is not silent: after a few seconds the flusher reports it
 /// (`Stats::stuck_waits`, and a `tracing` warning naming the file and page); dropping the
 /// handle lets everything go on.
-#[test]
-fn a_sync_stuck_behind_a_held_page_mut_is_reported() {
-    on_runtimes(|| async {
+fn a_sync_stuck_behind_a_held_page_mut_is_reported(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("stuck");
-        let cache = Cache::builder()
+        let cache = common::builder(backend)
             .memory_limit(64 * 4096)
             .writeback_interval(Duration::from_millis(20))
             .build()?;

@@ -5,9 +5,9 @@ mod common;
 use std::io;
 use std::sync::Arc;
 
-use common::{cache, make_file, on_runtimes, ro, scratch_dir};
+use common::{cache_on, make_file, on_runtimes, ro, scratch_dir};
 use rand::{Rng, SeedableRng};
-use uringcache::{Advice, Cache, OpenOptions};
+use uringcache::{Advice, Backend, OpenOptions};
 
 const SIZES: &[usize] = &[0, 1, 4095, 4096, 4097, 3 << 20, (5 << 20) + 123];
 
@@ -35,14 +35,14 @@ async fn read_all_in_chunks(file: &uringcache::File, data: &[u8], chunk: usize) 
     Ok(())
 }
 
-#[test]
-fn whole_files_of_every_size_match_std_fs() {
-    on_runtimes(|| async {
+common::backend_test!(whole_files_of_every_size_match_std_fs);
+fn whole_files_of_every_size_match_std_fs(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         for (i, &len) in SIZES.iter().enumerate() {
             let (path, data) = make_file(dir.path(), &format!("f{i}"), len, i as u64);
             for frames in [4usize, 64, 4096] {
-                let cache = cache(frames);
+                let cache = cache_on(backend, frames);
                 let file = cache.open(&path, &ro()).await?;
                 assert_eq!(file.len(), len as u64);
                 for chunk in [1usize, 512, 4096, 10_000, 1 << 20] {
@@ -57,13 +57,13 @@ fn whole_files_of_every_size_match_std_fs() {
     });
 }
 
-#[test]
-fn random_ranges_match_std_fs() {
-    on_runtimes(|| async {
+common::backend_test!(random_ranges_match_std_fs);
+fn random_ranges_match_std_fs(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "r", (4 << 20) + 77, 9);
         for frames in [4usize, 16, 300, 4096] {
-            let cache = cache(frames);
+            let cache = cache_on(backend, frames);
             let file = cache.open(&path, &ro()).await?;
             let mut rng = rand::rngs::StdRng::seed_from_u64(frames as u64);
             let mut buf = vec![0u8; 64 << 10];
@@ -86,14 +86,14 @@ fn random_ranges_match_std_fs() {
     });
 }
 
-#[test]
-fn concurrent_tasks_read_the_right_bytes() {
+common::backend_test!(concurrent_tasks_read_the_right_bytes);
+fn concurrent_tasks_read_the_right_bytes(backend: Backend) {
     common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "c", 2 << 20, 3);
         let data = Arc::new(data);
         for frames in [4usize, 32, 1024] {
-            let cache = cache(frames);
+            let cache = cache_on(backend, frames);
             let file = cache.open(&path, &ro()).await.unwrap();
             let tasks: Vec<_> = (0..16)
                 .map(|t| {
@@ -123,12 +123,12 @@ fn concurrent_tasks_read_the_right_bytes() {
     });
 }
 
-#[test]
-fn many_threads_with_their_own_runtimes_share_one_cache() {
+common::backend_test!(many_threads_with_their_own_runtimes_share_one_cache);
+fn many_threads_with_their_own_runtimes_share_one_cache(backend: Backend) {
     let dir = scratch_dir();
     let (path, data) = make_file(dir.path(), "t", 1 << 20, 5);
     let data = Arc::new(data);
-    let cache = cache(64);
+    let cache = cache_on(backend, 64);
     let file = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
@@ -158,12 +158,12 @@ fn many_threads_with_their_own_runtimes_share_one_cache() {
     }
 }
 
-#[test]
-fn sixteen_tasks_missing_one_page_cause_one_device_read() {
+common::backend_test!(sixteen_tasks_missing_one_page_cause_one_device_read);
+fn sixteen_tasks_missing_one_page_cause_one_device_read(backend: Backend) {
     common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "one", 1 << 20, 11);
-        let cache = cache(256);
+        let cache = cache_on(backend, 256);
         let file = cache.open(&path, &ro()).await.unwrap();
         file.advise(Advice::Random);
         let barrier = Arc::new(tokio::sync::Barrier::new(16));
@@ -191,12 +191,12 @@ fn sixteen_tasks_missing_one_page_cause_one_device_read() {
     });
 }
 
-#[test]
-fn a_four_page_budget_serves_a_one_mib_read() {
-    on_runtimes(|| async {
+common::backend_test!(a_four_page_budget_serves_a_one_mib_read);
+fn a_four_page_budget_serves_a_one_mib_read(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "big", (1 << 20) + 4096, 2);
-        let cache = cache(4);
+        let cache = cache_on(backend, 4);
         let file = cache.open(&path, &ro()).await?;
         let mut buf = vec![0u8; 1 << 20];
         assert_eq!(file.read_at(&mut buf, 100).await?, 1 << 20);
@@ -208,12 +208,12 @@ fn a_four_page_budget_serves_a_one_mib_read() {
     });
 }
 
-#[test]
-fn reads_at_and_past_the_end() {
-    on_runtimes(|| async {
+common::backend_test!(reads_at_and_past_the_end);
+fn reads_at_and_past_the_end(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "end", 10_000, 4);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let file = cache.open(&path, &ro()).await?;
         let mut buf = vec![0u8; 4096];
         assert_eq!(file.read_at(&mut buf, 10_000).await?, 0);
@@ -230,12 +230,12 @@ fn reads_at_and_past_the_end() {
     });
 }
 
-#[test]
-fn try_read_at_serves_only_cached_pages() {
-    on_runtimes(|| async {
+common::backend_test!(try_read_at_serves_only_cached_pages);
+fn try_read_at_serves_only_cached_pages(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "nowait", 64 << 10, 6);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let file = cache.open(&path, &ro()).await?;
         file.advise(Advice::Random);
         let mut buf = vec![0u8; 8192];
@@ -254,12 +254,12 @@ fn try_read_at_serves_only_cached_pages() {
     });
 }
 
-#[test]
-fn readahead_caches_the_range_and_another_handle_sees_it() {
-    on_runtimes(|| async {
+common::backend_test!(readahead_caches_the_range_and_another_handle_sees_it);
+fn readahead_caches_the_range_and_another_handle_sees_it(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "ra", (3 << 20) + 5, 8);
-        let cache = cache(2048);
+        let cache = cache_on(backend, 2048);
         let a = cache.open(&path, &ro()).await?;
         let b = cache.open(&path, &ro()).await?;
         a.readahead(0, data.len() as u64 + 4096).await?;
@@ -277,12 +277,12 @@ fn readahead_caches_the_range_and_another_handle_sees_it() {
     });
 }
 
-#[test]
-fn a_sequential_scan_reads_few_large_requests() {
-    on_runtimes(|| async {
+common::backend_test!(a_sequential_scan_reads_few_large_requests);
+fn a_sequential_scan_reads_few_large_requests(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "scan", 8 << 20, 12);
-        let cache = cache(4096);
+        let cache = cache_on(backend, 4096);
         let file = cache.open(&path, &ro()).await?;
         let mut buf = vec![0u8; 4096];
         for pos in (0..data.len()).step_by(4096) {
@@ -297,21 +297,24 @@ fn a_sequential_scan_reads_few_large_requests() {
     });
 }
 
-#[test]
-fn bad_input_gets_a_clear_error() {
-    on_runtimes(|| async {
+common::backend_test!(bad_input_gets_a_clear_error);
+fn bad_input_gets_a_clear_error(backend: Backend) {
+    on_runtimes(move || async move {
         for ps in [0usize, 3000, 256] {
-            let err = Cache::builder().page_size(ps).build().unwrap_err();
+            let err = common::builder(backend).page_size(ps).build().unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
             assert!(err.to_string().contains("page size"), "{err}");
         }
         for limit in [0usize, 3 * 4096] {
-            let err = Cache::builder().memory_limit(limit).build().unwrap_err();
+            let err = common::builder(backend)
+                .memory_limit(limit)
+                .build()
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
             assert!(err.to_string().contains("at least 4 pages"), "{err}");
         }
         let dir = scratch_dir();
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let missing = dir.path().join("missing");
         let err = cache.open(&missing, &ro()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
@@ -340,12 +343,12 @@ fn bad_input_gets_a_clear_error() {
     });
 }
 
-#[test]
-fn shutdown_stops_the_cache() {
-    on_runtimes(|| async {
+common::backend_test!(shutdown_stops_the_cache);
+fn shutdown_stops_the_cache(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "s", 8192, 1);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let f = cache.open(&path, &ro()).await?;
         f.read_at(&mut [0u8; 10], 0).await?;
         cache.shutdown().await?;
@@ -355,12 +358,12 @@ fn shutdown_stops_the_cache() {
     });
 }
 
-#[test]
-fn a_sequential_scan_ramps_its_window_as_the_kernel_does() {
-    on_runtimes(|| async {
+common::backend_test!(a_sequential_scan_ramps_its_window_as_the_kernel_does);
+fn a_sequential_scan_ramps_its_window_as_the_kernel_does(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "ramp", 8 << 20, 13);
-        let cache = cache(4096); // room for 2 MiB windows (max 512 pages)
+        let cache = cache_on(backend, 4096); // room for 2 MiB windows (max 512 pages)
         let file = cache.open(&path, &ro()).await?;
         let mut buf = vec![0u8; 4096];
         let mut seen = 0;

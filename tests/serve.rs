@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use server::{parse_range, RangeReq};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use uringcache::Backend;
 
 struct Response {
     status: u16,
@@ -60,10 +61,11 @@ async fn request(
 }
 
 async fn start(
+    backend: Backend,
     frames: usize,
     root: &std::path::Path,
 ) -> io::Result<(SocketAddr, uringcache::Cache)> {
-    let cache = uringcache::Cache::builder()
+    let cache = common::builder(backend)
         .memory_limit(frames * 4096)
         .build()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -85,15 +87,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[test]
-fn ranges_match_std_fs() {
+common::backend_test!(ranges_match_std_fs);
+fn ranges_match_std_fs(backend: Backend) {
     runtime()
         .block_on(async {
             let dir = scratch_dir();
             let (path, _) = make_file(dir.path(), "data.bin", 300_000 + 17, 1);
             std::fs::create_dir(dir.path().join("sub"))?;
             make_file(&dir.path().join("sub"), "small", 10, 2);
-            let (addr, cache) = start(256, dir.path()).await?;
+            let (addr, cache) = start(backend, 256, dir.path()).await?;
             let disk = common::read_disk(&path)?;
             let len = disk.len();
             let mut conn = connect(addr).await?;
@@ -173,8 +175,8 @@ fn ranges_match_std_fs() {
         .unwrap();
 }
 
-#[test]
-fn concurrent_clients_on_a_small_cache_get_the_right_bytes() {
+common::backend_test!(concurrent_clients_on_a_small_cache_get_the_right_bytes);
+fn concurrent_clients_on_a_small_cache_get_the_right_bytes(backend: Backend) {
     runtime()
         .block_on(async {
             let dir = scratch_dir();
@@ -185,7 +187,7 @@ fn concurrent_clients_on_a_small_cache_get_the_right_bytes() {
             }
             // 24 frames for 8 clients fetching up to 256 KiB each: pins must be released as the
             // socket takes the bytes, and a client that finds no frame free waits its turn.
-            let (addr, _cache) = start(24, dir.path()).await?;
+            let (addr, _cache) = start(backend, 24, dir.path()).await?;
             let files = std::sync::Arc::new(files);
             let clients: Vec<_> = (0..8)
                 .map(|c| {

@@ -1,21 +1,21 @@
 //! Stress: many tasks on many files sharing a budget of a few dozen pages, mixing reads,
 //! writes, syncs, truncation and invalidation, with every read checked against a model.
-//! Run on whichever backend `URINGCACHE_BACKEND` selects (CI runs both).
+//! Each test runs on both backends (`common::backend_test!`).
 
 mod common;
 
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
-use uringcache::{Cache, OpenOptions};
+use uringcache::{Backend, OpenOptions};
 
+common::backend_test!(many_tasks_many_files_tiny_budget);
 /// One writer task per file owns that file's model, so each read has one right answer; all
 /// files compete for the same 40 frames. Extra readers hammer a shared read-only file.
-#[test]
-fn many_tasks_many_files_tiny_budget() {
+fn many_tasks_many_files_tiny_budget(backend: Backend) {
     common::multi_thread().block_on(async {
         let dir = Arc::new(common::scratch_dir());
-        let cache = Cache::builder()
+        let cache = common::builder(backend)
             .memory_limit(40 * 4096)
             .dirty_ratio(0.5)
             .dirty_background_ratio(0.2)
@@ -107,19 +107,19 @@ fn many_tasks_many_files_tiny_budget() {
     });
 }
 
+common::backend_test!(readers_never_see_a_fresh_page_before_its_overwrite_is_copied_in);
 /// A whole-page overwrite of a page that is not cached takes a fresh frame. Readers racing it
 /// must wait for the copy, never seeing the frame's old bytes or zeros in place of file data:
 /// every version of every page here is a run of one non-zero byte, so a reader sees one
 /// version or (racing the copy itself, as the kernel allows) parts of two, but never a zero.
-#[test]
-fn readers_never_see_a_fresh_page_before_its_overwrite_is_copied_in() {
+fn readers_never_see_a_fresh_page_before_its_overwrite_is_copied_in(backend: Backend) {
     common::multi_thread().block_on(async {
         let dir = common::scratch_dir();
         let path = dir.path().join("fresh");
         let pages = 64u64;
         std::fs::write(&path, vec![0xAAu8; pages as usize * 4096]).unwrap();
         // Eight frames for 64 pages: most overwrites find their page evicted.
-        let cache = Cache::builder()
+        let cache = common::builder(backend)
             .memory_limit(8 * 4096)
             .dirty_ratio(0.5)
             .build()

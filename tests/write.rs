@@ -6,9 +6,9 @@ mod common;
 use std::io;
 use std::sync::Arc;
 
-use common::{cache, make_file, on_runtimes, pattern, scratch_dir};
+use common::{cache_on, make_file, on_runtimes, pattern, scratch_dir};
 use rand::{Rng, SeedableRng};
-use uringcache::{Cache, OpenOptions};
+use uringcache::{Backend, OpenOptions};
 
 use common::rw;
 
@@ -16,12 +16,12 @@ fn on_disk(path: &std::path::Path) -> Vec<u8> {
     common::read_disk(path).unwrap()
 }
 
-#[test]
-fn writes_are_read_back_by_every_handle_and_reach_the_disk() {
-    on_runtimes(|| async {
+common::backend_test!(writes_are_read_back_by_every_handle_and_reach_the_disk);
+fn writes_are_read_back_by_every_handle_and_reach_the_disk(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut model) = make_file(dir.path(), "w", 20_000, 1);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let a = cache.open(&path, &rw()).await?;
         let b = cache.open(&path, &common::ro()).await?;
         // Partial page (read-modify-write), whole page, a run across pages, past the end.
@@ -62,12 +62,12 @@ fn writes_are_read_back_by_every_handle_and_reach_the_disk() {
     });
 }
 
-#[test]
-fn the_tail_block_is_cut_back_to_the_length() {
-    on_runtimes(|| async {
+common::backend_test!(the_tail_block_is_cut_back_to_the_length);
+fn the_tail_block_is_cut_back_to_the_length(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("tail");
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let f = cache
             .open(
                 &path,
@@ -84,12 +84,12 @@ fn the_tail_block_is_cut_back_to_the_length() {
     });
 }
 
-#[test]
-fn set_len_shrinks_and_grows_with_cached_dirty_pages() {
-    on_runtimes(|| async {
+common::backend_test!(set_len_shrinks_and_grows_with_cached_dirty_pages);
+fn set_len_shrinks_and_grows_with_cached_dirty_pages(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, mut model) = make_file(dir.path(), "t", 50_000, 7);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let f = cache.open(&path, &rw()).await?;
         let data = pattern(30_000, 8);
         f.write_all_at(&data, 10_000).await?; // dirty pages on both sides of the cut
@@ -110,12 +110,12 @@ fn set_len_shrinks_and_grows_with_cached_dirty_pages() {
     });
 }
 
-#[test]
-fn invalidate_drops_clean_pages_and_keeps_dirty_ones() {
-    on_runtimes(|| async {
+common::backend_test!(invalidate_drops_clean_pages_and_keeps_dirty_ones);
+fn invalidate_drops_clean_pages_and_keeps_dirty_ones(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "inv", 64 << 10, 9);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let f = cache.open(&path, &rw()).await?;
         let mut buf = vec![0u8; 64 << 10];
         f.read_exact_at(&mut buf, 0).await?;
@@ -134,12 +134,12 @@ fn invalidate_drops_clean_pages_and_keeps_dirty_ones() {
     });
 }
 
-#[test]
-fn a_tiny_budget_of_dirty_pages_neither_deadlocks_nor_loses_bytes() {
-    on_runtimes(|| async {
+common::backend_test!(a_tiny_budget_of_dirty_pages_neither_deadlocks_nor_loses_bytes);
+fn a_tiny_budget_of_dirty_pages_neither_deadlocks_nor_loses_bytes(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("tiny");
-        let cache = Cache::builder()
+        let cache = common::builder(backend)
             .memory_limit(16 * 4096)
             .dirty_ratio(1.0)
             .dirty_background_ratio(0.9)
@@ -162,12 +162,12 @@ fn a_tiny_budget_of_dirty_pages_neither_deadlocks_nor_loses_bytes() {
     });
 }
 
-#[test]
-fn shutdown_writes_everything_back() {
-    on_runtimes(|| async {
+common::backend_test!(shutdown_writes_everything_back);
+fn shutdown_writes_everything_back(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("sd");
-        let cache = cache(256);
+        let cache = cache_on(backend, 256);
         let f = cache.open(&path, &rw()).await?;
         let data = pattern(300_001, 11);
         f.write_all_at(&data, 0).await?;
@@ -181,12 +181,12 @@ fn shutdown_writes_everything_back() {
     });
 }
 
-#[test]
-fn bad_writes_are_refused_before_anything_changes() {
-    on_runtimes(|| async {
+common::backend_test!(bad_writes_are_refused_before_anything_changes);
+fn bad_writes_are_refused_before_anything_changes(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "ro", 5000, 12);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let ro = cache.open(&path, &common::ro()).await?;
         let err = ro.write_all_at(b"abc", 0).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
@@ -204,15 +204,15 @@ fn bad_writes_are_refused_before_anything_changes() {
     });
 }
 
+common::backend_test!(append_implies_write_and_its_writer_starts_at_the_end);
 /// `OpenOptions::append` as in std: it grants write access and refuses truncate; positional
 /// writes go where they are told; a writer from an append handle starts at the end.
-#[test]
-fn append_implies_write_and_its_writer_starts_at_the_end() {
-    on_runtimes(|| async {
+fn append_implies_write_and_its_writer_starts_at_the_end(backend: Backend) {
+    on_runtimes(move || async move {
         use tokio::io::AsyncWriteExt;
         let dir = scratch_dir();
         let (path, mut model) = make_file(dir.path(), "log", 5000, 21);
-        let cache = cache(16);
+        let cache = cache_on(backend, 16);
         let mut append = OpenOptions::new();
         append.append(true);
         let log = cache.open(&path, &append).await?;
@@ -259,12 +259,12 @@ fn append_implies_write_and_its_writer_starts_at_the_end() {
     });
 }
 
-#[test]
-fn opening_with_truncate_drops_cached_and_dirty_pages() {
-    on_runtimes(|| async {
+common::backend_test!(opening_with_truncate_drops_cached_and_dirty_pages);
+fn opening_with_truncate_drops_cached_and_dirty_pages(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "tr", 40_000, 13);
-        let cache = cache(64);
+        let cache = cache_on(backend, 64);
         let a = cache.open(&path, &rw()).await?;
         a.write_all_at(&[1u8; 9000], 0).await?;
         let b = cache
@@ -281,25 +281,25 @@ fn opening_with_truncate_drops_cached_and_dirty_pages() {
     });
 }
 
+common::backend_test!(random_operations_match_a_model);
 /// Thousands of random operations against an in-memory model, with reopen in between,
 /// compared read by read and on disk at the end.
-#[test]
-fn random_operations_match_a_model() {
+fn random_operations_match_a_model(backend: Backend) {
     let seeds: u64 = std::env::var("URINGCACHE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     for seed in 0..seeds {
-        on_runtimes(move || differential(seed));
+        on_runtimes(move || differential(backend, seed));
     }
 }
 
-async fn differential(seed: u64) -> io::Result<()> {
+async fn differential(backend: Backend, seed: u64) -> io::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = scratch_dir();
     let path = dir.path().join("model");
     let frames = [16usize, 48, 4096][seed as usize % 3];
-    let mut cache = common::cache(frames);
+    let mut cache = common::cache_on(backend, frames);
     let mut file = cache.open(&path, &rw()).await?;
     let mut model: Vec<u8> = Vec::new();
     let max_len = 600_000u64;
@@ -354,7 +354,7 @@ async fn differential(seed: u64) -> io::Result<()> {
                     &model,
                     &format!("seed {seed} step {step}: after shutdown"),
                 );
-                cache = common::cache(frames);
+                cache = common::cache_on(backend, frames);
                 file = cache.open(&path, &rw()).await?;
             }
         }
@@ -373,12 +373,12 @@ async fn differential(seed: u64) -> io::Result<()> {
     cache.shutdown().await
 }
 
-#[test]
-fn concurrent_writers_readers_and_syncs() {
+common::backend_test!(concurrent_writers_readers_and_syncs);
+fn concurrent_writers_readers_and_syncs(backend: Backend) {
     common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let path = dir.path().join("conc");
-        let cache = common::cache(128);
+        let cache = common::cache_on(backend, 128);
         let file = cache.open(&path, &rw()).await.unwrap();
         // Each writer owns a disjoint 64 KiB region and writes known versions of it; writers
         // also race on one shared page. Readers check that what they see in a region was
@@ -441,12 +441,12 @@ fn concurrent_writers_readers_and_syncs() {
     });
 }
 
-#[test]
-fn concurrent_syncs_share_flushes() {
+common::backend_test!(concurrent_syncs_share_flushes);
+fn concurrent_syncs_share_flushes(backend: Backend) {
     common::multi_thread().block_on(async {
         let dir = scratch_dir();
         let path = dir.path().join("gc");
-        let cache = common::cache(1024);
+        let cache = common::cache_on(backend, 1024);
         let file = cache.open(&path, &rw()).await.unwrap();
         file.write_all_at(&[0u8; 16 * 4096], 0).await.unwrap();
         file.sync_all().await.unwrap();
@@ -482,12 +482,12 @@ fn concurrent_syncs_share_flushes() {
     });
 }
 
-#[test]
-fn a_lone_small_data_sync_needs_no_flush_but_anything_unflushed_gets_one() {
-    on_runtimes(|| async {
+common::backend_test!(a_lone_small_data_sync_needs_no_flush_but_anything_unflushed_gets_one);
+fn a_lone_small_data_sync_needs_no_flush_but_anything_unflushed_gets_one(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("dsync");
-        let cache = common::cache(1024);
+        let cache = common::cache_on(backend, 1024);
         let file = cache.open(&path, &rw()).await?;
         file.write_all_at(&[1u8; 64 * 4096], 0).await?;
         file.sync_all().await?;
@@ -522,12 +522,12 @@ fn a_lone_small_data_sync_needs_no_flush_but_anything_unflushed_gets_one() {
     });
 }
 
-#[test]
-fn writers_are_throttled_at_the_dirty_limit() {
-    on_runtimes(|| async {
+common::backend_test!(writers_are_throttled_at_the_dirty_limit);
+fn writers_are_throttled_at_the_dirty_limit(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("throttle");
-        let cache = Cache::builder()
+        let cache = common::builder(backend)
             .memory_limit(256 * 4096)
             .dirty_ratio(0.05)
             .dirty_background_ratio(0.02)
@@ -547,14 +547,14 @@ fn writers_are_throttled_at_the_dirty_limit() {
     });
 }
 
-#[test]
-fn dropping_a_cache_without_shutdown_keeps_synced_data_and_does_not_hang() {
-    on_runtimes(|| async {
+common::backend_test!(dropping_a_cache_without_shutdown_keeps_synced_data_and_does_not_hang);
+fn dropping_a_cache_without_shutdown_keeps_synced_data_and_does_not_hang(backend: Backend) {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("drop");
         let synced = pattern(50_000, 31);
         {
-            let cache = Cache::builder()
+            let cache = common::builder(backend)
                 .memory_limit(64 * 4096)
                 .dirty_expire(std::time::Duration::from_millis(1))
                 .writeback_interval(std::time::Duration::from_millis(10))
@@ -572,11 +572,11 @@ fn dropping_a_cache_without_shutdown_keeps_synced_data_and_does_not_hang() {
     });
 }
 
+common::backend_test!(shut_down_caches_give_their_memory_back);
 /// Shut-down caches give their memory back. A file held for writeback holds its cache, so a
 /// reference kept after the last write would keep every frame of every cache ever built (16 MiB
 /// per cache here, 4 MiB of them touched).
-#[test]
-fn shut_down_caches_give_their_memory_back() {
+fn shut_down_caches_give_their_memory_back(backend: Backend) {
     fn rss() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
         statm
@@ -587,13 +587,13 @@ fn shut_down_caches_give_their_memory_back() {
             .unwrap()
             * 4096
     }
-    on_runtimes(|| async {
+    on_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("mem");
         let data = vec![1u8; 4 << 20];
         let before = rss();
         for _ in 0..40 {
-            let cache = Cache::builder().memory_limit(16 << 20).build()?;
+            let cache = common::builder(backend).memory_limit(16 << 20).build()?;
             let f = cache.open(&path, &rw()).await?;
             f.write_all_at(&data, 0).await?;
             cache.shutdown().await?;

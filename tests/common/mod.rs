@@ -1,11 +1,15 @@
 //! Helpers shared by the integration tests: scratch files with known contents, caches of a
-//! given budget, and running one test body under several tokio runtime flavours.
+//! given budget on a given backend, one test run on each backend (`backend_test!`), and one
+//! test body run under several tokio runtime flavours.
 
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use uringcache::Backend;
 
 /// A deterministic byte pattern that differs from page to page and within a page.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -36,14 +40,103 @@ pub fn make_file(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec
     (path, data)
 }
 
-/// A cache of `frames` pages of 4 KiB.
-pub fn cache(frames: usize) -> uringcache::Cache {
-    uringcache::Cache::builder()
+/// A builder of a cache on `backend` (every other setting the default).
+pub fn builder(backend: Backend) -> uringcache::CacheBuilder {
+    let mut b = uringcache::Cache::builder();
+    b.backend(backend);
+    b
+}
+
+/// A cache on `backend` of `frames` pages of 4 KiB.
+pub fn cache_on(backend: Backend, frames: usize) -> uringcache::Cache {
+    builder(backend)
         .memory_limit(frames * 4096)
         .page_size(4096)
         .build()
-        .expect("build cache")
+        .unwrap_or_else(|e| panic!("build a cache of {frames} pages on {backend:?}: {e}"))
 }
+
+/// Set (to any value) to make a test's `io_uring` variant fail, not pass, where `io_uring`
+/// cannot be set up. `.ci/run` sets it.
+pub const REQUIRE_URING_ENV: &str = "URINGCACHE_TEST_REQUIRE_URING";
+
+/// Why a cache cannot be built on `Backend::IoUring` here, `None` if it can. Found out once
+/// per test binary by building a tiny cache.
+pub fn io_uring_unavailable() -> Option<&'static str> {
+    static PROBE: OnceLock<Option<String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            builder(Backend::IoUring)
+                .memory_limit(4 * 4096)
+                .page_size(4096)
+                .build()
+                .err()
+                .map(|e| e.to_string())
+        })
+        .as_deref()
+}
+
+/// `Some(Backend::IoUring)` where `io_uring` can be set up. Elsewhere (a kernel without it, a
+/// container whose seccomp profile refuses it) says so on stderr, uncaptured, and returns
+/// `None`, so that `test` passes without running; with [`REQUIRE_URING_ENV`] set it panics
+/// instead.
+pub fn io_uring_or_skip(test: &str) -> Option<Backend> {
+    let Some(reason) = io_uring_unavailable() else {
+        return Some(Backend::IoUring);
+    };
+    if std::env::var_os(REQUIRE_URING_ENV).is_some() {
+        panic!(
+            "{test}: io_uring cannot be set up on this machine and {REQUIRE_URING_ENV} is set: \
+             {reason}"
+        );
+    }
+    // Straight to the process's stderr: the test harness captures `eprintln!` of a test that
+    // passes, and this must be seen.
+    let _ = writeln!(
+        io::stderr().lock(),
+        "*** SKIPPED {test}: io_uring cannot be set up on this machine, so this test passes \
+         without running ({REQUIRE_URING_ENV}=1 makes it fail): {reason}"
+    );
+    None
+}
+
+/// Makes each named function `fn name(backend: Backend)` a pair of tests, `name::io_uring`
+/// and `name::threads`, that call it with `Backend::IoUring` and `Backend::Threads` (a module
+/// and a function may share a name). Written just above the function, like an attribute:
+///
+/// ```ignore
+/// common::backend_test!(reads_match_std_fs);
+/// fn reads_match_std_fs(backend: Backend) {
+///     let cache = common::cache_on(backend, 64);
+///     // ...
+/// }
+/// ```
+///
+/// `cargo test reads_match_std_fs` runs both, `cargo test reads_match_std_fs::threads` one,
+/// `cargo test ::threads` every test's thread-pool variant. The `io_uring` variant passes
+/// without running, saying so loudly, where `io_uring` cannot be set up
+/// ([`io_uring_or_skip`]). A function left out of every `backend_test!` is dead code, which
+/// the lints refuse.
+#[allow(unused_macros)] // by the few test files that name their backends themselves
+macro_rules! backend_test {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn io_uring() {
+                if let Some(b) = $crate::common::io_uring_or_skip(concat!(module_path!(), "::io_uring")) {
+                    super::$name(b);
+                }
+            }
+
+            #[test]
+            fn threads() {
+                super::$name(uringcache::Backend::Threads);
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use backend_test;
 
 /// Read-only open options.
 pub fn ro() -> uringcache::OpenOptions {
