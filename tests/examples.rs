@@ -5,6 +5,10 @@
 //! they are found next to this test's binary (`target/<profile>/deps/..` →
 //! `target/<profile>/examples/<name>`). `cargo build --example ...` is run once first, so a
 //! stale binary from an earlier build is never what gets tested (a no-op when up to date).
+//!
+//! The examples build their caches with `Backend::Auto`, as users do; each test runs them
+//! once with `URINGCACHE_BACKEND=uring` and once with `=threads` (`common::backend_test!`),
+//! and `copy`'s printed stats show that the variable picked the backend.
 
 mod common;
 
@@ -13,6 +17,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use common::{make_file, scratch_dir};
+use uringcache::Backend;
 
 const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring", "kv"];
 
@@ -61,8 +66,8 @@ fn example(name: &str) -> PathBuf {
 }
 
 /// Runs example `name` with `args` and returns its output, failing the test on a non-zero exit.
-fn run_ok(name: &str, args: &[&Path]) -> Output {
-    let out = run(name, args);
+fn run_ok(backend: Backend, name: &str, args: &[&Path]) -> Output {
+    let out = run(backend, name, args);
     assert!(
         out.status.success(),
         "example {name} {args:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
@@ -74,8 +79,8 @@ fn run_ok(name: &str, args: &[&Path]) -> Output {
 }
 
 /// Runs example `name` with `args` and returns its output, failing the test if it succeeds.
-fn run_fails(name: &str, args: &[&Path]) -> Output {
-    let out = run(name, args);
+fn run_fails(backend: Backend, name: &str, args: &[&Path]) -> Output {
+    let out = run(backend, name, args);
     assert!(
         !out.status.success(),
         "example {name} {args:?} succeeded but should have failed:\nstdout:\n{}\nstderr:\n{}",
@@ -89,9 +94,28 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn run(name: &str, args: &[&Path]) -> Output {
+/// The `URINGCACHE_BACKEND` value that makes an example's `Backend::Auto` cache use `backend`.
+fn env_value(backend: Backend) -> &'static str {
+    match backend {
+        Backend::IoUring => "uring",
+        Backend::Threads => "threads",
+        Backend::Auto => "auto",
+    }
+}
+
+/// The first line of a printed `Stats`, naming the backend in use (`Stats::backend`).
+fn stats_line(backend: Backend) -> &'static str {
+    match backend {
+        Backend::IoUring => "backend io_uring",
+        _ => "backend threads",
+    }
+}
+
+/// Runs example `name` with `args`, its `Backend::Auto` steered to `backend`.
+fn run(backend: Backend, name: &str, args: &[&Path]) -> Output {
     Command::new(example(name))
         .args(args)
+        .env(uringcache::BACKEND_ENV, env_value(backend))
         .output()
         .unwrap_or_else(|e| panic!("run example {name}: {e}"))
 }
@@ -100,9 +124,9 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn cat_without_arguments_prints_its_scratch_file() {
-    let out = run_ok("cat", &[]);
+common::backend_test!(cat_without_arguments_prints_its_scratch_file);
+fn cat_without_arguments_prints_its_scratch_file(backend: Backend) {
+    let out = run_ok(backend, "cat", &[]);
     let text = stdout(&out);
     assert!(
         text.starts_with("line 1: read through uringcache\n"),
@@ -111,57 +135,60 @@ fn cat_without_arguments_prints_its_scratch_file() {
     assert_eq!(text.lines().count(), 20, "{text}");
 }
 
-#[test]
-fn cat_streams_files_byte_for_byte() {
+common::backend_test!(cat_streams_files_byte_for_byte);
+fn cat_streams_files_byte_for_byte(backend: Backend) {
     let dir = scratch_dir();
     let (a, data_a) = make_file(dir.path(), "a", (300 << 10) + 17, 1);
     let (b, data_b) = make_file(dir.path(), "b", 4095, 2);
-    let out = run_ok("cat", &[&a, &b]);
+    let out = run_ok(backend, "cat", &[&a, &b]);
     let mut want = data_a;
     want.extend_from_slice(&data_b);
     assert_eq!(out.stdout.len(), want.len());
     assert!(out.stdout == want, "cat output differs from the files");
 }
 
-#[test]
-fn cat_of_a_missing_file_fails_and_names_it() {
+common::backend_test!(cat_of_a_missing_file_fails_and_names_it);
+fn cat_of_a_missing_file_fails_and_names_it(backend: Backend) {
     let dir = scratch_dir();
     let missing = dir.path().join("no-such-file");
-    let out = run("cat", &[&missing]);
+    let out = run(backend, "cat", &[&missing]);
     assert!(!out.status.success(), "cat of a missing file succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-file"), "{err}");
 }
 
-#[test]
-fn copy_without_arguments_verifies_itself() {
-    let out = run_ok("copy", &[]);
+common::backend_test!(copy_without_arguments_verifies_itself);
+fn copy_without_arguments_verifies_itself(backend: Backend) {
+    let out = run_ok(backend, "copy", &[]);
     let text = stdout(&out);
     assert!(text.contains("MiB/s"), "{text}");
     assert!(text.contains("hits"), "stats missing: {text}");
+    assert!(text.contains(stats_line(backend)), "{text}");
     assert!(text.contains("verified"), "{text}");
 }
 
-#[test]
-fn copy_copies_a_file() {
+common::backend_test!(copy_copies_a_file);
+fn copy_copies_a_file(backend: Backend) {
     let dir = scratch_dir();
     let (src, data) = make_file(dir.path(), "src", (3 << 20) + 999, 3);
     let dst = dir.path().join("dst");
-    let out = run_ok("copy", &[&src, &dst]);
-    assert!(stdout(&out).contains(&format!("{} bytes", data.len())));
+    let out = run_ok(backend, "copy", &[&src, &dst]);
+    let text = stdout(&out);
+    assert!(text.contains(&format!("{} bytes", data.len())), "{text}");
+    assert!(text.contains(stats_line(backend)), "{text}");
     let got = common::read_disk(&dst).expect("read dst");
     assert_eq!(got.len(), data.len());
     assert!(got == data, "copy differs from the source");
 }
 
-#[test]
-fn copy_onto_itself_is_refused_and_the_source_kept() {
+common::backend_test!(copy_onto_itself_is_refused_and_the_source_kept);
+fn copy_onto_itself_is_refused_and_the_source_kept(backend: Backend) {
     let dir = scratch_dir();
     let (src, data) = make_file(dir.path(), "src", (1 << 20) + 77, 5);
     // The same path, and another spelling of it.
     let respelt = dir.path().join(".").join("src");
     for dst in [&src, &respelt] {
-        let out = run_fails("copy", &[&src, dst]);
+        let out = run_fails(backend, "copy", &[&src, dst]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let err = stderr(&out);
         assert!(
@@ -177,8 +204,8 @@ fn copy_onto_itself_is_refused_and_the_source_kept() {
     }
 }
 
-#[test]
-fn copy_onto_a_hard_link_of_the_source_is_refused() {
+common::backend_test!(copy_onto_a_hard_link_of_the_source_is_refused);
+fn copy_onto_a_hard_link_of_the_source_is_refused(backend: Backend) {
     let dir = scratch_dir();
     let (src, data) = make_file(dir.path(), "src", (2 << 20) + 5, 6);
     let link = dir.path().join("link");
@@ -186,7 +213,7 @@ fn copy_onto_a_hard_link_of_the_source_is_refused() {
     std::os::unix::fs::symlink(&src, dir.path().join("sym")).expect("symlink");
     // A hard link and a symbolic link to the source are the same file.
     for dst in [link, dir.path().join("sym")] {
-        let out = run_fails("copy", &[&src, &dst]);
+        let out = run_fails(backend, "copy", &[&src, &dst]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(
             stderr(&out).contains("are the same file"),
@@ -200,17 +227,17 @@ fn copy_onto_a_hard_link_of_the_source_is_refused() {
     }
     // A different existing file is overwritten as before.
     let (other, _) = make_file(dir.path(), "other", 12_345, 7);
-    run_ok("copy", &[&src, &other]);
+    run_ok(backend, "copy", &[&src, &other]);
     assert!(common::read_disk(&other).expect("read other") == data);
 }
 
-#[test]
-fn tokio_uring_reads_the_same_bytes() {
-    let out = run_ok("tokio_uring", &[]);
+common::backend_test!(tokio_uring_reads_the_same_bytes);
+fn tokio_uring_reads_the_same_bytes(backend: Backend) {
+    let out = run_ok(backend, "tokio_uring", &[]);
     assert!(stdout(&out).contains("identical"), "{}", stdout(&out));
     let dir = scratch_dir();
     let (path, data) = make_file(dir.path(), "f", 200_001, 4);
-    let out = run_ok("tokio_uring", &[&path]);
+    let out = run_ok(backend, "tokio_uring", &[&path]);
     let text = stdout(&out);
     assert!(
         text.contains(&format!("{} bytes through uringcache", data.len())),
@@ -219,10 +246,10 @@ fn tokio_uring_reads_the_same_bytes() {
     assert!(text.contains("identical"), "{text}");
 }
 
-#[test]
-fn kv_loads_and_looks_up_a_few_thousand_keys() {
+common::backend_test!(kv_loads_and_looks_up_a_few_thousand_keys);
+fn kv_loads_and_looks_up_a_few_thousand_keys(backend: Backend) {
     let dir = scratch_dir();
-    let out = run_ok("kv", &[Path::new("3000"), dir.path()]);
+    let out = run_ok(backend, "kv", &[Path::new("3000"), dir.path()]);
     let text = stdout(&out);
     assert!(text.contains("load   3000 keys"), "{text}");
     assert!(text.contains("lookup 3000 keys"), "{text}");

@@ -181,7 +181,10 @@ fn backend_choice_child() {
     println!("choice ok (io_uring available: {uring_ok})");
 }
 
-/// `URINGCACHE_BACKEND` steers `Backend::Auto` only: a backend chosen in code wins.
+/// `URINGCACHE_BACKEND` steers `Backend::Auto` (`threads` makes it the thread pool, `uring`
+/// `io_uring` where the kernel allows it), and only `Auto`: a backend chosen in code wins.
+/// The suite's other tests name their backend in code, so this is what checks the variable
+/// (with `examples.rs`, whose examples build `Auto` caches and run with it set).
 #[test]
 fn an_explicit_backend_wins_over_the_environment() {
     for env in ["threads", "uring"] {

@@ -944,9 +944,12 @@ fn fsx(backend: Backend, name: &str) {
     }
 }
 
+// Named tests rather than `common::backend_test!`: the names are the replay command's.
 #[test]
 fn fsx_io_uring() {
-    fsx(Backend::IoUring, "fsx_io_uring");
+    if let Some(backend) = common::io_uring_or_skip("fsx_io_uring") {
+        fsx(backend, "fsx_io_uring");
+    }
 }
 
 #[test]

@@ -8,9 +8,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use rand::{Rng, SeedableRng};
+use uringcache::Backend;
 
 const RECORD: usize = 3000; // not a multiple of any block size: exercises the tail block
 const CHILD_ENV: &str = "URINGCACHE_KILL_CHILD";
+/// The child's backend: `IoUring` or `Threads` (the parent's `{backend:?}`).
+const CHILD_BACKEND_ENV: &str = "URINGCACHE_KILL_CHILD_BACKEND";
 
 fn record(i: u64) -> Vec<u8> {
     let mut r = common::pattern(RECORD, i + 1);
@@ -18,13 +21,19 @@ fn record(i: u64) -> Vec<u8> {
     r
 }
 
-/// The child: appends records forever (bounded), syncing every few and printing the index of
-/// the last synced record. Run only by `records_reported_synced_survive_sigkill`.
+/// The child: appends records forever (bounded) on the parent's backend, syncing every few and
+/// printing the index of the last synced record. Run only by
+/// `records_reported_synced_survive_sigkill`.
 #[test]
 #[ignore = "the child process of records_reported_synced_survive_sigkill"]
 fn kill_child() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
         return;
+    };
+    let backend = match std::env::var(CHILD_BACKEND_ENV).as_deref() {
+        Ok("IoUring") => Backend::IoUring,
+        Ok("Threads") => Backend::Threads,
+        other => panic!("{CHILD_BACKEND_ENV}: {other:?} is neither IoUring nor Threads"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -32,7 +41,7 @@ fn kill_child() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let cache = uringcache::Cache::builder()
+        let cache = common::builder(backend)
             .memory_limit(64 * 4096)
             .build()
             .unwrap();
@@ -62,8 +71,8 @@ fn kill_child() {
     });
 }
 
-#[test]
-fn records_reported_synced_survive_sigkill() {
+common::backend_test!(records_reported_synced_survive_sigkill);
+fn records_reported_synced_survive_sigkill(backend: Backend) {
     let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xdead);
     for round in 0..5 {
@@ -78,6 +87,7 @@ fn records_reported_synced_survive_sigkill() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, &path)
+            .env(CHILD_BACKEND_ENV, format!("{backend:?}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
