@@ -233,6 +233,11 @@ fn copy_onto_a_hard_link_of_the_source_is_refused(backend: Backend) {
 
 common::backend_test!(tokio_uring_reads_the_same_bytes);
 fn tokio_uring_reads_the_same_bytes(backend: Backend) {
+    // The example's other half is tokio-uring, which needs io_uring whatever the cache's backend.
+    let test = format!("examples::tokio_uring_reads_the_same_bytes on {backend:?} (tokio-uring)");
+    if common::io_uring_or_skip(&test).is_none() {
+        return;
+    }
     let out = run_ok(backend, "tokio_uring", &[]);
     assert!(stdout(&out).contains("identical"), "{}", stdout(&out));
     let dir = scratch_dir();
