@@ -120,43 +120,27 @@
 //! `tokio_uring::start`, others): the backend's own thread completes I/O and wakes wakers, so
 //! the cache does not need the caller's runtime. Handles are `Clone + Send + Sync`. Only
 //! [`File::reader`] and [`File::writer`] (feature `tokio`, on by default) use tokio's traits.
-//! The crate has no blocking API; a thread that is not in any runtime can wait with a
-//! minimal `block_on`:
+//!
+//! ## Blocking callers
+//!
+//! Synchronous code (a storage trait that is not async, a thread outside any runtime) uses a
+//! [`BlockingFile`]: [`Cache::open_blocking`] or [`File::blocking`] give one, its methods
+//! (`read_at`, `write_all_at`, `sync_data`, `page`, …, and [`std::os::unix::fs::FileExt`])
+//! block the calling thread until done, as `std::fs` does, and need no runtime
+//! ([`Cache::shutdown_blocking`] too). Inside an async task they block the worker: use the
+//! async [`File`] there.
 //!
 //! ```
-//! use std::future::Future;
-//! use std::sync::Arc;
-//! use std::task::{Context, Poll, Wake, Waker};
-//!
-//! /// Polls `fut` on this thread, parked until a wake-up (here: the cache's backend).
-//! fn block_on<F: Future>(fut: F) -> F::Output {
-//!     struct Unpark(std::thread::Thread);
-//!     impl Wake for Unpark {
-//!         fn wake(self: Arc<Self>) {
-//!             self.0.unpark();
-//!         }
-//!     }
-//!     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-//!     let mut cx = Context::from_waker(&waker);
-//!     let mut fut = std::pin::pin!(fut);
-//!     loop {
-//!         match fut.as_mut().poll(&mut cx) {
-//!             Poll::Ready(out) => return out,
-//!             Poll::Pending => std::thread::park(), // may wake spuriously: poll again
-//!         }
-//!     }
-//! }
-//!
 //! # fn main() -> std::io::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("data.db");
 //! # std::fs::write(&path, b"hello")?;
 //! let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
-//! let file = block_on(cache.open(&path, uringcache::OpenOptions::new().read(true)))?;
+//! let file = cache.open_blocking(&path, uringcache::OpenOptions::new().read(true))?;
 //! let mut buf = [0u8; 5];
-//! block_on(file.read_exact_at(&mut buf, 0))?;
+//! file.read_exact_at(&mut buf, 0)?; // this thread waits; no runtime anywhere
 //! assert_eq!(&buf, b"hello");
-//! block_on(cache.shutdown())
+//! cache.shutdown_blocking()
 //! # }
 //! ```
 //!
@@ -206,7 +190,7 @@ pub use builder::{BackendLayer, CacheBuilder};
 pub use cache::Cache;
 #[cfg(feature = "tokio")]
 pub use file::async_io as io;
-pub use file::File;
+pub use file::{BlockingFile, File};
 #[cfg(feature = "tokio")]
 pub use io::{Reader, Writer};
 pub use options::{OpenOptions, VerifyFn};

@@ -1,5 +1,6 @@
 //! Small synchronisation helpers that need no async runtime: a one-shot completion cell that
-//! turns a backend [`Completion`] into a future, and `block_on` for the writeback thread.
+//! turns a backend [`Completion`] into a future, and `block_on` for the writeback thread and
+//! `BlockingFile`.
 
 use std::future::Future;
 use std::io;

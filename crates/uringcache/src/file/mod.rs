@@ -35,7 +35,9 @@ use bytes::Bytes;
 
 #[cfg(feature = "tokio")]
 pub mod async_io;
+mod blocking;
 use crate::inode::SyncKind;
+pub use blocking::BlockingFile;
 
 /// An open file whose reads go through the cache. `Clone + Send + Sync`; clones share the
 /// handle (its readahead state).
@@ -340,6 +342,33 @@ impl File {
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// This handle with blocking methods, for synchronous code and threads outside any
+    /// runtime: the same handle (clones share readahead state and error reports), see
+    /// [`BlockingFile`].
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("f");
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+    /// # let cache = uringcache::Cache::builder().memory_limit(1 << 20).build()?;
+    /// let file = cache
+    ///     .open(&path, uringcache::OpenOptions::new().read(true).write(true).create(true))
+    ///     .await?;
+    /// let bf = file.blocking();
+    /// let t = std::thread::spawn(move || bf.write_all_at(b"from a plain thread", 0));
+    /// t.join().unwrap()?;
+    /// let mut buf = [0u8; 19];
+    /// file.read_exact_at(&mut buf, 0).await?; // seen by the async handle at once
+    /// assert_eq!(&buf, b"from a plain thread");
+    /// # Ok::<(), std::io::Error>(())
+    /// # })
+    /// # }
+    /// ```
+    pub fn blocking(&self) -> BlockingFile {
+        BlockingFile::new(self.clone())
     }
 
     /// The path the file was opened with.
