@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use common::{make_file, scratch_dir};
 use uringcache::Backend;
 
-const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring", "kv"];
+const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring", "kv", "blocking"];
 
 /// `target/<profile>`, from this test binary's path `target/<profile>/deps/examples-<hash>`.
 fn profile_dir() -> PathBuf {
@@ -258,4 +258,31 @@ fn kv_loads_and_looks_up_a_few_thousand_keys(backend: Backend) {
     let text = stdout(&out);
     assert!(text.contains("load   3000 keys"), "{text}");
     assert!(text.contains("lookup 3000 keys"), "{text}");
+}
+
+#[test]
+fn blocking_writes_syncs_and_verifies_with_no_runtime() {
+    let out = run_ok("blocking", &[]);
+    let text = stdout(&out);
+    assert!(text.contains("wrote 8000 records"), "{text}");
+    assert!(
+        text.contains("verified 8000 records through the cache"),
+        "{text}"
+    );
+    assert!(text.contains("hits"), "stats missing: {text}");
+    assert!(text.contains("verified 800000 bytes on disk"), "{text}");
+}
+
+#[test]
+fn blocking_creates_its_file_and_refuses_an_existing_one() {
+    let dir = scratch_dir();
+    let path = dir.path().join("records");
+    run_ok("blocking", &[&path]);
+    assert_eq!(
+        common::read_disk(&path).expect("read records").len(),
+        800_000
+    );
+    let out = run_fails("blocking", &[&path]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("records"), "{}", stderr(&out));
 }
