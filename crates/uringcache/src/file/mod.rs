@@ -310,7 +310,8 @@ impl File {
         &self.handle.inode
     }
 
-    /// Whether this handle was opened with [`OpenOptions::append`].
+    /// Whether this handle was opened with [`OpenOptions::append`] (read by the writers).
+    #[cfg(feature = "tokio")]
     pub(crate) fn appends(&self) -> bool {
         self.handle.append
     }
@@ -994,6 +995,7 @@ impl File {
     }
 }
 
+#[cfg(feature = "tokio")]
 impl File {
     /// A buffered reader positioned at `offset`, implementing `tokio::io::AsyncRead`,
     /// `AsyncBufRead` and `AsyncSeek`, with a [`DEFAULT_BUF_SIZE`](async_io::DEFAULT_BUF_SIZE) buffer; see [`Reader`].
