@@ -3,8 +3,8 @@
 //! file; generically through `std::os::unix::fs::FileExt`; its errors (those of the async
 //! methods, kind and message); and from a tokio current-thread runtime.
 //!
-//! Every test runs on both backends, named explicitly (never `Auto`). No test sleeps or times
-//! anything.
+//! Every test runs on both backends (`common::backend_test!`: `name::io_uring`,
+//! `name::threads`). No test sleeps or times anything.
 
 mod common;
 
@@ -12,30 +12,15 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{assert_bytes, make_file, pattern, ro, rw, scratch_dir};
+use common::{assert_bytes, cache_on, make_file, pattern, ro, rw, scratch_dir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use uringcache::{Backend, BlockingFile, Cache, OpenOptions};
+use uringcache::{Backend, BlockingFile, OpenOptions};
 
-/// Both backends, named explicitly.
-const BACKENDS: [Backend; 2] = [Backend::IoUring, Backend::Threads];
-
-/// A cache of `frames` pages of 4 KiB on `backend`.
-fn cache_on(backend: Backend, frames: usize) -> Cache {
-    Cache::builder()
-        .memory_limit(frames * 4096)
-        .page_size(4096)
-        .backend(backend)
-        .build()
-        .unwrap_or_else(|e| panic!("build a cache on {backend:?}: {e}"))
-}
-
-/// Runs `body` once per backend, naming the backend when it fails.
-fn each_backend(body: impl Fn(Backend) -> io::Result<()>) {
-    for backend in BACKENDS {
-        if let Err(e) = body(backend) {
-            panic!("on {backend:?}: {e} ({:?})", e.kind());
-        }
+/// Runs `body`, naming the backend when it fails.
+fn on(backend: Backend, body: impl FnOnce() -> io::Result<()>) {
+    if let Err(e) = body() {
+        panic!("on {backend:?}: {e} ({:?})", e.kind());
     }
 }
 
@@ -45,14 +30,14 @@ fn write_only() -> OpenOptions {
     o
 }
 
+common::backend_test!(random_operations_agree_with_a_model_and_the_disk);
 /// Random writes, reads, cuts, growths and syncs through a `BlockingFile` on this thread agree
 /// with a `Vec<u8>` model at every read and `len()`; after each `sync_all` the file on disk is
 /// the model, to the byte and the length; a fresh cache reads the same file back.
-#[test]
-fn random_operations_agree_with_a_model_and_the_disk() {
+fn random_operations_agree_with_a_model_and_the_disk(backend: Backend) {
     const OPS: usize = 3000;
     const MAX_LEN: u64 = 300 << 10;
-    each_backend(|backend| {
+    on(backend, || {
         let seed = match backend {
             Backend::IoUring => 0xB10C_0001,
             _ => 0xB10C_0002,
@@ -142,14 +127,14 @@ fn random_operations_agree_with_a_model_and_the_disk() {
     });
 }
 
+common::backend_test!(eight_threads_write_disjoint_ranges_and_read_them_back);
 /// Eight plain threads (no runtime anywhere) share one `BlockingFile`, each writing its own
 /// range in uneven pieces (neighbouring ranges share a page at each boundary) and reading it
 /// back; then the whole file is right in the cache and, after `sync_all`, on disk.
-#[test]
-fn eight_threads_write_disjoint_ranges_and_read_them_back() {
+fn eight_threads_write_disjoint_ranges_and_read_them_back(backend: Backend) {
     const THREADS: usize = 8;
     const RANGE: usize = 50_001;
-    each_backend(|backend| {
+    on(backend, || {
         let dir = scratch_dir();
         let path = dir.path().join("threads");
         // 64 frames (256 KiB) for 400 KB: eviction and writeback while the threads run.
@@ -197,12 +182,12 @@ fn eight_threads_write_disjoint_ranges_and_read_them_back() {
     });
 }
 
+common::backend_test!(blocking_and_async_handles_of_one_file_see_each_others_writes);
 /// A `BlockingFile` and the async `File` of the same file — the same handle (`File::blocking`,
 /// `BlockingFile::file`) and a second handle of the file (`Cache::open_blocking`) — see each
 /// other's writes, lengths and syncs at once.
-#[test]
-fn blocking_and_async_handles_of_one_file_see_each_others_writes() {
-    each_backend(|backend| {
+fn blocking_and_async_handles_of_one_file_see_each_others_writes(backend: Backend) {
+    on(backend, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -265,10 +250,10 @@ fn blocking_and_async_handles_of_one_file_see_each_others_writes() {
     });
 }
 
+common::backend_test!(file_ext_works_generically);
 /// Code generic over `FileExt` gets the same answers from a `BlockingFile` as from a
 /// `std::fs::File`, including end of file and `UnexpectedEof`.
-#[test]
-fn file_ext_works_generically() {
+fn file_ext_works_generically(backend: Backend) {
     /// Writes, reads back, reads at and past the end; returns what it saw.
     fn exercise<T: FileExt>(t: &T) -> io::Result<(Vec<u8>, usize, usize, io::ErrorKind)> {
         let data = pattern(10_000, 5);
@@ -283,7 +268,7 @@ fn file_ext_works_generically() {
         Ok((buf, at_end, past, eof))
     }
 
-    each_backend(|backend| {
+    on(backend, || {
         let dir = scratch_dir();
         let std_file = std::fs::OpenOptions::new()
             .read(true)
@@ -307,10 +292,10 @@ fn file_ext_works_generically() {
     });
 }
 
+common::backend_test!(pages_from_a_thread);
 /// `page()` and `page_mut()` work from a thread, and the pinned handle may move to another.
-#[test]
-fn pages_from_a_thread() {
-    each_backend(|backend| {
+fn pages_from_a_thread(backend: Backend) {
+    on(backend, || {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "pages", 3 * 4096 + 10, 7);
         let cache = cache_on(backend, 16);
@@ -344,18 +329,18 @@ fn pages_from_a_thread() {
     });
 }
 
+common::backend_test!(errors_are_those_of_the_async_methods);
 /// The errors are those of the async methods, kind and message: reading a write-only handle,
 /// writing a read-only one, a missing file, `try_read_at` of an uncached page; a read past
 /// the end is 0, not an error.
-#[test]
-fn errors_are_those_of_the_async_methods() {
+fn errors_are_those_of_the_async_methods(backend: Backend) {
     fn same(blocking: io::Error, asynch: io::Error, kind: io::ErrorKind, what: &str) {
         assert_eq!(blocking.kind(), kind, "{what}: {blocking}");
         assert_eq!(asynch.kind(), kind, "{what}: {asynch}");
         assert_eq!(blocking.to_string(), asynch.to_string(), "{what}");
     }
 
-    each_backend(|backend| {
+    on(backend, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -433,12 +418,12 @@ fn errors_are_those_of_the_async_methods() {
     });
 }
 
+common::backend_test!(from_a_current_thread_runtime);
 /// From a tokio current-thread runtime: calls under `spawn_blocking` work, and so does a
 /// call made in the task itself (it blocks the worker, but the backend, not the runtime,
 /// completes the I/O).
-#[test]
-fn from_a_current_thread_runtime() {
-    each_backend(|backend| {
+fn from_a_current_thread_runtime(backend: Backend) {
+    on(backend, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -486,11 +471,11 @@ fn from_a_current_thread_runtime() {
     });
 }
 
+common::backend_test!(shutdown_blocking_writes_back_and_stops_the_cache);
 /// `Cache::shutdown_blocking` writes back what was not synced, a second call is `Ok`, and
 /// later calls fail as after the async `shutdown`, with its message.
-#[test]
-fn shutdown_blocking_writes_back_and_stops_the_cache() {
-    each_backend(|backend| {
+fn shutdown_blocking_writes_back_and_stops_the_cache(backend: Backend) {
+    on(backend, || {
         let dir = scratch_dir();
         let path = dir.path().join("shut");
         let cache = cache_on(backend, 16);

@@ -260,29 +260,29 @@ fn kv_loads_and_looks_up_a_few_thousand_keys(backend: Backend) {
     assert!(text.contains("lookup 3000 keys"), "{text}");
 }
 
-#[test]
-fn blocking_writes_syncs_and_verifies_with_no_runtime() {
-    let out = run_ok("blocking", &[]);
+common::backend_test!(blocking_writes_syncs_and_verifies_with_no_runtime);
+fn blocking_writes_syncs_and_verifies_with_no_runtime(backend: Backend) {
+    let out = run_ok(backend, "blocking", &[]);
     let text = stdout(&out);
     assert!(text.contains("wrote 8000 records"), "{text}");
     assert!(
         text.contains("verified 8000 records through the cache"),
         "{text}"
     );
-    assert!(text.contains("hits"), "stats missing: {text}");
+    assert!(text.contains(stats_line(backend)), "stats missing: {text}");
     assert!(text.contains("verified 800000 bytes on disk"), "{text}");
 }
 
-#[test]
-fn blocking_creates_its_file_and_refuses_an_existing_one() {
+common::backend_test!(blocking_creates_its_file_and_refuses_an_existing_one);
+fn blocking_creates_its_file_and_refuses_an_existing_one(backend: Backend) {
     let dir = scratch_dir();
     let path = dir.path().join("records");
-    run_ok("blocking", &[&path]);
+    run_ok(backend, "blocking", &[&path]);
     assert_eq!(
         common::read_disk(&path).expect("read records").len(),
         800_000
     );
-    let out = run_fails("blocking", &[&path]);
+    let out = run_fails(backend, "blocking", &[&path]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("records"), "{}", stderr(&out));
 }
