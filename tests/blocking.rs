@@ -452,9 +452,15 @@ fn from_a_current_thread_runtime(backend: Backend) {
             assert_bytes(&back, &want, "read under spawn_blocking");
             // In the task itself, a miss (page 0 dropped first): the backend completes it.
             f.invalidate(0, 4096)?;
+            let misses = cache.stats().misses;
             let mut head = [0u8; 16];
             f.read_exact_at(&mut head, 0)?;
             assert_eq!(head, want[..16]);
+            assert_eq!(
+                cache.stats().misses,
+                misses + 1,
+                "a miss, read from the device"
+            );
             f.file().sync_all().await?;
             io::Result::Ok(())
         })?;

@@ -38,7 +38,8 @@ use crate::util::block_on;
 /// `pread`-style files takes it as it is.
 ///
 /// **Which thread does the I/O.** The calling thread submits its own requests (with
-/// `io_uring` it enters the kernel itself; the thread backend hands them to its pool). Today
+/// `io_uring` it normally enters the kernel itself; the thread backend hands them to its
+/// pool). Today
 /// the completion is reaped by the backend's driver thread (or the pool thread that did the
 /// system call) and handed to the caller with one wake-up: a miss costs one thread hop more
 /// than `pread`. A planned change, rings per submitting thread, will let the calling thread
