@@ -12,7 +12,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use uringcache_core::evict::Verdict;
 use uringcache_core::mapping::Mapping;
-use uringcache_core::page::PageState;
 use uringcache_core::pool::FramePool;
 use uringcache_core::readahead::State;
 
@@ -69,8 +68,7 @@ fn lookup(c: &mut Criterion) {
     for i in 0..4096u64 {
         let f = pool.alloc(|_| Verdict::Busy).unwrap();
         m.insert(i, f, pool.pages()).unwrap();
-        pool.pages().get(f).set(PageState::UPTODATE);
-        pool.pages().get(f).clear(PageState::LOCKED);
+        assert!(!pool.pages().get(f).finish_read(Ok(())));
         pool.put(f);
     }
     let mut i = 0u64;
@@ -121,9 +119,7 @@ fn eviction(c: &mut Criterion) {
             let f = pool.alloc(evict).unwrap();
             m.insert(next, f, pool.pages()).unwrap();
             pool.lru_add(f, 1, next);
-            let d = pool.pages().get(f);
-            d.set(PageState::UPTODATE);
-            d.clear(PageState::LOCKED);
+            assert!(!pool.pages().get(f).finish_read(Ok(())));
             pool.put(f);
             next += 1;
         })

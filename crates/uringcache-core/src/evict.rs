@@ -82,7 +82,7 @@ use std::hash::BuildHasherDefault;
 use crate::sync::Mutex;
 
 use crate::mapping::IndexHasher;
-use crate::page::{FrameId, PageState, PageTable};
+use crate::page::{FrameId, PageFlags, PageTable};
 
 /// The most candidates one [`Isolated`] batch holds (the kernel's `SWAP_CLUSTER_MAX`).
 pub const MAX_BATCH: usize = 32;
@@ -141,7 +141,7 @@ pub struct S3FifoConfig {
     pub ghost_ratio: f64,
     /// Access frequency at which a page leaving the small queue is promoted to the main queue
     /// instead of evicted. Default 2 (read in, and used once more); in
-    /// `1..=`[`PageState::FREQ_MAX`].
+    /// `1..=`[`PageFlags::FREQ_MAX`].
     pub promote_freq: u32,
     /// Eviction attempts one pass may make, as a multiple of the entries queued when it starts
     /// (plus two): the bound that makes a pass over pinned pages return. Default 2; at least 1.
@@ -441,10 +441,10 @@ impl S3Fifo {
             config.ghost_ratio
         );
         assert!(
-            (1..=PageState::FREQ_MAX).contains(&config.promote_freq),
+            (1..=PageFlags::FREQ_MAX).contains(&config.promote_freq),
             "S3FifoConfig::promote_freq {} is not in 1..={}",
             config.promote_freq,
-            PageState::FREQ_MAX
+            PageFlags::FREQ_MAX
         );
         assert!(config.scan_laps >= 1, "S3FifoConfig::scan_laps is 0");
         assert!(
@@ -586,7 +586,7 @@ impl S3Fifo {
         let queued = q.small.len() + q.main.len();
         let budget = pass.budget.get_or_insert_with(|| Budget {
             attempts: self.config.scan_laps * queued + 2,
-            laps: PageState::FREQ_MAX as usize * queued + 2,
+            laps: PageFlags::FREQ_MAX as usize * queued + 2,
         });
         // The candidates of this batch count as still queued (at the tail) and busy, as they
         // would be if each had been tried and put back before the next was taken: the choice
@@ -620,14 +620,14 @@ impl S3Fifo {
             let step = if desc.generation() != entry.generation {
                 Step::Drop // the frame was freed (and maybe reused) since
             } else if from_small {
-                if desc.state().freq() >= self.config.promote_freq {
+                if desc.flags().freq() >= self.config.promote_freq {
                     Step::Promote
                 } else {
                     Step::Take
                 }
             } else if n > 0 {
                 // Only a look: a lap is granted once the candidates before it are known to stay.
-                if desc.state().freq() > 0 {
+                if desc.flags().freq() > 0 {
                     Step::Lap
                 } else {
                     Step::Take
@@ -741,7 +741,7 @@ mod tests {
                 let d = pages.get(f);
                 if d.pins() > 0 {
                     Verdict::Busy
-                } else if d.state().has(PageState::DIRTY) {
+                } else if d.flags().is_dirty() {
                     Verdict::Dirty
                 } else {
                     Verdict::Evicted
@@ -860,12 +860,12 @@ mod tests {
             fill(&p, &pages, f, f as u64);
         }
         pages.get(0).pin();
-        pages.get(1).set(PageState::DIRTY);
+        pages.get(1).set_dirty_for_test(true);
         let scan = p.evict(&pages, |f| {
             let d = pages.get(f);
             if d.pins() > 0 {
                 Verdict::Busy
-            } else if d.state().has(PageState::DIRTY) {
+            } else if d.flags().is_dirty() {
                 Verdict::Dirty
             } else {
                 Verdict::Evicted
@@ -970,7 +970,7 @@ mod tests {
                 pages.get(f).mark_accessed();
             }
         }
-        assert_eq!(pages.get(1).state().freq(), PageState::FREQ_MAX);
+        assert_eq!(pages.get(1).flags().freq(), PageFlags::FREQ_MAX);
         let scan = p.evict(&pages, |_| Verdict::Evicted);
         assert_eq!(scan.frame, Some(1), "{scan:?}");
         assert!(scan.aged > 0);
@@ -1240,7 +1240,7 @@ mod tests {
             let n = rng.gen_range(2..40);
             let config = S3FifoConfig {
                 small_ratio: rng.gen_range(0.05..0.5),
-                promote_freq: rng.gen_range(1..=PageState::FREQ_MAX),
+                promote_freq: rng.gen_range(1..=PageFlags::FREQ_MAX),
                 batch: rng.gen_range(1..=MAX_BATCH),
                 ..S3FifoConfig::default()
             };
@@ -1335,7 +1335,7 @@ mod tests {
     /// isolation and putback), kept as the reference the batched passes must match.
     mod reference {
         use super::super::{Entry, EvictScan, Ghost, Verdict};
-        use crate::page::{FrameId, PageState, PageTable};
+        use crate::page::{FrameId, PageFlags, PageTable};
         use std::collections::VecDeque;
 
         pub struct Policy {
@@ -1384,7 +1384,7 @@ mod tests {
                 let q = self;
                 let queued = q.small.len() + q.main.len();
                 let mut budget = 2 * queued + 2;
-                let mut aging = PageState::FREQ_MAX as usize * queued + 2;
+                let mut aging = PageFlags::FREQ_MAX as usize * queued + 2;
                 let (mut small_busy, mut main_busy) = (0usize, 0usize);
                 while budget > 0 {
                     budget -= 1;
@@ -1405,7 +1405,7 @@ mod tests {
                         continue;
                     }
                     if from_small {
-                        if desc.state().freq() >= 2 {
+                        if desc.flags().freq() >= 2 {
                             desc.clear_freq();
                             q.main.push_back(entry);
                             continue;
@@ -1457,7 +1457,7 @@ mod tests {
             Verdict::Gone
         } else if d.pins() > 0 {
             Verdict::Busy
-        } else if d.state().has(PageState::DIRTY) {
+        } else if d.flags().is_dirty() {
             Verdict::Dirty
         } else {
             Verdict::Evicted
@@ -1596,10 +1596,10 @@ mod tests {
                                     d.unpin();
                                 }
                                 Op::Dirty(_) => {
-                                    d.set(PageState::DIRTY);
+                                    d.set_dirty_for_test(true);
                                 }
                                 Op::Clean(_) => {
-                                    d.clear(PageState::DIRTY);
+                                    d.set_dirty_for_test(false);
                                 }
                                 Op::Truncate(_) if d.pins() == 0 => {
                                     w.forget(fa);

@@ -8,7 +8,7 @@
 //! | module | kernel counterpart | owns |
 //! | --- | --- | --- |
 //! | [`frames`] | the pages themselves | one aligned arena of page frames, registrable as `io_uring` fixed buffers |
-//! | [`page`] | `struct page`, `PG_*` flags | per-frame state bits, pin counts, identity |
+//! | [`page`] | `struct page`, `PG_*` flags, `folio_*` | the page protocol: state flags and their named transitions, pin counts, identity |
 //! | [`mapping`] | `struct address_space`, `i_pages` | per-file index page → frame, `i_size`, dirty tag |
 //! | [`wait`] | the page wait table | hashed waiter lists for page bits; a broadcast event |
 //! | [`evict`] | active / inactive lists, `isolate_lru_pages` / `putback_lru_page`, shadow entries | the S3-FIFO eviction policy ([`evict::S3Fifo`]): its queues and ghost set; candidates handed out and taken back |

@@ -285,7 +285,6 @@ impl Mapping {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::page::PageState;
 
     #[test]
     fn lookup_pins_and_insert_keeps_the_first() {
@@ -367,7 +366,7 @@ mod tests {
         let m = Arc::new(Mapping::new(1, 0));
         for i in 0..16u64 {
             m.insert(i, i as FrameId, &pages).unwrap();
-            pages.get(i as FrameId).set(PageState::UPTODATE);
+            pages.get(i as FrameId).fill_for_test(false);
         }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let readers: Vec<_> = (0..2)

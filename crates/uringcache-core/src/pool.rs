@@ -26,7 +26,7 @@ use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::Mutex;
 
 use crate::evict::{EvictScan, Ghost, S3Fifo, S3FifoConfig, Verdict};
-use crate::page::{FrameId, PageState, PageTable};
+use crate::page::{FrameId, PageTable};
 
 /// The frames of a cache: descriptors, free list, eviction policy.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ impl FramePool {
         let desc = self.pages.get(frame);
         desc.release();
         desc.pin();
-        desc.reset_state(PageState::LOCKED);
+        desc.init_locked();
         Ok(frame)
     }
 
@@ -154,23 +154,18 @@ mod tests {
     use super::*;
     use crate::mapping::Mapping;
 
-    /// The eviction callback the cache uses, over one mapping.
+    /// An eviction callback over one mapping, judging with the cache's predicate
+    /// ([`PageDesc::is_reclaimable`](crate::page::PageDesc::is_reclaimable)).
     fn evictor<'a>(m: &'a Mapping, pool: &'a FramePool) -> impl FnMut(FrameId) -> Verdict + 'a {
         move |f| {
             let d = pool.pages().get(f);
             if d.owner() != m.id() {
                 return Verdict::Gone;
             }
-            let mut dirty = false;
-            let removed = m.remove_if(d.index(), f, pool.pages(), |d| {
-                let s = d.state();
-                dirty = s.has(PageState::DIRTY);
-                d.pins() == 1 && !s.any(PageState::LOCKED | PageState::DIRTY | PageState::WRITEBACK)
-            });
-            if removed {
+            if m.remove_if(d.index(), f, pool.pages(), |d| d.is_reclaimable()) {
                 d.unpin();
                 Verdict::Evicted
-            } else if dirty {
+            } else if d.flags().is_dirty() {
                 Verdict::Dirty
             } else {
                 Verdict::Busy
@@ -182,9 +177,7 @@ mod tests {
         let f = pool.alloc(evictor(m, pool))?;
         m.insert(index, f, pool.pages()).unwrap();
         pool.lru_add(f, m.id(), index);
-        let d = pool.pages().get(f);
-        d.set(PageState::UPTODATE);
-        d.clear(PageState::LOCKED);
+        assert!(!pool.pages().get(f).finish_read(Ok(())));
         pool.put(f);
         Ok(f)
     }
@@ -227,7 +220,7 @@ mod tests {
         let pinned = m.lookup(0, pool.pages()).unwrap();
         // Truncation: out of the mapping while a user still pins it.
         assert!(m.remove_if(0, f, pool.pages(), |_| true));
-        pool.pages().get(f).set(PageState::ORPHAN);
+        pool.pages().get(f).mark_orphan();
         assert!(!pool.put(f), "the mapping's pin goes, the user's stays");
         assert_eq!(pool.nr_free(), 1);
         assert!(pool.put(pinned), "the last pin frees the frame");

@@ -1,9 +1,16 @@
 //! The page wait table and a plain event: how tasks wait without a lock or a queue per page.
 //!
-//! Like the kernel's `page_wait_table` (`mm/filemap.c`: `wait_on_page_bit`, `wake_up_page_bit`),
+//! Like the kernel's `page_wait_table` (`mm/filemap.c`: `folio_wait_bit`, `folio_wake_bit`),
 //! waiters on a page's `LOCKED` or `WRITEBACK` bit sit in one of a fixed number of hashed
 //! buckets, keyed by frame. A page with waiters carries the `WAITERS` bit, so that the common
 //! unlock — nobody waiting — costs one atomic and never touches the table.
+//!
+//! Waiting: [`WaitTable::wait_locked`] (`folio_wait_locked`), [`WaitTable::wait_writeback`]
+//! (`folio_wait_writeback`). Waking: the page transitions that clear `LOCKED` or `WRITEBACK`
+//! report whether the page has waiters, and the table's [`unlock`](WaitTable::unlock)
+//! (`folio_unlock`), [`end_read`](WaitTable::end_read) (`folio_end_read`) and
+//! [`end_writeback`](WaitTable::end_writeback) (`folio_end_writeback`) make the transition and
+//! the wake-up in one call.
 //!
 //! # No lost wake-up
 //!
@@ -31,7 +38,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::sync::Mutex;
 
-use crate::page::{FrameId, PageDesc, PageState};
+use crate::page::{FrameId, PageDesc, PageFlags, PageState};
 
 /// Number of hashed buckets (the kernel uses 256; the model checker uses 2, so that waiters of
 /// different frames share a bucket).
@@ -101,26 +108,85 @@ impl WaitTable {
         &self.buckets[h as usize % BUCKETS]
     }
 
-    /// A future that completes once `bit` (`LOCKED` or `WRITEBACK`) of the page in `frame` is
-    /// clear (`wait_on_page_bit`). The caller holds a pin, so the frame is not reused meanwhile.
-    pub fn wait<'a>(&'a self, desc: &'a PageDesc, frame: FrameId, bit: u32) -> PageWait<'a> {
+    fn wait_on<'a>(&'a self, desc: &'a PageDesc, frame: FrameId, on: WaitOn) -> PageWait<'a> {
         PageWait {
             table: self,
             desc,
             frame,
-            bit,
+            on,
             slot: None,
         }
     }
 
-    /// Clears `bit` of the page and wakes its waiters (`unlock_page`, `end_page_writeback`).
+    /// A future that completes once the page in `frame` is seen unlocked (`folio_wait_locked`).
+    /// The caller holds a pin, so the frame is not reused meanwhile; the page may be locked
+    /// again by the time the caller acts, so a caller that needs the lock tries it again.
+    pub fn wait_locked<'a>(&'a self, desc: &'a PageDesc, frame: FrameId) -> PageWait<'a> {
+        self.wait_on(desc, frame, WaitOn::Locked)
+    }
+
+    /// A future that completes once the page in `frame` is seen not under writeback
+    /// (`folio_wait_writeback`). The caller holds a pin. Writeback starts only under the page
+    /// lock, so a caller holding `LOCKED` knows it stays over (stable pages: `folio_wait_stable`).
+    pub fn wait_writeback<'a>(&'a self, desc: &'a PageDesc, frame: FrameId) -> PageWait<'a> {
+        self.wait_on(desc, frame, WaitOn::Writeback)
+    }
+
+    /// Unlocks the page and wakes its waiters (`folio_unlock`): [`PageDesc::unlock`] and, if it
+    /// reports waiters, [`wake`](Self::wake).
+    #[inline]
+    pub fn unlock(&self, desc: &PageDesc, frame: FrameId) {
+        if desc.unlock() {
+            self.wake(desc, frame);
+        }
+    }
+
+    /// Ends the read that filled the page and wakes its waiters (`folio_end_read`): see
+    /// [`PageDesc::finish_read`].
+    #[inline]
+    pub fn end_read(&self, desc: &PageDesc, frame: FrameId, result: Result<(), i32>) {
+        if desc.finish_read(result) {
+            self.wake(desc, frame);
+        }
+    }
+
+    /// Ends the page's writeback and wakes its waiters (`folio_end_writeback`): see
+    /// [`PageDesc::end_writeback`], including when `redirtied` runs.
+    #[inline]
+    pub fn end_writeback(
+        &self,
+        desc: &PageDesc,
+        frame: FrameId,
+        errno: Option<i32>,
+        redirtied: impl FnOnce(),
+    ) {
+        if desc.end_writeback(errno, redirtied) {
+            self.wake(desc, frame);
+        }
+    }
+
+    /// Waits for a raw bit (the interface the `uringcache` crate still uses while it moves to
+    /// [`wait_locked`](Self::wait_locked) and [`wait_writeback`](Self::wait_writeback)).
+    #[doc(hidden)]
+    pub fn wait<'a>(&'a self, desc: &'a PageDesc, frame: FrameId, bit: u32) -> PageWait<'a> {
+        let on = match bit {
+            PageState::LOCKED => WaitOn::Locked,
+            PageState::WRITEBACK => WaitOn::Writeback,
+            _ => panic!("pages are waited on for LOCKED or WRITEBACK, not {bit:#x}"),
+        };
+        self.wait_on(desc, frame, on)
+    }
+
+    /// Clears a raw bit and wakes (superseded by [`unlock`](Self::unlock),
+    /// [`end_read`](Self::end_read), [`end_writeback`](Self::end_writeback)).
+    #[doc(hidden)]
     pub fn clear_and_wake(&self, desc: &PageDesc, frame: FrameId, bit: u32) {
         if desc.clear_and_test_waiters(bit) {
             self.wake(desc, frame);
         }
     }
 
-    /// Wakes every waiter of `frame` (`wake_up_page_bit`), clearing `WAITERS` when none is left.
+    /// Wakes every waiter of `frame` (`folio_wake_bit`), clearing `WAITERS` when none is left.
     pub fn wake(&self, desc: &PageDesc, frame: FrameId) {
         let mut bucket = self.bucket(frame).lock();
         for entry in bucket.entries.iter_mut().flatten() {
@@ -132,7 +198,7 @@ impl WaitTable {
         }
         // Every waiter of this frame has been woken; those that must wait again set the bit
         // again under this lock.
-        desc.clear(PageState::WAITERS);
+        desc.clear_waiters();
     }
 
     /// Number of registered waiters (for tests and statistics).
@@ -144,14 +210,32 @@ impl WaitTable {
     }
 }
 
-/// Waits until a page bit is clear; see [`WaitTable::wait`]. Dropping it cancels the wait.
+/// The bit a [`PageWait`] waits to see clear.
+#[derive(Clone, Copy, Debug)]
+enum WaitOn {
+    Locked,
+    Writeback,
+}
+
+impl WaitOn {
+    #[inline]
+    fn is_set(self, flags: PageFlags) -> bool {
+        match self {
+            WaitOn::Locked => flags.is_locked(),
+            WaitOn::Writeback => flags.is_writeback(),
+        }
+    }
+}
+
+/// Waits until a page is unlocked or out of writeback; see [`WaitTable::wait_locked`] and
+/// [`WaitTable::wait_writeback`]. Dropping it cancels the wait.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct PageWait<'a> {
     table: &'a WaitTable,
     desc: &'a PageDesc,
     frame: FrameId,
-    bit: u32,
+    on: WaitOn,
     slot: Option<usize>,
 }
 
@@ -160,7 +244,7 @@ impl Future for PageWait<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if !this.desc.state().any(this.bit) {
+        if !this.on.is_set(this.desc.flags()) {
             if let Some(slot) = this.slot.take() {
                 this.table.bucket(this.frame).lock().remove(slot);
             }
@@ -182,8 +266,8 @@ impl Future for PageWait<'_> {
                 }));
             }
         }
-        let seen = this.desc.set(PageState::WAITERS);
-        if !seen.any(this.bit) {
+        let seen = this.desc.set_waiters();
+        if !this.on.is_set(seen) {
             if let Some(slot) = this.slot.take() {
                 bucket.remove(slot);
             }
@@ -320,7 +404,7 @@ mod tests {
         let table = WaitTable::new();
         let desc = PageDesc::default();
         let w = Arc::new(CountWaker(AtomicUsize::new(0)));
-        assert!(poll(&mut table.wait(&desc, 1, PageState::LOCKED), &w).is_ready());
+        assert!(poll(&mut table.wait_locked(&desc, 1), &w).is_ready());
         assert_eq!(table.waiters(), 0);
     }
 
@@ -330,15 +414,15 @@ mod tests {
         let desc = PageDesc::default();
         assert!(desc.try_lock());
         let w = Arc::new(CountWaker(AtomicUsize::new(0)));
-        let mut a = table.wait(&desc, 5, PageState::LOCKED);
-        let mut b = table.wait(&desc, 5, PageState::LOCKED);
+        let mut a = table.wait_locked(&desc, 5);
+        let mut b = table.wait_locked(&desc, 5);
         assert!(poll(&mut a, &w).is_pending());
         assert!(poll(&mut b, &w).is_pending());
-        assert!(desc.state().has(PageState::WAITERS));
+        assert!(desc.flags().has_waiters());
         assert_eq!(table.waiters(), 2);
-        table.clear_and_wake(&desc, 5, PageState::LOCKED);
+        table.unlock(&desc, 5);
         assert_eq!(w.0.load(Ordering::SeqCst), 2);
-        assert!(!desc.state().has(PageState::WAITERS));
+        assert!(!desc.flags().has_waiters());
         assert!(poll(&mut a, &w).is_ready());
         assert!(poll(&mut b, &w).is_ready());
         assert_eq!(table.waiters(), 0);
@@ -350,13 +434,13 @@ mod tests {
         let desc = PageDesc::default();
         assert!(desc.try_lock());
         let w = Arc::new(CountWaker(AtomicUsize::new(0)));
-        let mut a = table.wait(&desc, 5, PageState::LOCKED);
-        let mut b = table.wait(&desc, 5, PageState::LOCKED);
+        let mut a = table.wait_locked(&desc, 5);
+        let mut b = table.wait_locked(&desc, 5);
         assert!(poll(&mut a, &w).is_pending());
         assert!(poll(&mut b, &w).is_pending());
         drop(a);
         assert_eq!(table.waiters(), 1);
-        table.clear_and_wake(&desc, 5, PageState::LOCKED);
+        table.unlock(&desc, 5);
         assert_eq!(w.0.load(Ordering::SeqCst), 1);
         assert!(poll(&mut b, &w).is_ready());
     }
@@ -366,7 +450,7 @@ mod tests {
         let desc = PageDesc::default();
         assert!(desc.try_lock());
         // No WAITERS bit: nothing to wake, no bucket lock needed.
-        assert!(!desc.clear_and_test_waiters(PageState::LOCKED));
+        assert!(!desc.unlock());
     }
 
     #[test]
@@ -379,15 +463,15 @@ mod tests {
         let w1 = Arc::new(CountWaker(AtomicUsize::new(0)));
         let w2 = Arc::new(CountWaker(AtomicUsize::new(0)));
         // Frames 0 and 256 * k may share a bucket; use many frames to be sure some collide.
-        let mut a = table.wait(&d1, 0, PageState::LOCKED);
-        let mut b = table.wait(&d2, 1, PageState::LOCKED);
+        let mut a = table.wait_locked(&d1, 0);
+        let mut b = table.wait_locked(&d2, 1);
         assert!(poll(&mut a, &w1).is_pending());
         assert!(poll(&mut b, &w2).is_pending());
-        table.clear_and_wake(&d1, 0, PageState::LOCKED);
+        table.unlock(&d1, 0);
         assert_eq!(w1.0.load(Ordering::SeqCst), 1);
         assert_eq!(w2.0.load(Ordering::SeqCst), 0);
         assert!(poll(&mut b, &w2).is_pending());
-        table.clear_and_wake(&d2, 1, PageState::LOCKED);
+        table.unlock(&d2, 1);
         assert!(poll(&mut b, &w2).is_ready());
     }
 
@@ -409,7 +493,7 @@ mod tests {
                     }
                 }
                 let waker = Waker::from(Arc::new(Unpark(thread)));
-                let mut f = t.wait(&d, 9, PageState::LOCKED);
+                let mut f = t.wait_locked(&d, 9);
                 while Pin::new(&mut f)
                     .poll(&mut Context::from_waker(&waker))
                     .is_pending()
@@ -417,9 +501,40 @@ mod tests {
                     std::thread::park();
                 }
             });
-            table.clear_and_wake(&desc, 9, PageState::LOCKED);
+            table.unlock(&desc, 9);
             h.join().unwrap();
         }
+    }
+
+    #[test]
+    fn end_read_and_end_writeback_wake_their_waiters() {
+        let table = WaitTable::new();
+        let desc = PageDesc::default();
+        desc.set_identity(1, 0);
+        desc.pin();
+        desc.init_locked();
+        let w = Arc::new(CountWaker(AtomicUsize::new(0)));
+        let mut reader = table.wait_locked(&desc, 3);
+        assert!(poll(&mut reader, &w).is_pending());
+        table.end_read(&desc, 3, Ok(()));
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut reader, &w).is_ready());
+        assert!(desc.flags().is_uptodate() && !desc.flags().has_waiters());
+
+        assert!(desc.try_lock());
+        assert!(desc.mark_dirty());
+        assert!(desc.start_writeback());
+        table.unlock(&desc, 3);
+        let mut stable = table.wait_writeback(&desc, 3);
+        assert!(poll(&mut stable, &w).is_pending());
+        // A locked page is no reason to wait for writeback, and the reverse.
+        assert!(poll(&mut table.wait_locked(&desc, 3), &w).is_ready());
+        let mut redirtied = false;
+        table.end_writeback(&desc, 3, Some(libc::EIO), || redirtied = true);
+        assert!(redirtied);
+        assert_eq!(w.0.load(Ordering::SeqCst), 2);
+        assert!(poll(&mut stable, &w).is_ready());
+        assert_eq!(table.waiters(), 0);
     }
 
     #[test]
