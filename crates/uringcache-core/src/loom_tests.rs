@@ -6,12 +6,13 @@
 //! RUSTFLAGS="--cfg loom" cargo test -p uringcache-core --release --lib loom
 //! ```
 
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
 use crate::errseq::ErrSeq;
 use crate::mapping::Mapping;
-use crate::page::{PageDesc, PageState, PageTable, NO_OWNER};
+use crate::page::{PageDesc, PageTable, NO_OWNER};
 use crate::wait::{Event, WaitTable};
 
 /// An unlock racing with a waiter never loses the wake-up (`WAITERS` protocol): if it did, the
@@ -23,9 +24,9 @@ fn loom_unlock_wakes_a_racing_waiter() {
         let desc = Arc::new(PageDesc::default());
         assert!(desc.try_lock());
         let (t2, d2) = (table.clone(), desc.clone());
-        let unlocker = thread::spawn(move || t2.clear_and_wake(&d2, 0, PageState::LOCKED));
-        loom::future::block_on(table.wait(&desc, 0, PageState::LOCKED));
-        assert!(!desc.state().has(PageState::LOCKED));
+        let unlocker = thread::spawn(move || t2.unlock(&d2, 0));
+        loom::future::block_on(table.wait_locked(&desc, 0));
+        assert!(!desc.flags().is_locked());
         unlocker.join().unwrap();
     });
 }
@@ -38,16 +39,16 @@ fn loom_dropped_waiter_does_not_steal_the_wakeup() {
         let desc = Arc::new(PageDesc::default());
         assert!(desc.try_lock());
         let (t2, d2) = (table.clone(), desc.clone());
-        let unlocker = thread::spawn(move || t2.clear_and_wake(&d2, 0, PageState::LOCKED));
+        let unlocker = thread::spawn(move || t2.unlock(&d2, 0));
         {
             // Register, then give up without waiting.
-            let mut quitter = Box::pin(table.wait(&desc, 0, PageState::LOCKED));
+            let mut quitter = Box::pin(table.wait_locked(&desc, 0));
             let waker = futures_noop_waker();
             let _ = quitter
                 .as_mut()
                 .poll(&mut std::task::Context::from_waker(&waker));
         }
-        loom::future::block_on(table.wait(&desc, 0, PageState::LOCKED));
+        loom::future::block_on(table.wait_locked(&desc, 0));
         unlocker.join().unwrap();
     });
 }
@@ -79,12 +80,171 @@ fn loom_pin_and_evict_exclude_each_other() {
                 d.unpin();
             }
         });
-        if mapping.remove_if(0, 0, &pages, |d| d.pins() == 1) {
+        if mapping.remove_if(0, 0, &pages, |d| d.is_reclaimable()) {
             assert_eq!(pages.get(0).unpin(), 0, "nobody else pins an evicted page");
             pages.get(0).release();
             assert_eq!(pages.get(0).owner(), NO_OWNER);
         }
         reader.join().unwrap();
+    });
+}
+
+/// A read completing (`finish_read`, through `WaitTable::end_read`) while a reader checks the
+/// page and goes to wait: the waiter never misses the wake-up (`WAITERS`), and once woken it
+/// sees the outcome: up to date, or the error with its errno.
+#[test]
+fn loom_finish_read_wakes_a_racing_waiter() {
+    for result in [Ok(()), Err(libc::ENOSPC)] {
+        loom::model(move || {
+            let table = Arc::new(WaitTable::new());
+            let desc = Arc::new(PageDesc::default());
+            desc.init_locked(); // a fresh frame, locked for its read
+            let (t2, d2) = (table.clone(), desc.clone());
+            let read = thread::spawn(move || t2.end_read(&d2, 0, result));
+            loom::future::block_on(table.wait_locked(&desc, 0));
+            let f = desc.flags();
+            assert!(!f.is_locked());
+            match result {
+                Ok(()) => assert!(f.is_uptodate() && !f.is_error()),
+                Err(errno) => {
+                    assert!(f.is_read_failed());
+                    assert_eq!(desc.errno(), errno, "the errno is published with the bit");
+                }
+            }
+            read.join().unwrap();
+        });
+    }
+}
+
+/// A page cached up to date in mapping 1 at index 0 (pinned by the mapping), counted dirty
+/// when `dirty`.
+fn cached_page(dirty: bool) -> PageDesc {
+    let d = PageDesc::default();
+    d.set_identity(1, 0);
+    d.pin();
+    d.init_locked();
+    assert!(!d.finish_read(Ok(())));
+    if dirty {
+        assert!(d.try_lock());
+        assert!(d.mark_dirty());
+        assert!(!d.unlock());
+    }
+    d
+}
+
+/// Drops one from a dirty count, which must not go below zero.
+fn uncount(count: &AtomicUsize) {
+    let before = count.fetch_sub(1, Ordering::SeqCst);
+    assert!(before >= 1, "dirty count went below zero");
+}
+
+/// Writeback (`start_writeback` under the lock, then `end_writeback`, failing or not) racing
+/// a second dirtier (`mark_dirty`, here without the page lock: the strongest case, as the
+/// kernel's `folio_mark_dirty` from a path that does not lock). Whatever the order, a page
+/// dirtied during its writeback stays dirty, a failed writeback leaves it dirty, and each
+/// clean → dirty is reported once: the count kept from the reports equals the page's state.
+#[test]
+fn loom_redirty_during_writeback_is_counted_once() {
+    for errno in [None, Some(libc::EIO)] {
+        loom::model(move || {
+            let desc = Arc::new(cached_page(true));
+            let dirty = Arc::new(AtomicUsize::new(1));
+            let (d2, c2) = (desc.clone(), dirty.clone());
+            let writer = thread::spawn(move || {
+                if d2.mark_dirty() {
+                    c2.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            assert!(desc.try_lock());
+            if desc.start_writeback() {
+                uncount(&dirty);
+            }
+            assert!(!desc.unlock());
+            let _wake = desc.end_writeback(errno, || {
+                dirty.fetch_add(1, Ordering::SeqCst);
+            });
+            writer.join().unwrap();
+            let f = desc.flags();
+            assert!(!f.is_writeback());
+            assert_eq!(dirty.load(Ordering::SeqCst), f.is_dirty() as usize);
+            if errno.is_some() {
+                assert!(f.is_dirty(), "a failed writeback keeps the page dirty");
+            }
+        });
+    }
+}
+
+/// A failed writeback's completion re-dirtying the page while a truncation, holding the page
+/// lock, waits out the writeback and then forgets the page's dirtiness: the truncation never
+/// finds the page dirty before the completion has counted and tagged it (`redirtied` runs
+/// before `WRITEBACK` clears), so the count never goes below zero and ends right.
+#[test]
+fn loom_end_writeback_accounts_before_waiters_see_it() {
+    loom::model(|| {
+        let table = Arc::new(WaitTable::new());
+        let desc = Arc::new(cached_page(true));
+        let dirty = Arc::new(AtomicUsize::new(1));
+        let tagged = Arc::new(AtomicBool::new(true));
+        assert!(desc.try_lock());
+        assert!(desc.start_writeback());
+        uncount(&dirty);
+        tagged.store(false, Ordering::SeqCst);
+        table.unlock(&desc, 0);
+        let (t2, d2, c2, g2) = (table.clone(), desc.clone(), dirty.clone(), tagged.clone());
+        let completion = thread::spawn(move || {
+            t2.end_writeback(&d2, 0, Some(libc::EIO), || {
+                c2.fetch_add(1, Ordering::SeqCst);
+                g2.store(true, Ordering::SeqCst);
+            });
+        });
+        // The truncation: lock, wait out writeback, forget the dirtiness.
+        assert!(desc.try_lock());
+        loom::future::block_on(table.wait_writeback(&desc, 0));
+        if desc.clear_dirty_for_io() {
+            assert!(
+                tagged.load(Ordering::SeqCst),
+                "untagging a page not tagged yet"
+            );
+            uncount(&dirty);
+        }
+        table.unlock(&desc, 0);
+        completion.join().unwrap();
+        assert!(!desc.flags().is_dirty());
+        assert_eq!(dirty.load(Ordering::SeqCst), 0);
+    });
+}
+
+/// Eviction's test (`is_reclaimable`, under the shard's write lock) racing a writer that
+/// pins the page by lookup, locks it and dirties it: if the page is evicted, the writer never
+/// had it, so no dirty page (nor one a task holds) is ever reclaimed.
+#[test]
+fn loom_reclaim_test_races_a_pin() {
+    loom::model(|| {
+        let pages = Arc::new(PageTable::new(1));
+        let mapping = Arc::new(Mapping::new(1, 0));
+        mapping.insert(0, 0, &pages).unwrap();
+        pages.get(0).init_locked();
+        assert!(!pages.get(0).finish_read(Ok(())));
+        let (p2, m2) = (pages.clone(), mapping.clone());
+        let writer = thread::spawn(move || {
+            let Some(f) = m2.lookup(0, &p2) else {
+                return false;
+            };
+            let d = p2.get(f);
+            assert!(d.try_lock(), "nobody else locks the page");
+            assert!(d.mark_dirty());
+            let _wake = d.unlock();
+            d.unpin();
+            true
+        });
+        let evicted = mapping.remove_if(0, 0, &pages, |d| d.is_reclaimable());
+        if evicted {
+            assert!(!pages.get(0).flags().is_dirty());
+            assert_eq!(pages.get(0).unpin(), 0, "nobody else pins an evicted page");
+        }
+        let wrote = writer.join().unwrap();
+        assert!(!(evicted && wrote), "a page a writer held was evicted");
+        assert_eq!(mapping.contains(0), !evicted);
     });
 }
 
