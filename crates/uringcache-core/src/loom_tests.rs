@@ -160,8 +160,10 @@ fn loom_redirty_during_writeback_is_counted_once() {
                 uncount(&dirty);
             }
             assert!(!desc.unlock());
-            let _wake = desc.end_writeback(errno, || {
-                dirty.fetch_add(1, Ordering::SeqCst);
+            let _wake = desc.end_writeback(errno, |redirtied| {
+                if redirtied {
+                    dirty.fetch_add(1, Ordering::SeqCst);
+                }
             });
             writer.join().unwrap();
             let f = desc.flags();
@@ -176,7 +178,7 @@ fn loom_redirty_during_writeback_is_counted_once() {
 
 /// A failed writeback's completion re-dirtying the page while a truncation, holding the page
 /// lock, waits out the writeback and then forgets the page's dirtiness: the truncation never
-/// finds the page dirty before the completion has counted and tagged it (`redirtied` runs
+/// finds the page dirty before the completion has counted and tagged it (`account` runs
 /// before `WRITEBACK` clears), so the count never goes below zero and ends right.
 #[test]
 fn loom_end_writeback_accounts_before_waiters_see_it() {
@@ -192,7 +194,8 @@ fn loom_end_writeback_accounts_before_waiters_see_it() {
         table.unlock(&desc, 0);
         let (t2, d2, c2, g2) = (table.clone(), desc.clone(), dirty.clone(), tagged.clone());
         let completion = thread::spawn(move || {
-            t2.end_writeback(&d2, 0, Some(libc::EIO), || {
+            t2.end_writeback(&d2, 0, Some(libc::EIO), |redirtied| {
+                assert!(redirtied, "the truncation cannot run before writeback ends");
                 c2.fetch_add(1, Ordering::SeqCst);
                 g2.store(true, Ordering::SeqCst);
             });

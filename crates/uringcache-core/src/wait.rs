@@ -151,16 +151,16 @@ impl WaitTable {
     }
 
     /// Ends the page's writeback and wakes its waiters (`folio_end_writeback`): see
-    /// [`PageDesc::end_writeback`], including when `redirtied` runs.
+    /// [`PageDesc::end_writeback`], including when `account` runs.
     #[inline]
     pub fn end_writeback(
         &self,
         desc: &PageDesc,
         frame: FrameId,
         errno: Option<i32>,
-        redirtied: impl FnOnce(),
+        account: impl FnOnce(bool),
     ) {
-        if desc.end_writeback(errno, redirtied) {
+        if desc.end_writeback(errno, account) {
             self.wake(desc, frame);
         }
     }
@@ -530,7 +530,7 @@ mod tests {
         // A locked page is no reason to wait for writeback, and the reverse.
         assert!(poll(&mut table.wait_locked(&desc, 3), &w).is_ready());
         let mut redirtied = false;
-        table.end_writeback(&desc, 3, Some(libc::EIO), || redirtied = true);
+        table.end_writeback(&desc, 3, Some(libc::EIO), |r| redirtied = r);
         assert!(redirtied);
         assert_eq!(w.0.load(Ordering::SeqCst), 2);
         assert!(poll(&mut stable, &w).is_ready());

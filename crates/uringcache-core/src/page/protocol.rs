@@ -186,25 +186,28 @@ impl PageDesc {
     /// and the page is dirty again (`folio_redirty_for_writepage`) unless it has left its
     /// mapping: its bytes are still the only copy. Returns whether waiters must be woken.
     ///
-    /// `redirtied` runs when the failure took the page from clean to dirty, after `DIRTY` is
-    /// set and *before* `WRITEBACK` clears: the caller counts and tags the page there, so that
-    /// whoever waits for the writeback to end (a truncation that then forgets the page's
-    /// dirtiness) finds the accounting in place. A page dirtied again while under writeback
-    /// is counted by whoever dirtied it, never twice.
+    /// `account(redirtied)` runs after the failure's re-dirtying and *before* `WRITEBACK`
+    /// clears; `redirtied` says whether the page went from clean to dirty (then, and only then,
+    /// the caller counts and tags it as dirty). The caller also moves the page out of its
+    /// writeback accounting there, so that whoever waits for the writeback to end (a
+    /// truncation that then forgets the page's dirtiness, a sync that then checks the counts)
+    /// finds the accounting settled. A page dirtied again while under writeback is counted by
+    /// whoever dirtied it, never twice.
     ///
     /// The caller is the write's completion, which owns `WRITEBACK`.
     #[must_use = "waiters of the page must be woken when this returns true"]
-    pub fn end_writeback(&self, errno: Option<i32>, redirtied: impl FnOnce()) -> bool {
+    pub fn end_writeback(&self, errno: Option<i32>, account: impl FnOnce(bool)) -> bool {
         let old = match errno {
-            None => self.state.fetch_and(!(WRITEBACK | ERROR), Ordering::AcqRel),
+            None => {
+                account(false);
+                self.state.fetch_and(!(WRITEBACK | ERROR), Ordering::AcqRel)
+            }
             Some(errno) => {
                 self.record_errno(errno);
                 let old = self
                     .update(|s| Some(s | ERROR | if s & ORPHAN == 0 { DIRTY } else { 0 }))
                     .unwrap_or_else(|old| old);
-                if old & (DIRTY | ORPHAN) == 0 {
-                    redirtied();
-                }
+                account(old & (DIRTY | ORPHAN) == 0);
                 self.state.fetch_and(!WRITEBACK, Ordering::AcqRel)
             }
         };
@@ -370,7 +373,7 @@ mod tests {
         assert!(!d.mark_dirty(), "already dirty: counted once");
         assert!(d.flags().is_dirty());
         assert!(d.start_writeback());
-        assert!(!d.end_writeback(Some(libc::EIO), || {}));
+        assert!(!d.end_writeback(Some(libc::EIO), |_| {}));
         assert!(d.flags().is_error());
         assert!(!d.mark_dirty(), "a failed writeback left it dirty");
         assert!(!d.flags().is_error(), "new bytes: the old error is moot");
@@ -403,9 +406,9 @@ mod tests {
         assert!(d.mark_dirty());
         assert!(d.start_writeback());
         assert!(!d.unlock());
-        let mut called = false;
-        assert!(!d.end_writeback(None, || called = true));
-        assert!(!called);
+        let mut told = None;
+        assert!(!d.end_writeback(None, |redirtied| told = Some(redirtied)));
+        assert_eq!(told, Some(false), "accounted, not redirtied");
         let f = d.flags();
         assert!(!f.is_writeback() && !f.is_dirty() && !f.is_error());
     }
@@ -419,7 +422,7 @@ mod tests {
         d.set_waiters();
         let mut redirtied = 0;
         assert!(
-            d.end_writeback(Some(0), || redirtied += 1),
+            d.end_writeback(Some(0), |r| redirtied += r as u32),
             "waiters reported"
         );
         d.clear_waiters(); // the wait table's wake
@@ -433,7 +436,7 @@ mod tests {
         assert!(d.start_writeback());
         assert!(d.mark_dirty(), "the writer's clean -> dirty");
         assert!(!d.unlock());
-        assert!(!d.end_writeback(Some(libc::ENOSPC), || redirtied += 1));
+        assert!(!d.end_writeback(Some(libc::ENOSPC), |r| redirtied += r as u32));
         assert_eq!(redirtied, 1, "not counted a second time");
         assert!(d.flags().is_dirty());
         assert_eq!(d.errno(), libc::ENOSPC);
@@ -446,7 +449,10 @@ mod tests {
         assert!(d.start_writeback());
         assert!(!d.unlock());
         d.mark_orphan();
-        assert!(!d.end_writeback(Some(libc::EIO), || panic!("an orphan is not redirtied")));
+        assert!(!d.end_writeback(Some(libc::EIO), |r| assert!(
+            !r,
+            "an orphan is not redirtied"
+        )));
         let f = d.flags();
         assert!(!f.is_dirty() && f.is_error() && f.is_orphan() && !f.is_writeback());
     }
@@ -467,7 +473,7 @@ mod tests {
         assert!(d.start_writeback());
         assert!(!d.unlock());
         assert!(!d.is_reclaimable(), "under writeback");
-        assert!(!d.end_writeback(None, || {}));
+        assert!(!d.end_writeback(None, |_| {}));
         assert!(d.is_reclaimable());
         d.unpin();
         assert!(!d.is_reclaimable(), "not in a mapping (no pin)");
