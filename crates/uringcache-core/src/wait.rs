@@ -38,7 +38,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::sync::Mutex;
 
-use crate::page::{FrameId, PageDesc, PageFlags, PageState};
+use crate::page::{FrameId, PageDesc, PageFlags};
 
 /// Number of hashed buckets (the kernel uses 256; the model checker uses 2, so that waiters of
 /// different frames share a bucket).
@@ -161,27 +161,6 @@ impl WaitTable {
         account: impl FnOnce(bool),
     ) {
         if desc.end_writeback(errno, account) {
-            self.wake(desc, frame);
-        }
-    }
-
-    /// Waits for a raw bit (the interface the `uringcache` crate still uses while it moves to
-    /// [`wait_locked`](Self::wait_locked) and [`wait_writeback`](Self::wait_writeback)).
-    #[doc(hidden)]
-    pub fn wait<'a>(&'a self, desc: &'a PageDesc, frame: FrameId, bit: u32) -> PageWait<'a> {
-        let on = match bit {
-            PageState::LOCKED => WaitOn::Locked,
-            PageState::WRITEBACK => WaitOn::Writeback,
-            _ => panic!("pages are waited on for LOCKED or WRITEBACK, not {bit:#x}"),
-        };
-        self.wait_on(desc, frame, on)
-    }
-
-    /// Clears a raw bit and wakes (superseded by [`unlock`](Self::unlock),
-    /// [`end_read`](Self::end_read), [`end_writeback`](Self::end_writeback)).
-    #[doc(hidden)]
-    pub fn clear_and_wake(&self, desc: &PageDesc, frame: FrameId, bit: u32) {
-        if desc.clear_and_test_waiters(bit) {
             self.wake(desc, frame);
         }
     }

@@ -27,10 +27,10 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use uringcache_core::page::{FrameId, PageDesc, PageState};
+use uringcache_core::page::{FrameId, PageDesc};
 
 use crate::cache::CacheInner;
-use crate::inode::Inode;
+use crate::inode::{Inode, LockedPage, Pinned};
 
 /// Counts a new handle pinning `frame` (see the module invariants).
 fn user_pin(cache: &CacheInner, frame: FrameId) {
@@ -84,8 +84,10 @@ pub struct PageRef {
 }
 
 impl PageRef {
-    /// Wraps a pin the caller took on the up-to-date page `index` in `frame`.
-    pub(crate) fn new(inode: Arc<Inode>, frame: FrameId, index: u64) -> PageRef {
+    /// Takes over the pin of `page`, the up-to-date page `index` of `inode` (released in this
+    /// handle's drop).
+    pub(crate) fn new(inode: Arc<Inode>, page: Pinned<'_>, index: u64) -> PageRef {
+        let frame = page.hand_over();
         user_pin(inode.cache(), frame);
         PageRef {
             inode,
@@ -168,8 +170,10 @@ pub struct PageMut {
 }
 
 impl PageMut {
-    /// Wraps the pin and lock the caller holds on the up-to-date page `index` in `frame`.
-    pub(crate) fn new(inode: Arc<Inode>, frame: FrameId, index: u64) -> PageMut {
+    /// Takes over the lock and the pin of `page`, the up-to-date page `index` of `inode`, out
+    /// of writeback (both released in this handle's drop).
+    pub(crate) fn new(inode: Arc<Inode>, page: LockedPage<'_>, index: u64) -> PageMut {
+        let frame = page.hand_over();
         user_pin(inode.cache(), frame);
         PageMut {
             inode,
@@ -222,22 +226,20 @@ impl PageMut {
         self.inode.cache().pool().pages().get(self.frame)
     }
 
-    /// Dirties the page (`set_page_dirty`, extending the size) if asked, unlocks it, wakes its
-    /// waiters and drops the pin.
+    /// Dirties the page (`folio_mark_dirty`, extending the size) if asked, unlocks it
+    /// (`folio_unlock`: waiters woken) and drops the pin: the lock and pin this handle took
+    /// over from the `LockedPage` it was made from.
     fn release(&mut self, dirty: bool) {
         let cache = &self.inode.cache();
         let desc = self.desc();
         if dirty {
-            desc.clear(PageState::ERROR);
-            self.inode.redirty(desc, self.index);
+            self.inode.mark_page_dirty(desc, self.index);
             self.inode
                 .mapping()
                 .extend_size((self.index + 1) << cache.page_shift());
         }
         user_unpin(cache, self.frame);
-        cache
-            .waits()
-            .clear_and_wake(desc, self.frame, PageState::LOCKED);
+        cache.waits().unlock(desc, self.frame);
         cache.put(self.frame);
     }
 }

@@ -66,15 +66,12 @@
 
 use crate::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
-mod compat;
 mod flags;
 mod protocol;
 
 use flags::bits;
 use flags::bits::{FREQ_MASK, FREQ_SHIFT};
 
-#[doc(hidden)]
-pub use compat::PageState;
 pub use flags::PageFlags;
 
 /// Index of a frame in the arena and of its descriptor in the [`PageTable`].

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use uringcache_core::backend::Backend as IoBackend;
 use uringcache_core::evict::Verdict;
 use uringcache_core::frames::FrameArena;
-use uringcache_core::page::{FrameId, PageState, NO_OWNER};
+use uringcache_core::page::{FrameId, NO_OWNER};
 use uringcache_core::pool::FramePool;
 use uringcache_core::wait::{Event, WaitTable};
 use uringcache_core::writeback::DirtyLimits;
@@ -410,9 +410,9 @@ impl CacheInner {
         self.inodes.let_go(inode, keep);
     }
 
-    /// The eviction callback (`shrink_page_list` for one candidate): removes the page in
-    /// `frame` from its mapping if only the mapping pins it and it is clean, unlocked and not
-    /// under writeback.
+    /// The eviction callback (`shrink_folio_list` for one candidate): removes the page in
+    /// `frame` from its mapping if it is reclaimable (`PageDesc::is_reclaimable`: only the
+    /// mapping pins it, and it is clean, unlocked and not under writeback).
     fn try_evict(&self, frame: FrameId) -> Verdict {
         let pages = self.pool.pages();
         let desc = pages.get(frame);
@@ -426,9 +426,8 @@ impl CacheInner {
         };
         let mut dirty = false;
         let removed = inode.mapping().remove_if(desc.index(), frame, pages, |d| {
-            let s = d.state();
-            dirty = s.has(PageState::DIRTY);
-            d.pins() == 1 && !s.any(PageState::LOCKED | PageState::DIRTY | PageState::WRITEBACK)
+            dirty = d.flags().is_dirty();
+            d.is_reclaimable()
         });
         drop(inode);
         if removed {

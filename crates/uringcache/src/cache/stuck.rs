@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use uringcache_core::page::{FrameId, PageDesc, PageState};
+use uringcache_core::page::{FrameId, PageDesc};
 
 use crate::cache::CacheInner;
 use crate::stats::Counter;
@@ -92,8 +92,8 @@ impl StuckWaits {
 }
 
 impl CacheInner {
-    /// Waits until `LOCKED` is clear on the page in `frame` (page `index` of `path`), as
-    /// `waits.wait` does; a wait that starts on a page a page handle pins is registered, so
+    /// Waits until the page in `frame` (page `index` of `path`) is seen unlocked, as
+    /// `WaitTable::wait_locked` does; a wait that starts on a page a page handle pins is registered, so
     /// that the flusher can report it if it lasts (see the module docs).
     pub(crate) async fn wait_unlocked(
         &self,
@@ -103,10 +103,10 @@ impl CacheInner {
         path: &std::path::Path,
         index: u64,
     ) {
-        let held_by_handle = desc.state().has(PageState::LOCKED) && self.user_pins.is_pinned(frame);
+        let held_by_handle = desc.flags().is_locked() && self.user_pins.is_pinned(frame);
         let _registered =
             held_by_handle.then(|| self.stuck().register(what, path.to_path_buf(), index));
-        self.waits.wait(desc, frame, PageState::LOCKED).await;
+        self.waits.wait_locked(desc, frame).await;
     }
 
     /// The flusher's check: reports waits stuck behind a held `PageMut`.

@@ -911,9 +911,8 @@ impl File {
         let inode = self.inode();
         let page = inode.get_page(index, 1, self.ra_source()).await?;
         page.mark_accessed();
-        let frame = page.into_frame();
         self.note_read_end((index + 1) << self.cache().page_shift());
-        Ok(PageRef::new(inode.clone(), frame, index))
+        Ok(PageRef::new(inode.clone(), page, index))
     }
 
     /// Page `index` of the file, pinned and locked for writing (`filemap_fault` +
@@ -964,8 +963,7 @@ impl File {
         inode.check_fits(start + self.cache().page_size() as u64)?;
         let page = inode.lock_for_write(index, false, self.ra_source()).await?;
         page.desc().mark_accessed();
-        let frame = page.into_frame();
-        Ok(PageMut::new(inode.clone(), frame, index))
+        Ok(PageMut::new(inode.clone(), page, index))
     }
 
     /// Reads `len` bytes from `offset` (clamped to end of file, like

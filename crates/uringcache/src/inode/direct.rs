@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use uringcache_core::backend::{Op, Request};
-use uringcache_core::page::{FrameId, PageDesc, PageState};
+use uringcache_core::page::{FrameId, PageDesc};
 
 use crate::cache::CacheInner;
 use crate::inode::Inode;
@@ -172,10 +172,11 @@ impl Inode {
                 continue;
             };
             let desc = pages.get(frame);
-            let st = desc.state();
+            let st = desc.flags();
             let errno = desc.errno();
             self.cache.put(frame);
-            if st.has(PageState::DIRTY | PageState::ERROR) {
+            if st.is_dirty() && st.is_error() {
+                // Still dirty after a writeback that was waited for: it failed.
                 return Err(crate::error::errno(
                     errno,
                     format!(
@@ -201,27 +202,19 @@ impl Inode {
                 continue;
             };
             let mut page = self.lock_page(frame).await;
-            while page.desc().state().has(PageState::WRITEBACK) {
-                cache
-                    .waits()
-                    .wait(page.desc(), frame, PageState::WRITEBACK)
-                    .await;
-            }
+            page.wait_stable().await;
             let desc = page.desc();
-            let st = desc.state();
-            if desc.owner() != self.mapping.id()
-                || desc.index() != index
-                || st.has(PageState::ORPHAN)
-            {
+            if !desc.is_mapped_at(self.mapping.id(), index) {
                 continue;
             }
-            // The mapping's pin and ours: nobody else holds the page.
-            let unshared = |d: &PageDesc| d.pins() == 2 && !d.state().has(PageState::DIRTY);
+            // The mapping's pin and ours, and clean (locked by us, out of writeback): nobody
+            // else holds the page (`invalidate_complete_folio2`).
+            let unshared = |d: &PageDesc| d.pins() == 2 && !d.flags().is_dirty();
             if self.mapping.remove_if(index, frame, pages, unshared) {
                 cache.put(frame); // the mapping's pin; ours goes with `page`
                 continue;
             }
-            if st.has(PageState::UPTODATE) {
+            if desc.flags().is_uptodate() {
                 let page_start = index * ps;
                 let lo = offset.max(page_start);
                 let hi = data_end.min(page_start + ps);

@@ -37,7 +37,7 @@ use parking_lot::{Mutex, RwLock};
 
 use uringcache_core::backend::FileId;
 use uringcache_core::mapping::Mapping;
-use uringcache_core::page::{FrameId, PageDesc, PageState};
+use uringcache_core::page::{FrameId, PageDesc};
 use uringcache_core::readahead::Window;
 
 use crate::cache::CacheInner;
@@ -51,6 +51,7 @@ mod write;
 mod writeback;
 
 pub(crate) use sync::SyncKind;
+pub(crate) use write::LockedPage;
 use writeback::InodeWriteback;
 
 /// The cached state of one open file (`struct inode` + its `address_space`).
@@ -136,7 +137,10 @@ fn fstat(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// A pinned page of an inode; dropping it drops the pin (`put_page`).
+/// A pinned page of an inode; dropping it drops the pin (`folio_put`). Made from the pin a
+/// lookup took (`Mapping::lookup`); it moves into a [`LockedPage`] when the
+/// page is locked ([`Pinned::lock`]), and into a [`PageRef`](crate::PageRef) through
+/// [`hand_over`](Self::hand_over).
 pub(crate) struct Pinned<'a> {
     inode: &'a Inode,
     frame: FrameId,
@@ -154,11 +158,13 @@ impl Pinned<'_> {
         self.inode.cache.pool().pages().get(self.frame)
     }
 
-    /// The frame, keeping the pin (the caller takes over dropping it).
-    pub(crate) fn into_frame(self) -> FrameId {
-        let frame = self.frame;
-        std::mem::forget(self);
-        frame
+    /// Hands the pin over to a page handle: the returned frame carries it, and its new owner
+    /// ([`PageRef`](crate::PageRef), whose drop unpins) must drop it. Called only by
+    /// `PageRef::new`.
+    pub(crate) fn hand_over(self) -> FrameId {
+        // This guard's unpin does not run: the pin now belongs to the handle.
+        let this = std::mem::ManuallyDrop::new(self);
+        this.frame
     }
 
     /// Records a use of the page for the eviction policy (`mark_page_accessed`).
@@ -363,7 +369,7 @@ impl Inode {
         let pages = self.cache.pool().pages();
         for (index, frame) in self.mapping.range(0, u64::MAX) {
             if self.mapping.remove_if(index, frame, pages, |_| true) {
-                self.desc(frame).set(PageState::ORPHAN);
+                self.desc(frame).mark_orphan();
                 self.cache.put(frame);
             }
         }

@@ -9,8 +9,9 @@
 //!    pages become one device read each, and the whole window is submitted in one batch.
 //! 2. Everyone who wants a page that is `LOCKED` and not `UPTODATE` waits on it in the page
 //!    wait table: one device read however many tasks miss at once.
-//! 3. The completion zeroes whatever lies past end of file, sets `UPTODATE` (or `ERROR` with
-//!    the errno), clears `LOCKED`, wakes the waiters and drops the I/O's pin.
+//! 3. The completion zeroes whatever lies past end of file and ends the read
+//!    (`WaitTable::end_read` → `PageDesc::finish_read`: up to date, or `ERROR` with the errno;
+//!    unlocked in the same step; waiters woken), then drops the I/O's pin.
 //! 4. A waiter that finds `ERROR` returns the error; a later reader that finds a failed page
 //!    unlocked locks it and reads that one page again (the kernel's retry).
 //!
@@ -38,7 +39,7 @@ use std::io;
 use std::sync::Arc;
 
 use uringcache_core::backend::{Op, Request};
-use uringcache_core::page::{FrameId, PageState};
+use uringcache_core::page::{FrameId, PageFlags};
 use uringcache_core::readahead::Window;
 use uringcache_core::run::{Run, RunBuilder};
 
@@ -52,8 +53,8 @@ impl Inode {
     pub(crate) fn try_get_page(&self, index: u64) -> Option<Pinned<'_>> {
         let frame = self.mapping.lookup(index, self.cache.pool().pages())?;
         let page = Pinned { inode: self, frame };
-        let st = page.desc().state();
-        if st.has(PageState::UPTODATE) {
+        let st = page.desc().flags();
+        if st.is_uptodate() {
             self.note_hit(&page, st);
             Some(page)
         } else {
@@ -62,14 +63,9 @@ impl Inode {
     }
 
     #[inline]
-    fn note_hit(&self, page: &Pinned<'_>, st: PageState) {
+    fn note_hit(&self, page: &Pinned<'_>, st: PageFlags) {
         self.cache.counters().add(Counter::Hits, 1);
-        if st.has(PageState::PREFETCHED)
-            && page
-                .desc()
-                .clear(PageState::PREFETCHED)
-                .has(PageState::PREFETCHED)
-        {
+        if st.is_prefetched() && page.desc().test_clear_prefetched() {
             self.cache.counters().add(Counter::ReadaheadHits, 1);
         }
     }
@@ -109,44 +105,36 @@ impl Inode {
             };
             let page = Pinned { inode: self, frame };
             let desc = page.desc();
-            let st = desc.state();
-            if st.has(PageState::READAHEAD)
-                && desc.clear(PageState::READAHEAD).has(PageState::READAHEAD)
-            {
+            let st = desc.flags();
+            if st.is_readahead() && desc.test_clear_readahead() {
                 if let Some(window) = ra.async_window(self, index, req_pages) {
                     self.start_readahead(window);
                 }
             }
-            if st.has(PageState::UPTODATE) {
+            if st.is_uptodate() {
                 count(Counter::Hits);
-                if st.has(PageState::PREFETCHED)
-                    && desc.clear(PageState::PREFETCHED).has(PageState::PREFETCHED)
-                {
+                if st.is_prefetched() && desc.test_clear_prefetched() {
                     self.cache.counters().add(Counter::ReadaheadHits, 1);
                 }
                 return Ok(page);
             }
-            if st.has(PageState::LOCKED) {
+            if st.is_locked() {
                 count(Counter::Waits);
-                self.cache
-                    .waits()
-                    .wait(desc, frame, PageState::LOCKED)
-                    .await;
+                self.cache.waits().wait_locked(desc, frame).await;
                 waited = true;
                 continue;
             }
             // Not up to date and unlocked: a read of it failed. A reader that started or waited
             // for that read gets its error; any other reader reads this one page again.
-            if waited && st.has(PageState::ERROR) {
+            if waited && st.is_error() {
                 ra.on_error();
                 return Err(self.read_error(index, desc.errno()));
             }
             count(Counter::Misses);
             if desc.try_lock() {
-                if desc.state().has(PageState::UPTODATE) {
-                    self.cache
-                        .waits()
-                        .clear_and_wake(desc, frame, PageState::LOCKED);
+                if desc.flags().is_uptodate() {
+                    // Filled by another task between our look and our lock.
+                    self.cache.waits().unlock(desc, frame);
                     continue;
                 }
                 desc.pin(); // the I/O's own pin, dropped by the completion
@@ -198,26 +186,29 @@ impl Inode {
         let pages = cache.pool().pages();
         let frame = cache.alloc().await?; // pinned and LOCKED, in no mapping yet
         if let Err(existing) = self.mapping.insert(index, frame, pages) {
-            self.desc(frame).clear(PageState::LOCKED);
+            cache.waits().unlock(self.desc(frame), frame); // never published: nobody waits
             cache.put(frame);
             cache.put(existing);
             return Ok(());
         }
         cache.pool().lru_add(frame, self.mapping.id(), index);
-        // SAFETY: the page is LOCKED by this task and not UPTODATE: nobody else reads or
-        // writes its bytes until the bit is cleared below.
+        // SAFETY: the page is LOCKED by this task and not up to date: nobody else reads or
+        // writes its bytes until it is unlocked below.
         unsafe { cache.arena().frame_mut(frame).fill(0) };
         let desc = self.desc(frame);
         if index >= self.read_end_page() {
-            desc.set(PageState::UPTODATE);
-        } else if self.mapping.remove_if(index, frame, pages, |_| true) {
-            // The size moved past `index` while the page was being made (a direct write, a
-            // write further on): leave it to a real read. Tasks that pinned it meanwhile find
-            // it neither up to date nor failed, and read it themselves.
-            desc.set(PageState::ORPHAN);
-            cache.put(frame); // the mapping's pin
+            // Filled with zeros: as good as a read.
+            cache.waits().end_read(desc, frame, Ok(()));
+        } else {
+            if self.mapping.remove_if(index, frame, pages, |_| true) {
+                // The size moved past `index` while the page was being made (a direct write,
+                // a write further on): leave it to a real read. Tasks that pinned it
+                // meanwhile find it neither up to date nor failed, and read it themselves.
+                desc.mark_orphan();
+                cache.put(frame); // the mapping's pin
+            }
+            cache.waits().unlock(desc, frame);
         }
-        cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
         cache.put(frame);
         Ok(())
     }
@@ -319,11 +310,11 @@ impl Inode {
         pool.lru_add(frame, self.mapping.id(), index);
         let desc = self.desc(frame);
         if prefetch {
-            desc.set(PageState::PREFETCHED);
+            desc.set_prefetched();
             self.cache.counters().add(Counter::ReadaheadPages, 1);
         }
         if mark == Some(index) {
-            desc.set(PageState::READAHEAD);
+            desc.set_readahead();
         }
         if let Some(run) = reads.run.push(index, frame, self.cache.page_size()) {
             self.push_read(&mut reads.requests, run);
@@ -394,28 +385,20 @@ impl Inode {
                             continue;
                         }
                     }
-                    desc.clear(PageState::ERROR);
-                    desc.set(PageState::UPTODATE);
-                    self.cache
-                        .waits()
-                        .clear_and_wake(desc, frame, PageState::LOCKED);
+                    self.cache.waits().end_read(desc, frame, Ok(()));
                     self.cache.put(frame);
                 }
             }
             Err(e) => {
-                let errno = crate::error::raw_os_error_of(&e).unwrap_or(libc::EIO);
+                let errno = crate::error::errno_of(&e);
                 tracing::debug!(path = %self.path.display(), error = %e, pages = frames.len(), "read failed");
                 self.cache
                     .counters()
                     .add(Counter::ReadErrors, frames.len() as u64);
                 for &frame in frames {
-                    let desc = self.desc(frame);
-                    desc.set_errno(errno);
-                    desc.set(PageState::ERROR);
-                    desc.clear(PageState::READAHEAD | PageState::PREFETCHED);
                     self.cache
                         .waits()
-                        .clear_and_wake(desc, frame, PageState::LOCKED);
+                        .end_read(self.desc(frame), frame, Err(errno));
                     self.cache.put(frame);
                 }
             }
@@ -441,13 +424,9 @@ impl Inode {
         tracing::warn!(path = %self.path.display(), index, error = %msg, "page failed verification");
         self.cache.counters().add(Counter::ReadErrors, 1);
         self.verify_errors.lock().insert(index, msg);
-        let desc = self.desc(frame);
-        desc.set_errno(libc::EBADMSG);
-        desc.set(PageState::ERROR);
-        desc.clear(PageState::READAHEAD | PageState::PREFETCHED);
         self.cache
             .waits()
-            .clear_and_wake(desc, frame, PageState::LOCKED);
+            .end_read(self.desc(frame), frame, Err(libc::EBADMSG));
         self.cache.put(frame);
     }
 
@@ -460,12 +439,8 @@ impl Inode {
             };
             let page = Pinned { inode: self, frame };
             let desc = page.desc();
-            self.cache
-                .waits()
-                .wait(desc, frame, PageState::LOCKED)
-                .await;
-            let st = desc.state();
-            if !st.has(PageState::UPTODATE) && st.has(PageState::ERROR) {
+            self.cache.waits().wait_locked(desc, frame).await;
+            if desc.flags().is_read_failed() {
                 return Err(self.read_error(index, desc.errno()));
             }
         }

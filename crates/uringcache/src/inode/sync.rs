@@ -9,7 +9,6 @@ use std::sync::Arc;
 use uringcache_core::backend::{Op, Request};
 use uringcache_core::errseq::ErrCursor;
 use uringcache_core::group_commit::FlushStart;
-use uringcache_core::page::PageState;
 
 use super::writeback::{FlushWaiterGuard, PendingCut, DSYNC_MAX_PAGES};
 use crate::inode::Inode;
@@ -38,10 +37,7 @@ impl Inode {
         self.cache
             .wait_unlocked(desc, frame, "a sync", &self.path, index)
             .await;
-        self.cache
-            .waits()
-            .wait(desc, frame, PageState::WRITEBACK)
-            .await;
+        self.cache.waits().wait_writeback(desc, frame).await;
         self.cache.put(frame);
     }
 
@@ -218,7 +214,7 @@ impl Inode {
             op: Op::Fsync { datasync: !full },
             done: Box::new(move |res| {
                 if let Err(e) = &res {
-                    let errno = crate::error::raw_os_error_of(e).unwrap_or(libc::EIO);
+                    let errno = crate::error::errno_of(e);
                     tracing::error!(path = %this.path.display(), error = %e, "flush failed");
                     this.cache.counters().add(Counter::FlushErrors, 1);
                     this.wb.poisoned.store(errno, Ordering::Release);

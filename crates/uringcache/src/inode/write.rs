@@ -10,22 +10,26 @@
 //!    a fresh frame is taken (zeroed where the write does not cover it). A partial write of a
 //!    page holding file data goes through the read path first (read-modify-write), with its
 //!    one-read-per-page rule.
-//! 3. Lock the page, check it still belongs to this file at this index (a truncation may have
-//!    removed it meanwhile), wait for any writeback of it to finish (stable pages), copy the
-//!    bytes in, mark it dirty, extend `len()`, unlock.
+//! 3. Lock the page ([`Pinned::lock`], `folio_lock`), check it still belongs to this file at
+//!    this index (`PageDesc::is_mapped_at`: a truncation may have removed it meanwhile), wait
+//!    for any writeback of it to finish ([`LockedPage::wait_stable`], stable pages), copy the
+//!    bytes in, mark it up to date and dirty (`PageDesc::mark_dirty`, accounted once per
+//!    clean → dirty), extend `len()`, unlock.
 //!
 //! A write future dropped half way leaves every page it touched unlocked: the lock is held by a
-//! guard. Bytes already copied stay (as with a short `write(2)`).
+//! guard ([`LockedPage`], which owns the page's pin as a [`Pinned`]). Bytes already copied stay
+//! (as with a short `write(2)`).
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use uringcache_core::page::{FrameId, PageDesc, PageState};
+use uringcache_core::page::{FrameId, PageDesc};
 use uringcache_core::readahead::Window;
 use uringcache_core::writeback::Throttle;
 
-use crate::inode::{Inode, ReadaheadSource};
+use crate::inode::{Inode, Pinned, ReadaheadSource};
 use crate::stats::Counter;
 
 /// Reads for read-modify-write: exactly the page asked, no readahead.
@@ -47,60 +51,88 @@ impl ReadaheadSource for NoReadahead {
     fn on_error(&self) {}
 }
 
-/// A page locked (and pinned) by this task; dropping it unlocks, wakes waiters and unpins.
+/// A page locked by this task, holding its pin as a [`Pinned`]; dropping it unlocks the page
+/// and wakes its waiters (`folio_unlock`), then the pin goes with the `Pinned`.
 pub(crate) struct LockedPage<'a> {
-    inode: &'a Inode,
-    frame: FrameId,
+    page: Pinned<'a>,
 }
 
-impl LockedPage<'_> {
-    pub(crate) fn desc(&self) -> &PageDesc {
-        self.inode.cache.pool().pages().get(self.frame)
+impl<'a> Pinned<'a> {
+    /// Locks the page (`folio_lock`), waiting in the wait table while another task holds it;
+    /// the pin moves into the returned guard. A wait on a page a page handle holds is
+    /// registered for the stuck-wait report (`CacheInner::wait_unlocked`).
+    pub(crate) async fn lock(self) -> LockedPage<'a> {
+        let desc = self.desc();
+        while !desc.try_lock() {
+            let inode = self.inode;
+            inode
+                .cache
+                .wait_unlocked(
+                    desc,
+                    self.frame,
+                    "a write or truncation",
+                    &inode.path,
+                    desc.index(),
+                )
+                .await;
+        }
+        LockedPage { page: self }
+    }
+}
+
+impl<'a> LockedPage<'a> {
+    /// Wraps a fresh frame from the pool (pinned and `LOCKED` by `CacheInner::alloc`) that the
+    /// caller has just published in `inode`'s mapping.
+    fn fresh(inode: &'a Inode, frame: FrameId) -> Self {
+        LockedPage {
+            page: Pinned { inode, frame },
+        }
     }
 
-    /// The frame, keeping both the lock and the pin (the caller takes over releasing them).
-    pub(crate) fn into_frame(self) -> FrameId {
-        let frame = self.frame;
-        std::mem::forget(self);
-        frame
+    pub(crate) fn desc(&self) -> &PageDesc {
+        self.page.desc()
+    }
+
+    /// Waits until the page is not under writeback (`folio_wait_stable`): writeback starts
+    /// only under the page lock, which this guard holds, so it stays over and the bytes may
+    /// change without the device reading them half way.
+    pub(crate) async fn wait_stable(&self) {
+        let waits = self.page.inode.cache.waits();
+        while self.desc().flags().is_writeback() {
+            waits.wait_writeback(self.desc(), self.page.frame).await;
+        }
+    }
+
+    /// Hands the lock and the pin over to a page handle: the returned frame carries both, and
+    /// its new owner ([`PageMut`](crate::PageMut), whose drop unlocks, wakes and unpins) must
+    /// release them. Called only by `PageMut::new`.
+    pub(crate) fn hand_over(self) -> FrameId {
+        // Neither this guard's unlock nor its `Pinned`'s unpin runs: both now belong to the
+        // handle the frame is given to.
+        let this = ManuallyDrop::new(self);
+        this.page.frame
     }
 
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: this task holds the page's LOCKED bit and has waited out its writeback, so
         // no reader fills it and no write reads it while the slice is used; readers of an
         // up-to-date page may copy concurrently (the kernel's semantics for racing read/write).
-        unsafe { self.inode.cache.arena().frame_mut(self.frame) }
+        unsafe { self.page.inode.cache.arena().frame_mut(self.page.frame) }
     }
 }
 
 impl Drop for LockedPage<'_> {
     fn drop(&mut self) {
-        let cache = &self.inode.cache;
-        cache.waits().clear_and_wake(
-            cache.pool().pages().get(self.frame),
-            self.frame,
-            PageState::LOCKED,
-        );
-        cache.put(self.frame);
+        // The unlock; the pin is dropped by `self.page` right after.
+        let cache = &self.page.inode.cache;
+        cache.waits().unlock(self.desc(), self.page.frame);
     }
 }
 
 impl Inode {
-    /// Locks the pinned page in `frame` (`lock_page`), taking over the caller's pin.
+    /// Locks the page in `frame` (`lock_page`), taking over the pin the caller holds.
     pub(crate) async fn lock_page(&self, frame: FrameId) -> LockedPage<'_> {
-        let desc = self.cache.pool().pages().get(frame);
-        while !desc.try_lock() {
-            self.cache
-                .wait_unlocked(
-                    desc,
-                    frame,
-                    "a write or truncation",
-                    &self.path,
-                    desc.index(),
-                )
-                .await;
-        }
-        LockedPage { inode: self, frame }
+        Pinned { inode: self, frame }.lock().await
     }
 
     /// Waits while too many pages are dirty (`balance_dirty_pages`). It runs before the page
@@ -186,9 +218,8 @@ impl Inode {
         let mut page = self.lock_for_write(index, whole, &NoReadahead).await?;
         page.bytes_mut()[in_page..in_page + data.len()].copy_from_slice(data);
         // A fresh page of a whole-page overwrite becomes readable only now (`write_end`).
-        page.desc().set(PageState::UPTODATE);
-        page.desc().clear(PageState::ERROR);
-        self.redirty(page.desc(), index);
+        page.desc().mark_uptodate();
+        self.mark_page_dirty(page.desc(), index);
         self.mapping
             .extend_size((index << self.cache.page_shift()) + (in_page + data.len()) as u64);
         Ok(())
@@ -219,37 +250,31 @@ impl Inode {
                     match self.mapping.insert(index, frame, cache.pool().pages()) {
                         Ok(()) => {
                             cache.pool().lru_add(frame, self.mapping.id(), index);
-                            LockedPage { inode: self, frame }
+                            LockedPage::fresh(self, frame)
                         }
                         Err(existing) => {
-                            // Another task created it first: use theirs.
-                            cache.pool().pages().get(frame).clear(PageState::LOCKED);
+                            // Another task created it first: use theirs. Ours was never
+                            // published, so nobody waits on it.
+                            cache.waits().unlock(cache.pool().pages().get(frame), frame);
                             cache.put(frame);
                             self.lock_page(existing).await
                         }
                     }
                 }
-                None => {
-                    let frame = self.get_page(index, 1, ra).await?.into_frame();
-                    self.lock_page(frame).await
-                }
+                None => self.get_page(index, 1, ra).await?.lock().await,
             };
             let desc = page.desc();
-            let st = desc.state();
-            if desc.owner() != self.mapping.id()
-                || desc.index() != index
-                || st.has(PageState::ORPHAN)
-            {
+            if !desc.is_mapped_at(self.mapping.id(), index) {
                 continue; // truncated or evicted while we waited for the lock: start over
             }
-            if !st.has(PageState::UPTODATE) {
+            if !desc.flags().is_uptodate() {
                 if whole {
                     // Every byte is about to be overwritten. The page stays not up to date
                     // until the caller's copy is done, so a reader waits for the lock instead
                     // of seeing the frame's old bytes (or zeros) in place of file data.
                 } else if page_start >= self.mapping.size() {
                     page.bytes_mut().fill(0);
-                    page.desc().set(PageState::UPTODATE);
+                    page.desc().mark_uptodate();
                 } else {
                     // A page of file data whose read failed or never ran: read it (the read
                     // path retries failed pages) and start over.
@@ -258,12 +283,7 @@ impl Inode {
                     continue;
                 }
             }
-            while page.desc().state().has(PageState::WRITEBACK) {
-                cache
-                    .waits()
-                    .wait(page.desc(), page.frame, PageState::WRITEBACK)
-                    .await;
-            }
+            page.wait_stable().await;
             return Ok(page);
         }
     }
@@ -279,19 +299,15 @@ impl Inode {
                 continue;
             };
             let page = self.lock_page(frame).await;
-            while page.desc().state().has(PageState::WRITEBACK) {
-                cache
-                    .waits()
-                    .wait(page.desc(), frame, PageState::WRITEBACK)
-                    .await;
-            }
+            page.wait_stable().await;
             let desc = page.desc();
             if self.mapping.remove_if(index, frame, pages, |_| true) {
-                if desc.clear(PageState::DIRTY).has(PageState::DIRTY) {
+                // `truncate_cleanup_folio`: its dirtiness is forgotten, not written.
+                if desc.clear_dirty_for_io() {
                     self.mapping.untag_dirty(index);
                     cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
                 }
-                desc.set(PageState::ORPHAN);
+                desc.mark_orphan();
                 cache.put(frame); // the mapping's pin
             }
         }
@@ -311,13 +327,8 @@ impl Inode {
             return;
         };
         let mut page = self.lock_page(frame).await;
-        while page.desc().state().has(PageState::WRITEBACK) {
-            self.cache
-                .waits()
-                .wait(page.desc(), frame, PageState::WRITEBACK)
-                .await;
-        }
-        if page.desc().state().has(PageState::UPTODATE) {
+        page.wait_stable().await;
+        if page.desc().flags().is_uptodate() {
             page.bytes_mut()[in_page..].fill(0);
         }
     }
@@ -356,12 +367,9 @@ impl Inode {
         let pages = cache.pool().pages();
         let mut dropped = 0;
         for (index, frame) in self.mapping.range(start, end) {
-            let removed = self.mapping.remove_if(index, frame, pages, |d| {
-                d.pins() == 1
-                    && !d
-                        .state()
-                        .any(PageState::LOCKED | PageState::DIRTY | PageState::WRITEBACK)
-            });
+            let removed = self
+                .mapping
+                .remove_if(index, frame, pages, |d| d.is_reclaimable());
             if removed {
                 cache.put(frame);
                 dropped += 1;

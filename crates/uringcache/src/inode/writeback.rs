@@ -2,16 +2,18 @@
 //! `filemap_write_and_wait_range`, `vfs_fsync_range`).
 //!
 //! * **Starting writeback** ([`Inode::write_pages`], `write_cache_pages`): a dirty page is
-//!   locked, moved from `DIRTY` to `WRITEBACK` (and from the mapping's dirty tag to its
-//!   writeback tag), unlocked, and gathered with its neighbours into one `O_DIRECT` write per run
-//!   of consecutive pages. The page holding end of file is written up to the end rounded up to
+//!   locked, moved from `DIRTY` to `WRITEBACK` (`PageDesc::start_writeback`, and from the
+//!   mapping's dirty tag to its writeback tag), unlocked, and gathered with its neighbours
+//!   into one `O_DIRECT` write per run of consecutive pages. The page holding end of file is written up to the end rounded up to
 //!   the direct-I/O alignment (the tail block is written whole).
 //! * **Stable pages**: a writer waits for `WRITEBACK` to clear before it changes a page, so the
 //!   bytes on their way to the device never change under the device's feet; a page dirtied
 //!   again after its writeback started is simply dirty again, and is written again.
-//! * **Completion**: success clears `WRITEBACK`; failure puts the page back to `DIRTY` (never
-//!   clean), records the errno in the mapping's error sequence and clears `WRITEBACK`. Either
-//!   way waiters on the page and throttled writers are woken.
+//! * **Completion** (`WaitTable::end_writeback` → `PageDesc::end_writeback`): success clears
+//!   `WRITEBACK`; failure puts the page back to `DIRTY` (never clean; counted again only if it
+//!   had gone clean), records the errno on the page and in the mapping's error sequence, and
+//!   clears `WRITEBACK`. The page's accounting (dirty again, out of writeback) is settled
+//!   before `WRITEBACK` clears. Either way waiters on the page and throttled writers are woken.
 //! * **The flusher** ([`Flusher`]): one thread per cache, asleep on a condition variable; woken
 //!   every `writeback_interval` to write pages older than `dirty_expire`, or at once when the
 //!   dirty count passes the background threshold or eviction finds only dirty pages.
@@ -41,16 +43,17 @@
 //!   success until every handle is closed and the file reopened.
 //!
 //! This file has the per-inode state and the write path of writeback (starting writeback,
-//! completions, re-dirtying); [`super::sync`] has the syncs, cuts and flushes, and the cache's
-//! `writeback` module the cache-wide side (dirty counts, the dirty-inode list, the flusher's
-//! passes).
+//! completions, marking pages dirty and accounting them); [`super::sync`] has the syncs, cuts
+//! and flushes, and the cache's `writeback` module the cache-wide side (dirty counts, the
+//! dirty-inode list, the flusher's passes).
 //!
 //! # Lock order
 //!
 //! `InodeWriteback::flush` (group commit and the disk gate) is a leaf: taken for a few
 //! instructions, never while submitting to the backend, taking a page lock or another lock.
 //! The flusher's command mutex is a leaf too. `CacheInner::dirty_inodes` is taken alone (an
-//! `Arc` is cloned out before any inode is called into).
+//! `Arc` is cloned out before any inode is called into). The page transitions run under the
+//! page lock (`LOCKED`), except the completion's, which owns `WRITEBACK`.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -60,7 +63,7 @@ use parking_lot::Mutex;
 use uringcache_core::backend::{Completion, Op, Request};
 use uringcache_core::disk_gate::DiskGate;
 use uringcache_core::group_commit::GroupCommit;
-use uringcache_core::page::{FrameId, PageState};
+use uringcache_core::page::{FrameId, PageDesc};
 use uringcache_core::run::{Run, RunBuilder};
 use uringcache_core::wait::Event;
 use uringcache_core::writeback::tail_len;
@@ -166,10 +169,10 @@ impl Inode {
                 cache.put(frame);
                 continue;
             }
-            let st = desc.state();
-            let skip = if !st.has(PageState::DIRTY) || st.has(PageState::ORPHAN) {
+            let st = desc.flags();
+            let skip = if !st.is_dirty() || st.is_orphan() {
                 Some(false)
-            } else if st.has(PageState::WRITEBACK) {
+            } else if st.is_writeback() {
                 Some(true)
             } else if older_than.is_some_and(|t| desc.dirtied_at() > t) {
                 Some(false)
@@ -180,20 +183,20 @@ impl Inode {
                 if is_busy {
                     busy.push(index);
                 }
-                cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
+                cache.waits().unlock(desc, frame);
                 cache.put(frame);
                 continue;
             }
             // Read the size under the page lock: a writer extends it before unlocking, so it
             // covers every byte of this page that was written.
             let len = tail_len(index, ps, self.mapping.size(), self.dio_align);
-            // clear_page_dirty_for_io + set_page_writeback, under the page lock.
-            desc.set(PageState::WRITEBACK);
-            desc.clear(PageState::DIRTY);
+            // Under the page lock: DIRTY seen above stays set, so this moves it to WRITEBACK.
+            let started = desc.start_writeback();
+            debug_assert!(started, "a locked dirty page must start writeback");
             self.mapping.start_writeback(index);
             cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
             cache.nr_writeback.fetch_add(1, Ordering::AcqRel);
-            cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
+            cache.waits().unlock(desc, frame);
             if len == 0 {
                 // Wholly past end of file (a truncation is dropping it): nothing to write.
                 self.finish_writeback(index, frame, None);
@@ -264,7 +267,7 @@ impl Inode {
                 None
             }
             Err(e) => {
-                let errno = crate::error::raw_os_error_of(e).unwrap_or(libc::EIO);
+                let errno = crate::error::errno_of(e);
                 tracing::warn!(
                     path = %self.path.display(), offset, len, error = %e,
                     "writeback failed; the pages stay dirty"
@@ -285,37 +288,38 @@ impl Inode {
         }
     }
 
-    /// Ends writeback of one page; on failure the page goes back to dirty first.
+    /// Ends writeback of one page (`folio_end_writeback`; on failure the page is dirty again
+    /// first), drops the write's pin. The page's accounting moves before `WRITEBACK` clears: a
+    /// re-dirtied page is counted and tagged dirty, then untagged and uncounted as writeback.
     fn finish_writeback(self: &Arc<Self>, index: u64, frame: FrameId, errno: Option<i32>) {
         let cache = &self.cache;
         let desc = cache.pool().pages().get(frame);
-        if let Some(errno) = errno {
-            desc.set_errno(errno);
-            desc.set(PageState::ERROR);
-            if !desc.state().has(PageState::ORPHAN) {
-                self.redirty(desc, index);
-            }
-        } else {
-            desc.clear(PageState::ERROR);
-        }
-        self.mapping.end_writeback(index);
-        cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
         cache
             .waits()
-            .clear_and_wake(desc, frame, PageState::WRITEBACK);
+            .end_writeback(desc, frame, errno, |redirtied| {
+                if redirtied {
+                    self.page_dirtied(desc, index);
+                }
+                self.mapping.end_writeback(index);
+                cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
+            });
         cache.put(frame);
     }
 
-    /// Marks a page dirty (`set_page_dirty` → `__mark_inode_dirty`): tags it, counts it and
-    /// makes sure the flusher knows the inode. Returns whether the page was clean.
-    pub(crate) fn redirty(
-        self: &Arc<Self>,
-        desc: &uringcache_core::page::PageDesc,
-        index: u64,
-    ) -> bool {
-        if desc.set(PageState::DIRTY).has(PageState::DIRTY) {
-            return false;
+    /// A writer's new bytes are in the locked page `index` (`folio_mark_dirty`): marks it
+    /// dirty and, when it went clean → dirty, accounts it ([`page_dirtied`](Self::page_dirtied)).
+    pub(crate) fn mark_page_dirty(self: &Arc<Self>, desc: &PageDesc, index: u64) {
+        if desc.mark_dirty() {
+            self.page_dirtied(desc, index);
         }
+    }
+
+    /// Accounts page `index`, which just went clean → dirty (`folio_account_dirtied` +
+    /// `__mark_inode_dirty`): records when, tags it in the mapping, counts it, and makes sure
+    /// the flusher knows the inode (kicked above the background threshold). Called exactly
+    /// when `mark_dirty` returned `true` or a failed writeback re-dirtied the page, under the
+    /// page lock or its writeback.
+    fn page_dirtied(self: &Arc<Self>, desc: &PageDesc, index: u64) {
         let cache = &self.cache;
         desc.set_dirtied_at(cache.now_ms());
         self.mapping.tag_dirty(index);
@@ -324,7 +328,6 @@ impl Inode {
         if cache.nr_dirty.load(Ordering::Relaxed) > cache.limits.background {
             cache.flusher.kick(false);
         }
-        true
     }
 
     /// Puts the inode in the flusher's list (`__mark_inode_dirty`), which holds it until its
@@ -357,16 +360,13 @@ impl Inode {
             };
             let desc = pages.get(frame);
             if desc.try_lock() {
-                let st = desc.state();
-                if !st.has(PageState::WRITEBACK)
-                    && desc.clear(PageState::DIRTY).has(PageState::DIRTY)
-                {
+                if !desc.flags().is_writeback() && desc.clear_dirty_for_io() {
                     self.mapping.untag_dirty(index);
                     cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
                     errno = desc.errno();
                     dropped.push(index);
                 }
-                cache.waits().clear_and_wake(desc, frame, PageState::LOCKED);
+                cache.waits().unlock(desc, frame);
             }
             cache.put(frame);
         }
