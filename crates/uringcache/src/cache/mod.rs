@@ -2,24 +2,37 @@
 //! file handle points to, and the glue between frame allocation and eviction.
 //!
 //! [`CacheInner`] owns the frame arena, the frame pool (descriptors, free list, policy), the
-//! page wait table, the backend, the table of inodes (`inode_table`), the cache-wide writeback
-//! state with its thread (`writeback`, `flusher`) and the stuck-wait reports (`stuck`). It is
-//! shared by every [`Cache`] clone and every [`File`](crate::File); each inode holds it too
-//! (the one back-pointer of the module graph).
+//! page wait table, the backend, the table of inodes (`inode_table`), the page-handle pin
+//! accounting (`pins`), the cache-wide writeback state (`wb`: dirty and writeback counts,
+//! thresholds, the dirty-inode list, the flusher thread of `flusher`), the flusher's passes
+//! (`writeback`) and the stuck-wait reports (`stuck`). It is shared by every [`Cache`] clone
+//! and every [`File`](crate::File); each inode holds it too (the one back-pointer of the
+//! module graph). Every field is private; each piece is reached through its owner's methods
+//! (`pool()`, `waits()`, `writeback()`, `inodes()`, `user_pins()`, …).
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | `inode_table` | mapping id → inode, (dev, ino) → inode, the idle list of closed files |
+//! | `pins` | `UserPins`: page handles per frame, frames with one |
+//! | `wb` | `WritebackState`: the counts, limits and throttling, `b_dirty`, the flusher, pass bookkeeping |
+//! | `writeback` | the flusher's pass (`wb_writeback`), pruning clean inodes, giving up on lost pages |
+//! | `flusher` | the writeback thread and its command word |
+//! | `stuck` | waits stuck behind a held `PageMut`, reported by the flusher |
 //!
 //! # Locks
 //!
-//! The inode table's locks and their order are in `inode_table`. `dirty_inodes` (the
-//! flusher's list) is taken alone. The hit path takes none of them: a `File` holds its inode
-//! directly.
+//! The inode table's locks and their order are in `inode_table`; the dirty-inode list (in `wb`)
+//! and the flusher's command mutex are leaves. The hit path takes none of them: a `File` holds
+//! its inode directly, and a hit is a shard read lock in the mapping plus page-state atomics.
+//! Eviction (`try_evict`) runs under the policy's mutex (core `pool`) and takes the inode
+//! table's `inodes` read lock, then the mapping shard's write lock, where it judges the page
+//! with `PageDesc::is_reclaimable`.
 
-use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use uringcache_core::backend::Backend as IoBackend;
 use uringcache_core::evict::Verdict;
 use uringcache_core::frames::FrameArena;
@@ -32,6 +45,7 @@ mod flusher;
 mod inode_table;
 mod pins;
 mod stuck;
+mod wb;
 mod writeback;
 
 pub(crate) use crate::backend::BackendInfo;
@@ -39,10 +53,10 @@ use crate::inode::Inode;
 use crate::latency::Timed;
 use crate::stats::{Counter, Counters, Stats};
 use crate::util::block_on;
-use flusher::Flusher;
 use inode_table::InodeTable;
 use pins::UserPins;
 use stuck::StuckWaits;
+pub(crate) use wb::WritebackState;
 
 /// What [`CacheBuilder::build`] hands over once every setting is checked and the arena and
 /// backend are up.
@@ -86,20 +100,11 @@ impl Cache {
             shut_down: AtomicBool::new(false),
             shutdown_started: AtomicBool::new(false),
             shutdown_done: Event::new(),
-            limits: parts.limits,
-            nr_dirty: AtomicUsize::new(0),
-            nr_writeback: AtomicUsize::new(0),
-            dirty_event: Event::new(),
-            dirty_inodes: Mutex::new(HashMap::new()),
-            flusher: Flusher::new(parts.writeback_interval),
-            wb_passes: AtomicU64::new(0),
-            wb_last_pass_pages: AtomicUsize::new(0),
-            orphan_failed_passes: AtomicU32::new(0),
+            wb: WritebackState::new(parts.limits, parts.writeback_interval, parts.dirty_expire),
             clock: Instant::now(),
-            dirty_expire_ms: parts.dirty_expire.as_millis() as u64,
         });
         let weak = Arc::downgrade(&inner);
-        inner.flusher.spawn(move |all| match weak.upgrade() {
+        inner.wb.spawn_flusher(move |all| match weak.upgrade() {
             Some(cache) => {
                 cache.writeback_pass(all);
                 true
@@ -190,12 +195,12 @@ impl Cache {
         }
         inner.shut_down.store(true, Ordering::Release);
         inner.shutdown_done.notify_all();
-        inner.flusher.stop();
+        inner.wb.stop_flusher();
         inner.backend.shutdown();
         // Nothing will be written any more: the references to files held for writeback or
         // kept closed (each holding the cache) go, so that the cache is freed with its last
         // handle.
-        let held: Vec<_> = inner.dirty_inodes.lock().drain().collect();
+        let held = inner.wb.take_dirty_inodes();
         drop(held);
         inner.inodes.clear_idle();
         match first_err {
@@ -207,7 +212,7 @@ impl Cache {
 
 impl Drop for CacheInner {
     fn drop(&mut self) {
-        self.flusher.stop();
+        self.wb.stop_flusher();
     }
 }
 
@@ -256,28 +261,11 @@ pub(crate) struct CacheInner {
     shutdown_started: AtomicBool,
     /// Notified when `shut_down` is set.
     shutdown_done: Event,
-    /// Background threshold and hard limit on dirty pages.
-    pub(crate) limits: DirtyLimits,
-    /// Dirty pages in the whole cache.
-    pub(crate) nr_dirty: AtomicUsize,
-    /// Pages under writeback in the whole cache.
-    pub(crate) nr_writeback: AtomicUsize,
-    /// Notified when writeback completes (dirty count may have dropped, syncs may proceed).
-    pub(crate) dirty_event: Event,
-    /// Inodes with dirty or writeback pages, held strongly so that their pages are written
-    /// even after the last handle is dropped (`bdi->wb.b_dirty`).
-    pub(crate) dirty_inodes: Mutex<HashMap<u32, Arc<Inode>>>,
-    /// The writeback thread.
-    pub(crate) flusher: Flusher,
-    /// Flusher passes completed, and pages the last one submitted: a throttled writer that
-    /// sees a pass end having submitted nothing (every dirty page locked, say by its own
-    /// `PageMut`s) goes on past the limit instead of waiting for writeback that cannot come.
-    pub(crate) wb_passes: AtomicU64,
-    pub(crate) wb_last_pass_pages: AtomicUsize,
-    /// Writeback passes in a row, with no user handle left, that ended with pages still dirty.
-    pub(crate) orphan_failed_passes: AtomicU32,
+    /// Dirty and writeback counts, thresholds, the dirty-inode list and the flusher (see
+    /// [`WritebackState`]).
+    wb: WritebackState,
+    /// The clock of `dirtied_at` and of the idle list.
     clock: Instant,
-    pub(crate) dirty_expire_ms: u64,
 }
 
 impl CacheInner {
@@ -335,6 +323,13 @@ impl CacheInner {
         &self.user_pins
     }
 
+    /// The cache-wide writeback state: dirty and writeback counts, throttling, the list of
+    /// inodes with work for the flusher, the flusher itself.
+    #[inline]
+    pub(crate) fn writeback(&self) -> &WritebackState {
+        &self.wb
+    }
+
     /// Wakes allocations waiting for a frame (a page just became free or evictable).
     pub(crate) fn notify_frame_waiters(&self) {
         self.frame_event.notify_all();
@@ -353,7 +348,7 @@ impl CacheInner {
     /// rather than when it expires, and free the cache once that is done.
     pub(crate) fn user_handle_dropped(&self) {
         if self.user_handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.flusher.kick(true);
+            self.wb.kick(true);
         }
     }
 
@@ -392,7 +387,7 @@ impl CacheInner {
         let keep = !self.shut_down.load(Ordering::Acquire);
         if self.inodes.closed(inode, keep) {
             inode.hold_for_writeback();
-            self.flusher.kick(false);
+            self.wb.kick(false);
         }
     }
 
@@ -453,7 +448,7 @@ impl CacheInner {
                 Ok(f) => return Some(f),
                 Err(scan) => {
                     if scan.dirty > 0 {
-                        self.flusher.kick(true);
+                        self.wb.kick(true);
                     }
                     if scan.aged == 0 {
                         return None;
@@ -497,8 +492,8 @@ impl CacheInner {
             self.counters.add(Counter::AllocWaits, 1);
             tracing::debug!(
                 frames = self.pool.frames(),
-                dirty = self.nr_dirty.load(Ordering::Relaxed),
-                writeback = self.nr_writeback.load(Ordering::Relaxed),
+                dirty = self.wb.nr_dirty(),
+                writeback = self.wb.nr_writeback(),
                 "eviction pressure: waiting for a frame"
             );
             let _waiting = WaiterGuard(&self.alloc_waiters);
@@ -542,8 +537,8 @@ impl CacheInner {
             evictions: c.get(Counter::Evictions),
             read_errors: c.get(Counter::ReadErrors),
             alloc_waits: c.get(Counter::AllocWaits),
-            dirty_pages: self.nr_dirty.load(Ordering::Relaxed),
-            writeback_pages: self.nr_writeback.load(Ordering::Relaxed),
+            dirty_pages: self.wb.nr_dirty(),
+            writeback_pages: self.wb.nr_writeback(),
             pages_written: c.get(Counter::PagesWritten),
             write_requests: c.get(Counter::WriteRequests),
             write_errors: c.get(Counter::WriteErrors),

@@ -1,7 +1,8 @@
 //! The cache-wide side of writeback (`fs/fs-writeback.c`): the flusher's passes over the files
 //! with dirty pages (`wb_writeback`), pruning clean files from the list, and giving up on pages
 //! that can never be written once nobody is left to tell. The per-file side is in the inode's
-//! `writeback` and `sync` modules; the thread itself in [`super::flusher`].
+//! `writeback` and `sync` modules; the counts, the list and the thread are owned by
+//! [`WritebackState`](super::WritebackState) (`wb`), which this pass drives through its methods.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use uringcache_core::run::RunBuilder;
 use super::CacheInner;
 use crate::inode::Inode;
 use crate::stats::Counter;
-use crate::util::block_on;
 
 impl CacheInner {
     /// Most pages under writeback at once from the flusher; beyond it the flusher waits for
@@ -24,8 +24,9 @@ impl CacheInner {
     /// them when above the background threshold or asked to, then forgets inodes that are
     /// clean.
     pub(crate) fn writeback_pass(&self, all: bool) {
-        let over = self.nr_dirty.load(Ordering::Acquire) > self.limits.background;
-        let inodes: Vec<Arc<Inode>> = self.dirty_inodes.lock().values().cloned().collect();
+        let wb = self.writeback();
+        let over = wb.over_background();
+        let inodes: Vec<Arc<Inode>> = wb.dirty_inodes();
         let span = tracing::debug_span!(
             "writeback_pass",
             all,
@@ -40,55 +41,40 @@ impl CacheInner {
         let older_than = if all || over || self.user_handles.load(Ordering::Acquire) == 0 {
             None
         } else {
-            Some(self.now_ms().saturating_sub(self.dirty_expire_ms))
+            Some(wb.expired_before(self.now_ms()))
         };
         let mut pages = 0;
         for inode in &inodes {
             pages += inode.write_back(older_than);
-            while self.nr_writeback.load(Ordering::Acquire) > self.max_writeback_pages() {
-                let ticket = self.dirty_event.listen();
-                if self.nr_writeback.load(Ordering::Acquire) <= self.max_writeback_pages() {
-                    break;
-                }
-                block_on(ticket);
-            }
+            wb.wait_writeback_at_most(self.max_writeback_pages());
         }
         drop(inodes);
         let orphaned = self.user_handles.load(Ordering::Acquire) == 0;
         if orphaned {
             // No handle is left to sync or to drop the cache: wait for this pass's writes,
             // then let go of the clean files, the last references to the cache.
-            while self.nr_writeback.load(Ordering::Acquire) > 0 {
-                let ticket = self.dirty_event.listen();
-                if self.nr_writeback.load(Ordering::Acquire) == 0 {
-                    break;
-                }
-                block_on(ticket);
-            }
-            if self.nr_dirty.load(Ordering::Acquire) > 0 {
-                let failed = self.orphan_failed_passes.fetch_add(1, Ordering::AcqRel) + 1;
-                if failed >= GIVE_UP_AFTER {
+            wb.wait_writeback_at_most(0);
+            if wb.nr_dirty() > 0 {
+                if wb.orphan_pass_failed() >= GIVE_UP_AFTER {
                     self.give_up_on_failed_pages();
                 } else {
                     // Try again at the next interval, all of it.
-                    self.flusher.kick_later();
+                    wb.kick_later();
                 }
             }
         } else {
-            self.orphan_failed_passes.store(0, Ordering::Release);
+            wb.orphan_passes_reset();
         }
         self.prune_dirty_inodes();
         self.report_stuck_waits();
         if orphaned {
             self.inodes().clear_idle();
         }
-        self.wb_last_pass_pages.store(pages, Ordering::Release);
-        self.wb_passes.fetch_add(1, Ordering::AcqRel);
         // Throttled writers re-check: the dirty count may have dropped, or writeback may have
         // found nothing it could write. Waiting allocations re-scan too: the pass may have made
         // pages evictable, and a periodic re-check bounds any wait whose wake-up was missed to
         // one writeback interval.
-        self.dirty_event.notify_all();
+        wb.pass_done(pages);
         if self.has_alloc_waiters() {
             self.frame_event.notify_all();
         }
@@ -105,23 +91,9 @@ impl CacheInner {
     /// Drops the flusher's references to inodes with no dirty page and no writeback; those
     /// without handles are let go of (cut back to `len()` on disk, kept idle).
     fn prune_dirty_inodes(&self) {
-        let mut gone = Vec::new();
-        {
-            let mut list = self.dirty_inodes.lock();
-            list.retain(|_, inode| {
-                inode.set_in_dirty_list(false);
-                let clean = inode.is_clean();
-                if !clean {
-                    inode.set_in_dirty_list(true);
-                } else {
-                    gone.push(inode.clone());
-                }
-                !clean
-            });
-        }
-        // Outside the lock: letting go waits for a cut, and the last reference to an inode
-        // may drop it.
-        for inode in gone {
+        // Outside the list's lock: letting go waits for a cut, and the last reference to an
+        // inode may drop it.
+        for inode in self.writeback().take_clean_inodes() {
             if !inode.has_handles() {
                 self.let_go(inode);
             }
@@ -134,8 +106,7 @@ impl CacheInner {
     /// the error: nobody is left to report it to, and keeping them would keep the cache's
     /// threads and memory forever.
     fn give_up_on_failed_pages(&self) {
-        let inodes: Vec<Arc<Inode>> = self.dirty_inodes.lock().values().cloned().collect();
-        for inode in inodes {
+        for inode in self.writeback().dirty_inodes() {
             let (indices, errno) = inode.discard_dirty_pages();
             if indices.is_empty() {
                 continue;

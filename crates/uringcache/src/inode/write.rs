@@ -22,15 +22,12 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use uringcache_core::page::{FrameId, PageDesc};
 use uringcache_core::readahead::Window;
-use uringcache_core::writeback::Throttle;
 
 use crate::inode::{Inode, Pinned, ReadaheadSource};
-use crate::stats::Counter;
 
 /// Reads for read-modify-write: exactly the page asked, no readahead.
 struct NoReadahead;
@@ -135,56 +132,13 @@ impl Inode {
         Pinned { inode: self, frame }.lock().await
     }
 
-    /// Waits while too many pages are dirty (`balance_dirty_pages`). It runs before the page
-    /// is locked, so the pages a waiting task holds locked (through [`PageMut`](crate::PageMut)
-    /// handles) were fewer than the limit when it took them, and writeback of the others can
-    /// always bring the count down.
+    /// Waits while too many pages are dirty (`balance_dirty_pages`, see
+    /// `WritebackState::throttle`). It runs before the page is locked, so the pages a waiting
+    /// task holds locked (through [`PageMut`](crate::PageMut) handles) were fewer than the
+    /// limit when it took them, and writeback of the others can always bring the count down.
     async fn balance_dirty(&self) {
         let cache = &self.cache;
-        loop {
-            match cache
-                .limits
-                .throttle(cache.nr_dirty.load(Ordering::Acquire))
-            {
-                Throttle::Free => return,
-                Throttle::Background => {
-                    cache.flusher.kick(false);
-                    return;
-                }
-                Throttle::Wait => {
-                    let ticket = cache.dirty_event.listen();
-                    let passes = cache.wb_passes.load(Ordering::Acquire);
-                    cache.flusher.kick(true);
-                    if cache
-                        .limits
-                        .throttle(cache.nr_dirty.load(Ordering::Acquire))
-                        != Throttle::Wait
-                    {
-                        return;
-                    }
-                    cache.counters().add(Counter::ThrottleWaits, 1);
-                    tracing::debug!(
-                        dirty = cache.nr_dirty.load(Ordering::Relaxed),
-                        limit = cache.limits.limit,
-                        "writer throttled at the dirty limit"
-                    );
-                    ticket.await;
-                    if cache.wb_passes.load(Ordering::Acquire) > passes
-                        && cache.wb_last_pass_pages.load(Ordering::Acquire) == 0
-                        && cache.nr_writeback.load(Ordering::Acquire) == 0
-                    {
-                        // A pass ran since we asked and could write nothing (the dirty pages
-                        // are locked, e.g. by this task's own PageMuts): waiting longer cannot
-                        // help, so go on past the limit, as the kernel lets a paused writer go
-                        // after its pause.
-                        tracing::debug!(
-                            "writeback cannot make progress; writer goes past the dirty limit"
-                        );
-                        return;
-                    }
-                }
-            }
-        }
+        cache.writeback().throttle(cache.counters()).await;
     }
 
     /// Writes `buf` at byte `offset` into the cache (`generic_perform_write`). All of it, or an
@@ -305,13 +259,13 @@ impl Inode {
                 // `truncate_cleanup_folio`: its dirtiness is forgotten, not written.
                 if desc.clear_dirty_for_io() {
                     self.mapping.untag_dirty(index);
-                    cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+                    cache.writeback().dirty_cancelled();
                 }
                 desc.mark_orphan();
                 cache.put(frame); // the mapping's pin
             }
         }
-        cache.dirty_event.notify_all();
+        cache.writeback().notify_progress();
     }
 
     /// Zeroes the cached bytes of the page holding byte `len` from `len` on, so that the page

@@ -2,9 +2,10 @@
 //! `filemap_write_and_wait_range`, `vfs_fsync_range`).
 //!
 //! * **Starting writeback** ([`Inode::write_pages`], `write_cache_pages`): a dirty page is
-//!   locked, moved from `DIRTY` to `WRITEBACK` (`PageDesc::start_writeback`, and from the
-//!   mapping's dirty tag to its writeback tag), unlocked, and gathered with its neighbours
-//!   into one `O_DIRECT` write per run of consecutive pages. The page holding end of file is written up to the end rounded up to
+//!   locked, moved from `DIRTY` to `WRITEBACK` (`PageDesc::start_writeback`; from the mapping's
+//!   dirty tag to its writeback tag; `WritebackState::writeback_started`), unlocked, and
+//!   gathered with its neighbours into one `O_DIRECT` write per run of consecutive pages. The
+//!   page holding end of file is written up to the end rounded up to
 //!   the direct-I/O alignment (the tail block is written whole).
 //! * **Stable pages**: a writer waits for `WRITEBACK` to clear before it changes a page, so the
 //!   bytes on their way to the device never change under the device's feet; a page dirtied
@@ -44,16 +45,16 @@
 //!
 //! This file has the per-inode state and the write path of writeback (starting writeback,
 //! completions, marking pages dirty and accounting them); [`super::sync`] has the syncs, cuts
-//! and flushes, and the cache's `writeback` module the cache-wide side (dirty counts, the
-//! dirty-inode list, the flusher's passes).
+//! and flushes; the cache's `WritebackState` (`cache::wb`) owns the cache-wide counts, the
+//! dirty-inode list and the flusher, and the cache's `writeback` module runs the passes.
 //!
 //! # Lock order
 //!
 //! `InodeWriteback::flush` (group commit and the disk gate) is a leaf: taken for a few
 //! instructions, never while submitting to the backend, taking a page lock or another lock.
-//! The flusher's command mutex is a leaf too. `CacheInner::dirty_inodes` is taken alone (an
-//! `Arc` is cloned out before any inode is called into). The page transitions run under the
-//! page lock (`LOCKED`), except the completion's, which owns `WRITEBACK`.
+//! The flusher's command mutex is a leaf too. The dirty-inode list of `WritebackState` is
+//! taken alone (an `Arc` is cloned out before any inode is called into). The page transitions
+//! run under the page lock (`LOCKED`), except the completion's, which owns `WRITEBACK`.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -194,8 +195,7 @@ impl Inode {
             let started = desc.start_writeback();
             debug_assert!(started, "a locked dirty page must start writeback");
             self.mapping.start_writeback(index);
-            cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
-            cache.nr_writeback.fetch_add(1, Ordering::AcqRel);
+            cache.writeback().writeback_started(1);
             cache.waits().unlock(desc, frame);
             if len == 0 {
                 // Wholly past end of file (a truncation is dropping it): nothing to write.
@@ -282,7 +282,7 @@ impl Inode {
         if let Some(errno) = errno {
             self.mapping.wb_err().set(errno);
         }
-        cache.dirty_event.notify_all();
+        cache.writeback().notify_progress();
         if cache.has_alloc_waiters() {
             cache.notify_frame_waiters();
         }
@@ -301,7 +301,7 @@ impl Inode {
                     self.page_dirtied(desc, index);
                 }
                 self.mapping.end_writeback(index);
-                cache.nr_writeback.fetch_sub(1, Ordering::AcqRel);
+                cache.writeback().writeback_ended(1);
             });
         cache.put(frame);
     }
@@ -315,19 +315,15 @@ impl Inode {
     }
 
     /// Accounts page `index`, which just went clean → dirty (`folio_account_dirtied` +
-    /// `__mark_inode_dirty`): records when, tags it in the mapping, counts it, and makes sure
-    /// the flusher knows the inode (kicked above the background threshold). Called exactly
-    /// when `mark_dirty` returned `true` or a failed writeback re-dirtied the page, under the
-    /// page lock or its writeback.
+    /// `__mark_inode_dirty`): records when, tags it in the mapping, makes sure the flusher
+    /// knows the inode, and counts it cache-wide (`WritebackState::page_dirtied`, which kicks
+    /// the flusher above the background threshold). Called exactly when `mark_dirty` returned
+    /// `true` or a failed writeback re-dirtied the page, under the page lock or its writeback.
     fn page_dirtied(self: &Arc<Self>, desc: &PageDesc, index: u64) {
-        let cache = &self.cache;
-        desc.set_dirtied_at(cache.now_ms());
+        desc.set_dirtied_at(self.cache.now_ms());
         self.mapping.tag_dirty(index);
-        cache.nr_dirty.fetch_add(1, Ordering::AcqRel);
         self.hold_for_writeback();
-        if cache.nr_dirty.load(Ordering::Relaxed) > cache.limits.background {
-            cache.flusher.kick(false);
-        }
+        self.cache.writeback().page_dirtied();
     }
 
     /// Puts the inode in the flusher's list (`__mark_inode_dirty`), which holds it until its
@@ -338,10 +334,7 @@ impl Inode {
             if self.handles.load(Ordering::Acquire) == 0 {
                 *self.stamp.lock() = None;
             }
-            self.cache
-                .dirty_inodes
-                .lock()
-                .insert(self.mapping.id(), self.clone());
+            self.cache.writeback().add_dirty_inode(self);
         }
     }
 }
@@ -362,7 +355,7 @@ impl Inode {
             if desc.try_lock() {
                 if !desc.flags().is_writeback() && desc.clear_dirty_for_io() {
                     self.mapping.untag_dirty(index);
-                    cache.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+                    cache.writeback().dirty_cancelled();
                     errno = desc.errno();
                     dropped.push(index);
                 }
