@@ -22,6 +22,10 @@
 //!   after the page's writeback (if any) finished: its bytes change only while the device is not
 //!   reading them (stable pages), and no other writer, filler or writeback touches the page
 //!   meanwhile.
+//! * The pin (and for a `PageMut` the lock) is taken over from the guard the lookup made: a
+//!   `Pinned` for `PageRef::new`, a `LockedPage` for `PageMut::new` (`hand_over`). From then on
+//!   only the handle's drop releases them: `PageRef` unpins; `PageMut` marks the page dirty
+//!   (`Inode::mark_page_dirty`, unless discarded), unlocks (`WaitTable::unlock`) and unpins.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;

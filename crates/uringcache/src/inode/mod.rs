@@ -18,6 +18,15 @@
 //! | `writeback` | per-file writeback state; starting writeback of dirty runs and its completions |
 //! | `sync` | syncs, group-commit flushes and cuts of the file on disk |
 //!
+//! # Page guards
+//!
+//! A pin a lookup took is owned by a [`Pinned`] (dropping it unpins). [`Pinned::lock`] moves it
+//! into a [`LockedPage`], which also owns the page lock (dropping it unlocks, wakes, unpins).
+//! A page handle takes either over with `hand_over` (`PageRef::new`, `PageMut::new`); every
+//! other holder keeps its guard until the pin or lock is released. Completions own the pins of
+//! their I/O (a read keeps the allocation's, a write the lookup's) as plain frame ids, released
+//! in the completion.
+//!
 //! # Lock order
 //!
 //! `by_key` (the inode table, outside) → `size_lock` (shared by writes, exclusive by
