@@ -3,9 +3,9 @@
 //!
 //! [`CacheInner`] owns the frame arena, the frame pool (descriptors, free list, policy), the
 //! page wait table, the backend, the table of inodes (`inode_table`), the page-handle pin
-//! accounting (`pins`), the cache-wide writeback state (`wb`: dirty and writeback counts,
-//! thresholds, the dirty-inode list, the flusher thread of `flusher`), the flusher's passes
-//! (`writeback`) and the stuck-wait reports (`stuck`). It is shared by every [`Cache`] clone
+//! accounting (`pins`), the cache-wide writeback state (`writeback`: dirty and writeback
+//! counts, thresholds, the dirty-inode list, the thread of `writeback_thread`), the writeback
+//! passes (`writeback_pass`) and the stuck-wait reports (`stuck`). It is shared by every [`Cache`] clone
 //! and every [`File`](crate::File); each inode holds it too (the one back-pointer of the
 //! module graph). Every field is private; each piece is reached through its owner's methods
 //! (`pool()`, `waits()`, `writeback()`, `inodes()`, `user_pins()`, …).
@@ -14,17 +14,18 @@
 //! | --- | --- |
 //! | `inode_table` | mapping id → inode, (dev, ino) → inode, the idle list of closed files |
 //! | `pins` | `UserPins`: page handles per frame, frames with one |
-//! | `wb` | `WritebackState`: the counts, limits and throttling, `b_dirty`, the flusher, pass bookkeeping |
-//! | `writeback` | the flusher's pass (`wb_writeback`), pruning clean inodes, giving up on lost pages |
-//! | `flusher` | the writeback thread and its command word |
-//! | `stuck` | waits stuck behind a held `PageMut`, reported by the flusher |
+//! | `writeback` | `WritebackState`: the counts, limits and throttling, `b_dirty`, the writeback thread, pass bookkeeping |
+//! | `writeback_pass` | one pass of the writeback thread (`wb_writeback`), pruning clean inodes, giving up on lost pages |
+//! | `writeback_thread` | the writeback thread (the kernel's flusher, `wb_workfn`) and its command word |
+//! | `stuck` | waits stuck behind a held `PageMut`, reported by the writeback thread |
 //!
 //! # Locks
 //!
-//! The inode table's locks and their order are in `inode_table`; the dirty-inode list (in `wb`)
-//! and the flusher's command mutex are leaves. The hit path takes none of them: a `File` holds
+//! The inode table's locks and their order are in `inode_table`; the dirty-inode list (in
+//! `writeback`) and the writeback thread's command mutex are leaves. The hit path takes none of them: a `File` holds
 //! its inode directly, and a hit is a shard read lock in the mapping plus page-state atomics.
-//! Eviction (`try_evict`) runs under the policy's mutex (core `pool`) and takes the inode
+//! Eviction (`try_evict`) runs under the pool's reclaim mutex (core `pool`; not the policy's
+//! own lock, which is taken only to isolate and put back candidates) and takes the inode
 //! table's `inodes` read lock, then the mapping shard's write lock, where it judges the page
 //! with `PageDesc::is_reclaimable`.
 
@@ -41,12 +42,12 @@ use uringcache_core::pool::FramePool;
 use uringcache_core::wait::{Event, WaitTable};
 use uringcache_core::writeback::DirtyLimits;
 
-mod flusher;
 mod inode_table;
 mod pins;
 mod stuck;
-mod wb;
 mod writeback;
+mod writeback_pass;
+mod writeback_thread;
 
 pub(crate) use crate::backend::BackendInfo;
 use crate::inode::Inode;
@@ -56,7 +57,7 @@ use crate::util::block_on;
 use inode_table::InodeTable;
 use pins::UserPins;
 use stuck::StuckWaits;
-pub(crate) use wb::WritebackState;
+pub(crate) use writeback::WritebackState;
 
 /// What [`CacheBuilder::build`] hands over once every setting is checked and the arena and
 /// backend are up.
@@ -100,17 +101,23 @@ impl Cache {
             shut_down: AtomicBool::new(false),
             shutdown_started: AtomicBool::new(false),
             shutdown_done: Event::new(),
-            wb: WritebackState::new(parts.limits, parts.writeback_interval, parts.dirty_expire),
+            writeback: WritebackState::new(
+                parts.limits,
+                parts.writeback_interval,
+                parts.dirty_expire,
+            ),
             clock: Instant::now(),
         });
         let weak = Arc::downgrade(&inner);
-        inner.wb.spawn_flusher(move |all| match weak.upgrade() {
-            Some(cache) => {
-                cache.writeback_pass(all);
-                true
-            }
-            None => false,
-        })?;
+        inner
+            .writeback
+            .spawn_thread(move |all| match weak.upgrade() {
+                Some(cache) => {
+                    cache.writeback_pass(all);
+                    true
+                }
+                None => false,
+            })?;
         inner.user_handle_added();
         Ok(Cache { inner })
     }
@@ -195,12 +202,12 @@ impl Cache {
         }
         inner.shut_down.store(true, Ordering::Release);
         inner.shutdown_done.notify_all();
-        inner.wb.stop_flusher();
+        inner.writeback.stop_thread();
         inner.backend.shutdown();
         // Nothing will be written any more: the references to files held for writeback or
         // kept closed (each holding the cache) go, so that the cache is freed with its last
         // handle.
-        let held = inner.wb.take_dirty_inodes();
+        let held = inner.writeback.take_dirty_inodes();
         drop(held);
         inner.inodes.clear_idle();
         match first_err {
@@ -212,7 +219,7 @@ impl Cache {
 
 impl Drop for CacheInner {
     fn drop(&mut self) {
-        self.wb.stop_flusher();
+        self.writeback.stop_thread();
     }
 }
 
@@ -263,7 +270,7 @@ pub(crate) struct CacheInner {
     shutdown_done: Event,
     /// Dirty and writeback counts, thresholds, the dirty-inode list and the flusher (see
     /// [`WritebackState`]).
-    wb: WritebackState,
+    writeback: WritebackState,
     /// The clock of `dirtied_at` and of the idle list.
     clock: Instant,
 }
@@ -327,7 +334,7 @@ impl CacheInner {
     /// inodes with work for the flusher, the flusher itself.
     #[inline]
     pub(crate) fn writeback(&self) -> &WritebackState {
-        &self.wb
+        &self.writeback
     }
 
     /// Wakes allocations waiting for a frame (a page just became free or evictable).
@@ -348,7 +355,7 @@ impl CacheInner {
     /// rather than when it expires, and free the cache once that is done.
     pub(crate) fn user_handle_dropped(&self) {
         if self.user_handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.wb.kick(true);
+            self.writeback.kick(true);
         }
     }
 
@@ -387,7 +394,7 @@ impl CacheInner {
         let keep = !self.shut_down.load(Ordering::Acquire);
         if self.inodes.closed(inode, keep) {
             inode.hold_for_writeback();
-            self.wb.kick(false);
+            self.writeback.kick(false);
         }
     }
 
@@ -448,7 +455,7 @@ impl CacheInner {
                 Ok(f) => return Some(f),
                 Err(scan) => {
                     if scan.dirty > 0 {
-                        self.wb.kick(true);
+                        self.writeback.kick(true);
                     }
                     if scan.aged == 0 {
                         return None;
@@ -492,8 +499,8 @@ impl CacheInner {
             self.counters.add(Counter::AllocWaits, 1);
             tracing::debug!(
                 frames = self.pool.frames(),
-                dirty = self.wb.nr_dirty(),
-                writeback = self.wb.nr_writeback(),
+                dirty = self.writeback.nr_dirty(),
+                writeback = self.writeback.nr_writeback(),
                 "eviction pressure: waiting for a frame"
             );
             let _waiting = WaiterGuard(&self.alloc_waiters);
@@ -537,8 +544,8 @@ impl CacheInner {
             evictions: c.get(Counter::Evictions),
             read_errors: c.get(Counter::ReadErrors),
             alloc_waits: c.get(Counter::AllocWaits),
-            dirty_pages: self.wb.nr_dirty(),
-            writeback_pages: self.wb.nr_writeback(),
+            dirty_pages: self.writeback.nr_dirty(),
+            writeback_pages: self.writeback.nr_writeback(),
             pages_written: c.get(Counter::PagesWritten),
             write_requests: c.get(Counter::WriteRequests),
             write_errors: c.get(Counter::WriteErrors),

@@ -164,7 +164,7 @@ impl Inode {
 
     /// Writes back the dirty pages of `start..end` and waits; fails if one of them could not
     /// be written (it is still dirty with an error).
-    async fn flush_range_for_direct(self: &Arc<Self>, start: u64, end: u64) -> io::Result<()> {
+    async fn write_back_range_for_direct(self: &Arc<Self>, start: u64, end: u64) -> io::Result<()> {
         self.write_and_wait(start, end).await;
         let pages = self.cache.pool().pages();
         for index in self.mapping.dirty_range(start, end, usize::MAX) {
@@ -246,7 +246,7 @@ impl Inode {
         let ps = inode.cache.page_size();
         let first = offset >> shift;
         let last = ((end - 1) >> shift) + 1;
-        inode.flush_range_for_direct(first, last).await?;
+        inode.write_back_range_for_direct(first, last).await?;
         let mut index = first;
         while index < last {
             let want = (last - index).min(inode.cache.max_request_pages() as u64) as usize;
@@ -293,7 +293,7 @@ impl Inode {
         let ps = inode.cache.page_size();
         let first = offset >> shift;
         let last = ((end - 1) >> shift) + 1;
-        inode.flush_range_for_direct(first, last).await?;
+        inode.write_back_range_for_direct(first, last).await?;
         let mut index = first;
         while index < last {
             let want = (last - index).min(inode.cache.max_request_pages() as u64) as usize;

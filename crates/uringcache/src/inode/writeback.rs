@@ -15,7 +15,7 @@
 //!   had gone clean), records the errno on the page and in the mapping's error sequence, and
 //!   clears `WRITEBACK`. The page's accounting (dirty again, out of writeback) is settled
 //!   before `WRITEBACK` clears. Either way waiters on the page and throttled writers are woken.
-//! * **The flusher** ([`Flusher`]): one thread per cache, asleep on a condition variable; woken
+//! * **The flusher** ([`WritebackThread`]): one thread per cache, asleep on a condition variable; woken
 //!   every `writeback_interval` to write pages older than `dirty_expire`, or at once when the
 //!   dirty count passes the background threshold or eviction finds only dirty pages.
 //! * **Sync** ([`Inode::sync`]): the dirty pages of the range at the moment of the call are the

@@ -1,7 +1,7 @@
 //! The per-cache writeback thread (the kernel's flusher, `wb_workfn`): asleep on a condition
 //! variable, woken every `writeback_interval` for a timed pass or at once by a kick (the dirty
 //! count passed the background threshold, eviction found only dirty pages, the last handle
-//! went). What a pass does is the cache's (`super::writeback`); this module owns only the
+//! went). What a pass does is the cache's (`super::writeback_pass`); this module owns only the
 //! thread and its command word.
 //!
 //! # Lock order
@@ -15,28 +15,28 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 /// The per-cache writeback thread (the kernel's flusher, `wb_workfn`).
-pub(crate) struct Flusher {
-    shared: Arc<FlusherShared>,
+pub(crate) struct WritebackThread {
+    shared: Arc<ThreadShared>,
 }
 
-struct FlusherShared {
-    cmd: Mutex<FlusherCmd>,
+struct ThreadShared {
+    cmd: Mutex<ThreadCommand>,
     wake: Condvar,
     interval: Duration,
 }
 
 #[derive(Default)]
-struct FlusherCmd {
+struct ThreadCommand {
     kicked: bool,
     all: bool,
     stop: bool,
 }
 
-impl Flusher {
+impl WritebackThread {
     pub(crate) fn new(interval: Duration) -> Self {
-        Flusher {
-            shared: Arc::new(FlusherShared {
-                cmd: Mutex::new(FlusherCmd::default()),
+        WritebackThread {
+            shared: Arc::new(ThreadShared {
+                cmd: Mutex::new(ThreadCommand::default()),
                 wake: Condvar::new(),
                 interval,
             }),
@@ -50,7 +50,7 @@ impl Flusher {
         let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("uringcache-wb".into())
-            .spawn(move || flusher_main(&shared, pass))
+            .spawn(move || thread_main(&shared, pass))
             .map(|_| ())
             .map_err(|e| crate::error::os(e, "cannot start the writeback thread"))
     }
@@ -78,7 +78,7 @@ impl Flusher {
     }
 }
 
-fn flusher_main(shared: &FlusherShared, mut pass: impl FnMut(bool) -> bool) {
+fn thread_main(shared: &ThreadShared, mut pass: impl FnMut(bool) -> bool) {
     loop {
         let all = {
             let mut cmd = shared.cmd.lock();
