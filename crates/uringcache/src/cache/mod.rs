@@ -508,6 +508,14 @@ impl CacheInner {
         }
     }
 
+    /// Wakes allocations waiting for a frame, if any (a page just became evictable).
+    #[inline]
+    pub(crate) fn notify_if_alloc_waiters(&self) {
+        if self.alloc_waiters.load(Ordering::SeqCst) > 0 {
+            self.frame_event.notify_all();
+        }
+    }
+
     /// Drops one pin of `frame` (`put_page`): frees the frame when it was the last, and tells
     /// waiting allocations when the page has just become evictable.
     #[inline]

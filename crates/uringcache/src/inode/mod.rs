@@ -372,12 +372,19 @@ impl Inode {
         self.cache.pool().pages().get(frame)
     }
 
-    /// Drops every cached page (used when a handle opens the file with `truncate`). Only
-    /// pages that nobody pins go; the others are orphaned and freed at their last unpin.
+    /// Drops every cached page: for a closed file found changed on disk (its pages are stale)
+    /// and when the inode is dropped. A page pinned by a handle leaves the mapping, orphaned,
+    /// and is freed at its last unpin; a page locked by a read in flight stays until the read
+    /// has ended.
     pub(crate) fn drop_all_pages(&self) {
         let pages = self.cache.pool().pages();
         for (index, frame) in self.mapping.range(0, u64::MAX) {
-            if self.mapping.remove_if(index, frame, pages, |_| true) {
+            // A page locked by a read in flight stays until the read ends (its reader relies
+            // on the mapping's pin; see `end_read_io`); the inode's drop takes it then.
+            if self
+                .mapping
+                .remove_if(index, frame, pages, |d| !d.flags().is_locked())
+            {
                 self.desc(frame).mark_orphan();
                 self.cache.put(frame);
             }

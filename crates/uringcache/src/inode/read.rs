@@ -377,7 +377,6 @@ impl Inode {
                         // it clears the bit below.
                         unsafe { self.cache.arena().frame_mut(frame)[from..].fill(0) };
                     }
-                    let desc = self.desc(frame);
                     let index = first + k as u64;
                     if let Some(verify) = &verify {
                         if let Err(msg) = self.run_verify(verify, index, frame) {
@@ -385,8 +384,7 @@ impl Inode {
                             continue;
                         }
                     }
-                    self.cache.waits().end_read(desc, frame, Ok(()));
-                    self.cache.put(frame);
+                    self.end_read_io(frame, Ok(()));
                 }
             }
             Err(e) => {
@@ -396,10 +394,7 @@ impl Inode {
                     .counters()
                     .add(Counter::ReadErrors, frames.len() as u64);
                 for &frame in frames {
-                    self.cache
-                        .waits()
-                        .end_read(self.desc(frame), frame, Err(errno));
-                    self.cache.put(frame);
+                    self.end_read_io(frame, Err(errno));
                 }
             }
         }
@@ -424,10 +419,26 @@ impl Inode {
         tracing::warn!(path = %self.path.display(), index, error = %msg, "page failed verification");
         self.cache.counters().add(Counter::ReadErrors, 1);
         self.verify_errors.lock().insert(index, msg);
-        self.cache
-            .waits()
-            .end_read(self.desc(frame), frame, Err(libc::EBADMSG));
-        self.cache.put(frame);
+        self.end_read_io(frame, Err(libc::EBADMSG));
+    }
+
+    /// Ends a device read of the page in `frame` (`folio_end_read`): drops the read's own pin,
+    /// then unlocks the page with `result` and wakes its waiters. The pin goes first, as the
+    /// kernel's readahead holds no reference across the read: a task woken by the unlock never
+    /// finds the read's pin still there (an `invalidate` right after a read returned finds the
+    /// page pinned only by the mapping). The mapping's pin keeps the frame meanwhile: a page
+    /// locked by a read never leaves its mapping (eviction and invalidation skip locked pages,
+    /// truncation and direct writes lock the page first, `drop_all_pages` skips it).
+    fn end_read_io(&self, frame: FrameId, result: Result<(), i32>) {
+        let desc = self.desc(frame);
+        let left = desc.unpin();
+        debug_assert!(left >= 1, "a page being read left its mapping");
+        self.cache.waits().end_read(desc, frame, result);
+        // What `put` tells waiting allocations when only the mapping pins the page, now that
+        // it is unlocked and may be evicted.
+        if left == 1 {
+            self.cache.notify_if_alloc_waiters();
+        }
     }
 
     /// Waits until no page of `start..end` is locked (reads in flight have completed). Returns
