@@ -11,14 +11,13 @@
 mod common;
 
 use std::io;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{assert_bytes, make_file, on_runtimes, pattern, ro, rw, scratch_dir};
 use uringcache::{Backend, Cache, CacheBuilder};
-use uringcache_core::backend::{Backend as IoBackend, BackendStats, FileId, Request};
+use uringcache_core::backend::{Backend as IoBackend, Layer, Request};
 use uringcache_uring::fault::{Fault, OpKind};
 use uringcache_uring::FaultBackend;
 
@@ -366,30 +365,14 @@ struct Marked {
     _marker: Arc<()>,
 }
 
-impl IoBackend for Marked {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl Layer for Marked {
+    fn inner(&self) -> &dyn IoBackend {
+        &*self.inner
     }
 
-    fn register(&self, fd: RawFd) -> io::Result<FileId> {
-        self.inner.register(fd)
-    }
-
-    fn unregister(&self, file: FileId) {
-        self.inner.unregister(file)
-    }
-
-    unsafe fn submit(&self, batch: &mut Vec<Request>) {
+    unsafe fn submit_layered(&self, batch: &mut Vec<Request>) {
         // SAFETY: the caller's requests, passed on unchanged.
         unsafe { self.inner.submit(batch) }
-    }
-
-    fn stats(&self) -> BackendStats {
-        self.inner.stats()
-    }
-
-    fn shutdown(&self) {
-        self.inner.shutdown()
     }
 }
 

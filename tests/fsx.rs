@@ -207,17 +207,11 @@ struct Traced {
     trace: IoTrace,
 }
 
-impl uringcache_core::backend::Backend for Traced {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl uringcache_core::backend::Layer for Traced {
+    fn inner(&self) -> &dyn uringcache_core::backend::Backend {
+        &*self.inner
     }
-    fn register(&self, fd: std::os::fd::RawFd) -> io::Result<uringcache_core::backend::FileId> {
-        self.inner.register(fd)
-    }
-    fn unregister(&self, file: uringcache_core::backend::FileId) {
-        self.inner.unregister(file)
-    }
-    unsafe fn submit(&self, batch: &mut Vec<uringcache_core::backend::Request>) {
+    unsafe fn submit_layered(&self, batch: &mut Vec<uringcache_core::backend::Request>) {
         for req in batch.iter_mut() {
             let what = match &req.op {
                 uringcache_core::backend::Op::Read { offset, len, .. } => {
@@ -246,12 +240,6 @@ impl uringcache_core::backend::Backend for Traced {
         }
         // SAFETY: the caller's requests, passed on unchanged.
         unsafe { self.inner.submit(batch) }
-    }
-    fn stats(&self) -> uringcache_core::backend::BackendStats {
-        self.inner.stats()
-    }
-    fn shutdown(&self) {
-        self.inner.shutdown()
     }
 }
 

@@ -170,3 +170,76 @@ pub trait Backend: Send + Sync + 'static {
     /// Stops the backend's threads after every submitted request has completed.
     fn shutdown(&self);
 }
+
+/// A backend wrapped around another that changes only how requests are submitted (a timing
+/// layer, fault injection, tracing): every other method of [`Backend`] goes to the
+/// [`inner`](Layer::inner) backend. Implementing `Layer` implements `Backend`.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use uringcache_core::backend::{Backend, Layer, Request};
+///
+/// /// Counts the requests on their way down.
+/// struct Counting<B> {
+///     inner: B,
+///     requests: AtomicU64,
+/// }
+///
+/// impl<B: Backend> Layer for Counting<B> {
+///     fn inner(&self) -> &dyn Backend {
+///         &self.inner
+///     }
+///
+///     unsafe fn submit_layered(&self, batch: &mut Vec<Request>) {
+///         self.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+///         // SAFETY: the caller's guarantees for the requests' frames are passed on unchanged.
+///         unsafe { self.inner.submit(batch) }
+///     }
+/// }
+/// ```
+pub trait Layer: Send + Sync + 'static {
+    /// The backend underneath.
+    fn inner(&self) -> &dyn Backend;
+
+    /// [`Backend::submit`] for this layer: starts every request of `batch`, usually by
+    /// passing them (changed or not) to the inner backend.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Backend::submit`]: the caller gives the same guarantees about the requests'
+    /// frames, and the layer must keep them when it passes requests on.
+    unsafe fn submit_layered(&self, batch: &mut Vec<Request>);
+
+    /// [`Backend::shutdown`] for this layer; by default the inner backend's. A layer holding
+    /// requests back releases them here first.
+    fn shutdown_layered(&self) {
+        self.inner().shutdown();
+    }
+}
+
+impl<L: Layer> Backend for L {
+    fn name(&self) -> &'static str {
+        self.inner().name()
+    }
+
+    fn register(&self, fd: RawFd) -> io::Result<FileId> {
+        self.inner().register(fd)
+    }
+
+    fn unregister(&self, file: FileId) {
+        self.inner().unregister(file);
+    }
+
+    unsafe fn submit(&self, batch: &mut Vec<Request>) {
+        // SAFETY: the caller's obligations for `batch` are those of `submit_layered`.
+        unsafe { self.submit_layered(batch) }
+    }
+
+    fn stats(&self) -> BackendStats {
+        self.inner().stats()
+    }
+
+    fn shutdown(&self) {
+        self.shutdown_layered();
+    }
+}

@@ -15,11 +15,10 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use uringcache_core::backend::{Backend, BackendStats, FileId, Request};
+use uringcache_core::backend::{Backend, FileId, Layer, Request};
 
 /// Which requests a rule applies to (the core's operation kind, re-exported).
 pub use uringcache_core::backend::OpKind;
@@ -145,20 +144,12 @@ impl FaultBackend {
     }
 }
 
-impl Backend for FaultBackend {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl Layer for FaultBackend {
+    fn inner(&self) -> &dyn Backend {
+        &*self.inner
     }
 
-    fn register(&self, fd: RawFd) -> io::Result<FileId> {
-        self.inner.register(fd)
-    }
-
-    fn unregister(&self, file: FileId) {
-        self.inner.unregister(file);
-    }
-
-    unsafe fn submit(&self, batch: &mut Vec<Request>) {
+    unsafe fn submit_layered(&self, batch: &mut Vec<Request>) {
         let mut pass = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
             match self.rule_for(&req, true) {
@@ -174,11 +165,7 @@ impl Backend for FaultBackend {
         }
     }
 
-    fn stats(&self) -> BackendStats {
-        self.inner.stats()
-    }
-
-    fn shutdown(&self) {
+    fn shutdown_layered(&self) {
         self.release(false);
         self.inner.shutdown();
     }

@@ -7,13 +7,12 @@
 //! 60 s), summarised in [`Stats`](crate::Stats) as [`Latency`].
 
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use uringcache_core::backend::{Backend, BackendStats, FileId, Op, OpKind, Request};
+use uringcache_core::backend::{Backend, Layer, Op, OpKind, Request};
 
 /// A latency summary in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,20 +80,12 @@ impl Timed {
     }
 }
 
-impl Backend for Timed {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+impl Layer for Timed {
+    fn inner(&self) -> &dyn Backend {
+        &*self.inner
     }
 
-    fn register(&self, fd: RawFd) -> io::Result<FileId> {
-        self.inner.register(fd)
-    }
-
-    fn unregister(&self, file: FileId) {
-        self.inner.unregister(file);
-    }
-
-    unsafe fn submit(&self, batch: &mut Vec<Request>) {
+    unsafe fn submit_layered(&self, batch: &mut Vec<Request>) {
         let bytes: usize = batch
             .iter()
             .map(|r| match r.op {
@@ -126,13 +117,5 @@ impl Backend for Timed {
         }
         // SAFETY: the caller's requests, passed on with only their completions wrapped.
         unsafe { self.inner.submit(batch) };
-    }
-
-    fn stats(&self) -> BackendStats {
-        self.inner.stats()
-    }
-
-    fn shutdown(&self) {
-        self.inner.shutdown();
     }
 }

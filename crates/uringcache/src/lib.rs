@@ -201,6 +201,6 @@ pub use uringcache_core::readahead::Advice;
 /// The I/O layer's trait and request types, for [`CacheBuilder::wrap_backend`] layers.
 pub mod io_backend {
     pub use uringcache_core::backend::{
-        Backend, BackendStats, Completion, FileId, Op, OpKind, Request,
+        Backend, BackendStats, Completion, FileId, Layer, Op, OpKind, Request,
     };
 }

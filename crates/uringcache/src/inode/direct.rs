@@ -26,6 +26,7 @@
 //! kernel), but the cache and the device agree again once both are done.
 
 use std::io;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -228,6 +229,26 @@ impl Inode {
         }
     }
 
+    /// Starts a direct read or write of bytes `offset..end`: writes back the dirty pages of
+    /// the range and waits for every write there (`filemap_write_and_wait_range`). Returns the
+    /// pages the bytes touch.
+    async fn begin_direct(self: &Arc<Self>, offset: u64, end: u64) -> io::Result<Range<u64>> {
+        let shift = self.cache.page_shift();
+        let pages = (offset >> shift)..((end - 1) >> shift) + 1;
+        self.write_back_range_for_direct(pages.start, pages.end)
+            .await?;
+        Ok(pages)
+    }
+
+    /// Temporary frames for the next device request of a direct I/O, from page `index` on
+    /// (at most a request's worth, fewer if frames are short; never waiting for a second
+    /// frame while holding one), with the request's file offset.
+    async fn direct_chunk(&self, index: u64, last: u64) -> io::Result<(u64, TempFrames)> {
+        let want = (last - index).min(self.cache.max_request_pages() as u64) as usize;
+        let frames = TempFrames::take(&self.cache, want).await?;
+        Ok((index << self.cache.page_shift(), frames))
+    }
+
     /// The device I/O of [`File::read_direct_at`](crate::File::read_direct_at) once the handle
     /// has checked the request: writes back and waits on the range's dirty pages, then reads
     /// through temporary frames, a readahead window's worth per device request.
@@ -242,17 +263,12 @@ impl Inode {
             return Ok(0);
         }
         let end = (offset + buf.len() as u64).min(size);
-        let shift = inode.cache.page_shift();
         let ps = inode.cache.page_size();
-        let first = offset >> shift;
-        let last = ((end - 1) >> shift) + 1;
-        inode.write_back_range_for_direct(first, last).await?;
-        let mut index = first;
-        while index < last {
-            let want = (last - index).min(inode.cache.max_request_pages() as u64) as usize;
-            let frames = TempFrames::take(&inode.cache, want).await?;
+        let pages = inode.begin_direct(offset, end).await?;
+        let mut index = pages.start;
+        while index < pages.end {
+            let (chunk, frames) = inode.direct_chunk(index, pages.end).await?;
             let k = frames.len();
-            let chunk = index << shift;
             let n = inode
                 .device_io(false, chunk, &frames.frames, k * ps)
                 .await?;
@@ -289,17 +305,12 @@ impl Inode {
         inode.check_fits(end)?;
         // Under the size lock, as buffered writes: never while set_len changes the size.
         let _size = inode.size_lock.shared().await;
-        let shift = inode.cache.page_shift();
         let ps = inode.cache.page_size();
-        let first = offset >> shift;
-        let last = ((end - 1) >> shift) + 1;
-        inode.write_back_range_for_direct(first, last).await?;
-        let mut index = first;
-        while index < last {
-            let want = (last - index).min(inode.cache.max_request_pages() as u64) as usize;
-            let frames = TempFrames::take(&inode.cache, want).await?;
+        let pages = inode.begin_direct(offset, end).await?;
+        let mut index = pages.start;
+        while index < pages.end {
+            let (chunk, frames) = inode.direct_chunk(index, pages.end).await?;
             let k = frames.len();
-            let chunk = index << shift;
             let chunk_end = chunk + (k * ps) as u64;
             // Edge pages that the write covers only in part: their other bytes come from the
             // device (after the writeback above, it holds the latest of them).
@@ -341,7 +352,9 @@ impl Inode {
         // Size first, then the cached pages: a page made past the old end of file meanwhile
         // either sees the new size and drops itself, or is found here.
         inode.mapping.extend_size(end);
-        inode.after_direct_write(first, last, buf, offset).await;
+        inode
+            .after_direct_write(pages.start, pages.end, buf, offset)
+            .await;
         Ok(buf.len())
     }
 }
