@@ -231,22 +231,16 @@ impl Inode {
 
     /// Starts a direct read or write of bytes `offset..end`: writes back the dirty pages of
     /// the range and waits for every write there (`filemap_write_and_wait_range`). Returns the
-    /// pages the bytes touch.
-    async fn begin_direct(self: &Arc<Self>, offset: u64, end: u64) -> io::Result<Range<u64>> {
+    /// device requests to make, one [`DirectChunks::next`] at a time.
+    async fn begin_direct(self: &Arc<Self>, offset: u64, end: u64) -> io::Result<DirectChunks> {
         let shift = self.cache.page_shift();
         let pages = (offset >> shift)..((end - 1) >> shift) + 1;
         self.write_back_range_for_direct(pages.start, pages.end)
             .await?;
-        Ok(pages)
-    }
-
-    /// Temporary frames for the next device request of a direct I/O, from page `index` on
-    /// (at most a request's worth, fewer if frames are short; never waiting for a second
-    /// frame while holding one), with the request's file offset.
-    async fn direct_chunk(&self, index: u64, last: u64) -> io::Result<(u64, TempFrames)> {
-        let want = (last - index).min(self.cache.max_request_pages() as u64) as usize;
-        let frames = TempFrames::take(&self.cache, want).await?;
-        Ok((index << self.cache.page_shift(), frames))
+        Ok(DirectChunks {
+            next: pages.start,
+            pages,
+        })
     }
 
     /// The device I/O of [`File::read_direct_at`](crate::File::read_direct_at) once the handle
@@ -264,10 +258,8 @@ impl Inode {
         }
         let end = (offset + buf.len() as u64).min(size);
         let ps = inode.cache.page_size();
-        let pages = inode.begin_direct(offset, end).await?;
-        let mut index = pages.start;
-        while index < pages.end {
-            let (chunk, frames) = inode.direct_chunk(index, pages.end).await?;
+        let mut chunks = inode.begin_direct(offset, end).await?;
+        while let Some((chunk, frames)) = chunks.next(inode).await? {
             let k = frames.len();
             let n = inode
                 .device_io(false, chunk, &frames.frames, k * ps)
@@ -286,7 +278,6 @@ impl Inode {
                 out[..valid].copy_from_slice(&frames.bytes(j)[from..from + valid]);
                 out[valid..].fill(0);
             }
-            index += k as u64;
         }
         Ok((end - offset) as usize)
     }
@@ -306,10 +297,8 @@ impl Inode {
         // Under the size lock, as buffered writes: never while set_len changes the size.
         let _size = inode.size_lock.shared().await;
         let ps = inode.cache.page_size();
-        let pages = inode.begin_direct(offset, end).await?;
-        let mut index = pages.start;
-        while index < pages.end {
-            let (chunk, frames) = inode.direct_chunk(index, pages.end).await?;
+        let mut chunks = inode.begin_direct(offset, end).await?;
+        while let Some((chunk, frames)) = chunks.next(inode).await? {
             let k = frames.len();
             let chunk_end = chunk + (k * ps) as u64;
             // Edge pages that the write covers only in part: their other bytes come from the
@@ -347,14 +336,42 @@ impl Inode {
                 k * ps
             };
             inode.device_io(true, chunk, &frames.frames, len).await?;
-            index += k as u64;
         }
         // Size first, then the cached pages: a page made past the old end of file meanwhile
         // either sees the new size and drops itself, or is found here.
         inode.mapping.extend_size(end);
+        let pages = chunks.pages();
         inode
             .after_direct_write(pages.start, pages.end, buf, offset)
             .await;
         Ok(buf.len())
+    }
+}
+
+/// The device requests of one direct read or write: consecutive chunks of its pages, each at
+/// most a request's worth.
+struct DirectChunks {
+    pages: Range<u64>,
+    next: u64,
+}
+
+impl DirectChunks {
+    /// The pages the I/O touches.
+    fn pages(&self) -> Range<u64> {
+        self.pages.clone()
+    }
+
+    /// Temporary frames for the next request (at most a request's worth, fewer if frames are
+    /// short; never waiting for a second frame while holding one), with the request's file
+    /// offset; `None` when every page is done.
+    async fn next(&mut self, inode: &Inode) -> io::Result<Option<(u64, TempFrames)>> {
+        if self.next >= self.pages.end {
+            return Ok(None);
+        }
+        let want = (self.pages.end - self.next).min(inode.cache.max_request_pages() as u64);
+        let frames = TempFrames::take(&inode.cache, want as usize).await?;
+        let offset = self.next << inode.cache.page_shift();
+        self.next += frames.len() as u64;
+        Ok(Some((offset, frames)))
     }
 }
