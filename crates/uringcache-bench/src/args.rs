@@ -35,6 +35,10 @@ FLAGS:
                        exit); the harness's own files in it are removed at exit
   --json FILE          write machine-readable results to FILE and an SVG chart of the
                        ratios beside it (FILE with the extension .svg)
+  --startup BUDGETS    instead of the workloads: time Cache::build (and the first miss,
+                       and shutdown) for each budget of the comma list on both backends,
+                       --rounds times, with the resident memory the build leaves
+                       (e.g. --startup 64M,1G,4G)
   -h, --help           this text
 
 BYTES accept the suffixes K, M, G, T (powers of 1024), e.g. 2G, 128M, 65536.
@@ -67,6 +71,8 @@ pub struct Config {
     pub dir: Option<PathBuf>,
     /// Where to write JSON (and the SVG beside it).
     pub json: Option<PathBuf>,
+    /// Budgets of the start-up measurement (`--startup`); empty: run the workloads.
+    pub startup: Vec<u64>,
     /// Upper bound on reads per task in `hit` (the deadline usually stops it first).
     pub hit_ops: usize,
     /// Timed reads of `rand-cold` per round (fixed: no deadline).
@@ -148,6 +154,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
     let mut seed = 1u64;
     let mut dir = None;
     let mut json = None;
+    let mut startup = Vec::new();
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -189,6 +196,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
             }
             "--dir" => dir = Some(PathBuf::from(value(&flag)?)),
             "--json" => json = Some(PathBuf::from(value(&flag)?)),
+            "--startup" => {
+                let mut names = Vec::new();
+                parse_list(&value(&flag)?, &mut names);
+                for n in &names {
+                    startup.push(parse_bytes(n)?);
+                }
+                if startup.is_empty() {
+                    return Err("--startup needs at least one budget (e.g. 64M,1G)".into());
+                }
+            }
             other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
         }
     }
@@ -251,6 +268,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         seed,
         dir,
         json,
+        startup,
         hit_ops: if quick { 500_000 } else { 2_000_000 },
         rand_ops: if quick { 4_000 } else { 20_000 },
         zipf_ops: if quick { 10_000 } else { 50_000 },
@@ -311,6 +329,8 @@ mod tests {
         assert_eq!(c.rounds, 1);
         assert_eq!(c.json, Some(PathBuf::from("/tmp/x.json")));
         assert!(parse(["--workload", "nope"].iter().map(|s| s.to_string())).is_err());
+        let s = parse(["--startup", "64M,1G"].iter().map(|s| s.to_string())).unwrap();
+        assert_eq!(s.startup, vec![64 << 20, 1 << 30]);
         assert!(parse(["--bogus"].iter().map(|s| s.to_string())).is_err());
         assert!(parse(["--size"].iter().map(|s| s.to_string())).is_err());
     }

@@ -4,7 +4,9 @@
 //! scratch files, runs every workload against every contender in one process, and prints a
 //! markdown table: workload | contender | median | min–max | ratio vs kernel | CPU s/GiB | notes.
 //! `--help` lists the flags; `--workload seq-write,rand-write-sync` runs only those. `--quick`
-//! (small files, 2 rounds) takes about a minute.
+//! (small files, 2 rounds) takes about a minute. `--startup 64M,1G,4G` instead times
+//! `Cache::build` for those budgets on both backends, with the resident memory each build
+//! leaves (`startup.rs`).
 //!
 //! ## Contenders
 //!
@@ -117,6 +119,7 @@ mod contenders;
 mod data;
 mod measure;
 mod report;
+mod startup;
 mod workloads;
 
 use std::io::{self, IsTerminal};
@@ -133,6 +136,13 @@ use crate::report::Row;
 use crate::workloads::{human, Case, Files, Prep, Task, Workload};
 
 fn main() {
+    if let Ok(spec) = std::env::var(startup::CHILD_ENV) {
+        if let Err(e) = startup::child(&spec) {
+            eprintln!("uringcache-bench start-up child: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cfg = match args::parse(std::env::args().skip(1)) {
         Ok(cfg) => cfg,
         Err(msg) if msg == args::USAGE => {
@@ -208,6 +218,17 @@ fn run(cfg: &Config) -> io::Result<()> {
         .collect();
 
     let mut scratch = data::Scratch::new(cfg.dir.as_deref())?;
+    if !cfg.startup.is_empty() {
+        let (file, _) = scratch.create("startup.dat", 1 << 20)?;
+        let table = startup::run(&cfg.startup, cfg.rounds, &file)?;
+        println!(
+            "# uringcache-bench --startup\n\n- machine: Linux {}, {} CPUs; load average {load_start}; {} round(s), median (min–max)\n\n{table}",
+            kernel_release(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cfg.rounds,
+        );
+        return Ok(());
+    }
     let mut setup: Vec<String> = Vec::new();
     let uses = |w: Workload| cfg.workloads.contains(&w);
     let mut files = Files::default();
