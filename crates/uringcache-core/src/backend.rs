@@ -138,6 +138,10 @@ pub struct BackendStats {
     pub submit_calls: u64,
     /// Requests that failed.
     pub errors: u64,
+    /// Bytes of the frame arena registered with the kernel as fixed buffers so far (the
+    /// `io_uring` backend registers regions of it as I/O first touches them); 0 for backends
+    /// without fixed buffers. A level, not a count of work.
+    pub fixed_buffer_bytes: u64,
 }
 
 /// The I/O layer under the cache (`a_ops`): implemented by `uringcache-uring`.

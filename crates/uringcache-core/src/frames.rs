@@ -3,8 +3,12 @@
 //! The arena is mapped once with `mmap` (anonymous, private) at build time, advised
 //! `MADV_HUGEPAGE` when it is large enough for huge pages to help, and never grows: the cache's
 //! memory budget *is* the arena. Frame `i` occupies bytes `i * page_size .. (i + 1) * page_size`.
-//! Since a single `io_uring` fixed buffer may not exceed 1 GiB, [`FrameArena::chunks`] splits the
-//! arena into registrable pieces and [`FrameArena::buf_index`] tells which piece a frame is in.
+//!
+//! The mapping is lazy: no `MAP_POPULATE`, and nothing here writes a frame, so building costs no
+//! resident memory and a frame's memory becomes resident when it is first used (by a copy, or by
+//! the device reading into it; the `io_uring` backend also faults in each region of the arena
+//! it registers as fixed buffers, on first use). Resident memory grows with the pages cached,
+//! up to the budget.
 //!
 //! # Invariants
 //!
@@ -19,9 +23,6 @@ use std::ptr::NonNull;
 
 use crate::page::FrameId;
 
-/// Largest registrable fixed buffer (the kernel refuses buffers above 1 GiB).
-const MAX_FIXED_BUFFER: usize = 1 << 30;
-
 /// The page frames of the cache, in one mapping.
 #[derive(Debug)]
 pub struct FrameArena {
@@ -29,7 +30,6 @@ pub struct FrameArena {
     len: usize,
     page_size: usize,
     frames: usize,
-    frames_per_chunk: usize,
 }
 
 // SAFETY: the arena is a plain block of memory; every access to its bytes goes through raw
@@ -83,14 +83,12 @@ impl FrameArena {
                 libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
             }
         }
-        let frames_per_chunk = (MAX_FIXED_BUFFER / page_size).max(1);
         Ok(FrameArena {
             // SAFETY: mmap succeeded, so the pointer is not null.
             base: unsafe { NonNull::new_unchecked(ptr.cast()) },
             len,
             page_size,
             frames,
-            frames_per_chunk,
         })
     }
 
@@ -134,33 +132,6 @@ impl FrameArena {
     pub unsafe fn frame_mut(&self, frame: FrameId) -> &mut [u8] {
         std::slice::from_raw_parts_mut(self.ptr(frame), self.page_size)
     }
-
-    /// The arena as registrable pieces of at most 1 GiB each: `(address, length)` pairs for
-    /// `io_uring_register_buffers`, in order.
-    pub fn chunks(&self) -> Vec<(*mut u8, usize)> {
-        let chunk_len = self.frames_per_chunk * self.page_size;
-        (0..self.len)
-            .step_by(chunk_len)
-            .map(|start| {
-                // SAFETY: `start` is within the mapping.
-                let p = unsafe { self.base.as_ptr().add(start) };
-                (p, chunk_len.min(self.len - start))
-            })
-            .collect()
-    }
-
-    /// Which piece of [`chunks`](Self::chunks) holds `frame` (the fixed buffer index).
-    #[inline]
-    pub fn buf_index(&self, frame: FrameId) -> u16 {
-        (frame as usize / self.frames_per_chunk) as u16
-    }
-
-    /// Whether `a` and `b` (with `b == a + 1`) lie in the same registrable piece, so that one
-    /// fixed-buffer I/O may span both.
-    #[inline]
-    pub fn same_chunk(&self, a: FrameId, b: FrameId) -> bool {
-        self.buf_index(a) == self.buf_index(b)
-    }
 }
 
 impl Drop for FrameArena {
@@ -189,9 +160,38 @@ mod tests {
             assert!(arena.frame(2).iter().all(|&b| b == 0));
             assert!(arena.frame(4).iter().all(|&b| b == 0));
         }
-        let chunks = arena.chunks();
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].1, 8 * 4096);
+    }
+
+    /// Pages of `len` bytes from `base` resident now (`mincore`).
+    fn resident_pages(base: *mut u8, len: usize) -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mut v = vec![0u8; len.div_ceil(page)];
+        // SAFETY: the range is one mapping of this process; `v` has a byte per page.
+        let rc = unsafe { libc::mincore(base.cast(), len, v.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        v.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    #[test]
+    fn the_arena_is_resident_only_where_used() {
+        // 64 MiB of 4 KiB frames: nothing resident after mapping; touching one frame makes
+        // at most a huge page resident.
+        let frames = 16384;
+        let arena = FrameArena::new(frames, 4096).unwrap();
+        let (base, len) = (arena.ptr(0), frames * 4096);
+        assert_eq!(
+            resident_pages(base, len),
+            0,
+            "mapping the arena populated it"
+        );
+        // SAFETY: single-threaded test, no other borrow.
+        unsafe { arena.frame_mut(100).fill(1) };
+        let n = resident_pages(base, len);
+        assert!(
+            (1..=(2 << 20) / 4096).contains(&n),
+            "{n} pages resident after one frame was written"
+        );
     }
 
     #[test]

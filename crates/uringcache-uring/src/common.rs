@@ -68,6 +68,7 @@ impl Counters {
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             submit_calls: self.submit_calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            fixed_buffer_bytes: 0,
         }
     }
 }

@@ -41,11 +41,14 @@
 //! * **Bounded in flight.** At most the completion queue's size (less one slot kept for the
 //!   shutdown wake-up) operations are in flight, so completions can never overflow; further
 //!   requests queue inside the backend and start as completions free room.
-//! * **Fixed buffers and files are optimisations.** The arena is registered as fixed buffers
-//!   (`READ_FIXED` / `WRITE_FIXED` when a request's frames are one run of memory, vectored I/O
-//!   otherwise); if registration is refused (`RLIMIT_MEMLOCK`), a warning is logged once and the
-//!   same frames are used unregistered. Files go in a sparse registered table, with plain
-//!   descriptors as the fallback.
+//! * **Fixed buffers and files are optimisations.** The arena gets a sparse fixed-buffer table
+//!   at setup, and each 4 MiB region of it is registered the first time a submitted request
+//!   touches it, so that a large budget costs neither start-up time nor pinned memory until
+//!   it is used (`READ_FIXED` / `WRITE_FIXED` when a request's frames are one run of memory in
+//!   one registered region, vectored I/O otherwise); if a registration is refused
+//!   (`RLIMIT_MEMLOCK`), a warning is logged once and the rest of the frames are used
+//!   unregistered. Files go in a sparse registered table, with plain descriptors as the
+//!   fallback.
 //! * **No SQPOLL by default.** A polling kernel thread saves the submit system call but keeps a
 //!   core busy; on the small machines this targets (2 cores) that costs more than it saves.
 //!   [`UringConfig::sqpoll`] turns it on.

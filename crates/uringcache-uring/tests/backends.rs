@@ -685,6 +685,97 @@ fn uring_config_and_probe() {
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
 }
 
+/// Regions of the arena are registered as fixed buffers the first time a request touches
+/// them, once each; runs inside one registered region, across two, and in the last short
+/// region all move the right bytes.
+#[test]
+fn uring_registers_regions_on_first_use() {
+    if let Err(e) = UringBackend::probe() {
+        eprintln!("skipping io_uring test: {e}");
+        return;
+    }
+    // Two and a half regions of 4 MiB.
+    let frames = 2 * 1024 + 512;
+    let arena = Arc::new(FrameArena::new(frames, PAGE).unwrap());
+    let uring = Arc::new(UringBackend::new(Arc::clone(&arena), UringConfig::default()).unwrap());
+    if !uring.uses_fixed_buffers() {
+        eprintln!("skipping: no fixed-buffer table here");
+        return;
+    }
+    let region = uring.fixed_buffer_region().unwrap();
+    assert_eq!(region, 4 << 20);
+    let per = (region / PAGE) as FrameId;
+    let h = Harness {
+        arena,
+        backend: Arc::clone(&uring) as Arc<dyn Backend>,
+        dir: tempfile::tempdir_in("/tmp").unwrap(),
+    };
+    let f = h.file("regions", 16 * PAGE);
+    let registered = || {
+        let bytes = uring.fixed_buffer_bytes();
+        assert_eq!(h.backend.stats().fixed_buffer_bytes, bytes);
+        bytes
+    };
+    assert_eq!(registered(), 0, "nothing is registered before any I/O");
+
+    // Inside region 0: registers it, then reads.
+    let run: Vec<FrameId> = (5..9).collect();
+    h.clear(&run);
+    let res = h.run(vec![read(f.id, PAGE as u64, run.clone(), 4 * PAGE)]);
+    assert_eq!(*res[0].as_ref().unwrap(), 4 * PAGE);
+    for (i, &fr) in run.iter().enumerate() {
+        assert_eq!(h.frame(fr), pattern_bytes(((1 + i) * PAGE) as u64, PAGE));
+    }
+    assert_eq!(registered(), region as u64);
+    // Region 0 again: nothing new.
+    h.clear(&[0]);
+    assert_eq!(
+        *h.run(vec![read(f.id, 0, vec![0], PAGE)])[0]
+            .as_ref()
+            .unwrap(),
+        PAGE
+    );
+    assert_eq!(h.frame(0), pattern_bytes(0, PAGE));
+    assert_eq!(registered(), region as u64);
+
+    // A run across the boundary of regions 0 and 1 (vectored I/O), which registers region 1.
+    let across: Vec<FrameId> = (per - 2..per + 2).collect();
+    h.clear(&across);
+    let res = h.run(vec![read(f.id, 8 * PAGE as u64, across.clone(), 4 * PAGE)]);
+    assert_eq!(*res[0].as_ref().unwrap(), 4 * PAGE);
+    for (i, &fr) in across.iter().enumerate() {
+        assert_eq!(h.frame(fr), pattern_bytes(((8 + i) * PAGE) as u64, PAGE));
+    }
+    assert_eq!(registered(), 2 * region as u64);
+
+    // The last, short region: a write from it, read back into region 1.
+    let last = (frames - 1) as FrameId;
+    h.fill(last, 3 * PAGE as u64);
+    let res = h.run(vec![write(f.id, 12 * PAGE as u64, vec![last], PAGE)]);
+    assert_eq!(*res[0].as_ref().unwrap(), PAGE);
+    assert_eq!(registered(), (frames * PAGE) as u64, "the whole arena");
+    h.clear(&[per + 7]);
+    let res = h.run(vec![read(f.id, 12 * PAGE as u64, vec![per + 7], PAGE)]);
+    assert_eq!(*res[0].as_ref().unwrap(), PAGE);
+    assert_eq!(h.frame(per + 7), pattern_bytes(3 * PAGE as u64, PAGE));
+    assert_eq!(h.backend.stats().errors, 0);
+    h.close(f);
+
+    // Without the table: nothing registered, ever.
+    let plain = UringBackend::new(
+        Arc::new(FrameArena::new(64, PAGE).unwrap()),
+        UringConfig {
+            register_buffers: false,
+            ..UringConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (plain.fixed_buffer_region(), plain.fixed_buffer_bytes()),
+        (None, 0)
+    );
+}
+
 #[test]
 fn uring_sqpoll_reads() {
     let Some(h) = uring(UringConfig {

@@ -25,6 +25,7 @@ use slab::Slab;
 use uringcache_core::backend::Completion;
 use uringcache_core::frames::FrameArena;
 
+use super::buffers::Regions;
 use super::ops::InFlight;
 use super::setup::FileEntry;
 use uringcache_core::backend::OpKind;
@@ -53,7 +54,8 @@ pub(super) struct Shared {
     pub(super) state: Mutex<State>,
     pub(super) arena: Arc<FrameArena>,
     pub(super) counters: Counters,
-    pub(super) fixed_buffers: bool,
+    /// The fixed-buffer table's regions (`None`: no table, every I/O unregistered).
+    pub(super) buffers: Option<Regions>,
     pub(super) ftruncate_op: bool,
     pub(super) sqpoll: bool,
     pub(super) max_inflight: usize,

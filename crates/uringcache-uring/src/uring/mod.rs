@@ -4,8 +4,10 @@
 //! ([`UringBackend`], [`UringConfig`], [`MAX_ENTRIES`]) and the [`Backend`] implementation, and
 //! its submodules the mechanics:
 //!
-//! * `setup`: ring creation, the opcode probe, registration of the frame arena (fixed buffers)
-//!   and of the file table, the setup errors and the advice they give.
+//! * `setup`: ring creation, the opcode probe, the fixed-buffer table and the registration of
+//!   the arena's regions into it, the file table, the setup errors and the advice they give.
+//! * `buffers`: which regions of the arena are registered (`buffers::Regions`, atomics only):
+//!   each is registered once, by the first submitter that touches it, without a lock.
 //! * `ops`: requests into operations and SQEs (fixed or vectored reads and writes, fsync,
 //!   truncation, the `ftruncate(2)` fallback), and what each CQE does to an operation (finish,
 //!   or continue a short transfer, `EINTR`, `EAGAIN`).
@@ -19,6 +21,7 @@
 //!
 //! Lock: the state mutex (`Shared::state`) is the only one on the I/O path; every
 //! `SubmissionQueue` is made and dropped with it held, and no completion runs with it held.
+//! Registering a region of the arena happens in `submit` before that mutex is taken.
 //! `UringBackend::driver` (the join handle) is taken only at shutdown.
 
 use std::io;
@@ -27,11 +30,12 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
 
 use parking_lot::Mutex;
-use uringcache_core::backend::{Backend, BackendStats, FileId, Request};
+use uringcache_core::backend::{Backend, BackendStats, FileId, Op, Request};
 use uringcache_core::frames::FrameArena;
 
-use crate::common::{shut_down_error, MAX_RW};
+use crate::common::{shut_down_error, used_frames, MAX_RW};
 
+mod buffers;
 mod driver;
 mod ops;
 mod setup;
@@ -57,9 +61,12 @@ pub struct UringConfig {
     /// submit system call but keeps a core busy while I/O flows. Default `false`: on small
     /// machines (2 cores) the polling thread costs more than it saves.
     pub sqpoll: bool,
-    /// Register the frame arena as fixed buffers (`IORING_REGISTER_BUFFERS`) so that reads and
-    /// writes of consecutive frames skip per-I/O page pinning. Default `true`. If registration
-    /// fails (typically `RLIMIT_MEMLOCK`), a warning is logged and the same frames are used
+    /// Use fixed buffers for the frame arena, so that reads and writes of consecutive frames
+    /// skip per-I/O page pinning: a sparse table at setup (`IORING_REGISTER_BUFFERS2`), into
+    /// which each region of the arena (4 MiB; more above 64 GiB) is registered
+    /// (`IORING_REGISTER_BUFFERS_UPDATE`) the first time a request touches it. Default `true`.
+    /// If the kernel refuses the table (before Linux 5.13), or a region's registration fails
+    /// (typically `RLIMIT_MEMLOCK`), a warning is logged and the frames not registered are used
     /// unregistered.
     pub register_buffers: bool,
     /// Use a registered file table (`IORING_REGISTER_FILES`) so that each I/O skips the file
@@ -96,7 +103,8 @@ pub struct UringBackend {
 impl std::fmt::Debug for UringBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringBackend")
-            .field("fixed_buffers", &self.shared.fixed_buffers)
+            .field("fixed_buffers", &self.uses_fixed_buffers())
+            .field("fixed_buffer_bytes", &self.fixed_buffer_bytes())
             .field("ftruncate_op", &self.shared.ftruncate_op)
             .field("max_inflight", &self.shared.max_inflight)
             .finish_non_exhaustive()
@@ -127,10 +135,28 @@ impl UringBackend {
         setup::probe()
     }
 
-    /// Whether the frame arena is registered as fixed buffers (false when disabled in the
-    /// config or refused by the kernel).
+    /// Whether the backend has a fixed-buffer table for the frame arena, into which it
+    /// registers each region of the arena the first time an I/O touches it (false when
+    /// disabled in the config or refused by the kernel). How much is registered so far:
+    /// [`fixed_buffer_bytes`](Self::fixed_buffer_bytes).
     pub fn uses_fixed_buffers(&self) -> bool {
-        self.shared.fixed_buffers
+        self.shared.buffers.is_some()
+    }
+
+    /// Bytes of the frame arena registered as fixed buffers so far (pinned by the kernel), a
+    /// whole number of regions; also in [`BackendStats::fixed_buffer_bytes`]. It stops
+    /// growing if a registration fails (a warning says why, typically `RLIMIT_MEMLOCK`).
+    pub fn fixed_buffer_bytes(&self) -> u64 {
+        self.shared
+            .buffers
+            .as_ref()
+            .map_or(0, |b| b.registered_bytes())
+    }
+
+    /// Bytes of one region of the fixed-buffer table (each registered as one buffer; the last
+    /// one of the arena may be shorter), or `None` without a table.
+    pub fn fixed_buffer_region(&self) -> Option<usize> {
+        self.shared.buffers.as_ref().map(|b| b.region_bytes())
     }
 
     /// Whether files go through the registered file table.
@@ -169,6 +195,21 @@ impl Backend for UringBackend {
             return;
         }
         let shared = &*self.shared;
+        // First use of a region of the arena: register it, here, before the state mutex is
+        // taken (so that other submitters are not held up). Not on the driver thread, whose
+        // completions must not wait for that; its few submissions go unregistered.
+        if let Some(regions) = &shared.buffers {
+            if !regions.settled() && thread::current().id() != self.driver_id {
+                for req in batch.iter() {
+                    if let Op::Read { frames, len, .. } | Op::Write { frames, len, .. } = &req.op {
+                        let used = &frames[..used_frames(&shared.arena, frames, *len)];
+                        regions.touch(used, |slot, first, n| {
+                            shared.register_region(slot, first, n)
+                        });
+                    }
+                }
+            }
+        }
         let mut later = Vec::new();
         let mut started = false;
         {
@@ -208,7 +249,10 @@ impl Backend for UringBackend {
     }
 
     fn stats(&self) -> BackendStats {
-        self.shared.counters.snapshot()
+        BackendStats {
+            fixed_buffer_bytes: self.fixed_buffer_bytes(),
+            ..self.shared.counters.snapshot()
+        }
     }
 
     fn shutdown(&self) {

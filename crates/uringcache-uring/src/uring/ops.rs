@@ -3,8 +3,8 @@
 //! [`Shared::prepare`] turns a request into an [`InFlight`] operation (or into a [`Later`], work
 //! done on the submitting thread: an immediate completion for a request refused up front, or
 //! the `ftruncate(2)` fallback). [`InFlight::sqe`] builds the SQE for what is left of an
-//! operation — `READ_FIXED` / `WRITE_FIXED` when its frames are one registered run of memory,
-//! `READV` / `WRITEV` otherwise, `FSYNC`, `FTRUNCATE` — and [`InFlight::on_cqe`] applies a
+//! operation — `READ_FIXED` / `WRITE_FIXED` when its frames are one run of memory inside one
+//! registered region of the arena (`buffers.rs`), `READV` / `WRITEV` otherwise, `FSYNC`, `FTRUNCATE` — and [`InFlight::on_cqe`] applies a
 //! result: finish, or continue (short transfers, `EINTR`, `EAGAIN`, with the rules of
 //! [`Progress`]).
 //!
@@ -69,7 +69,7 @@ enum Work {
     Rw {
         offset: u64,
         frames: Vec<FrameId>,
-        /// Fixed buffer index when the frames are one registered run of memory.
+        /// Fixed buffer index when the frames are one run of memory in one registered region.
         fixed: Option<u16>,
         iovecs: IoVecs,
         progress: Progress,
@@ -254,10 +254,10 @@ impl Shared {
                     return Err(Later::Complete(done, kind, Ok(0)));
                 }
                 let used = &frames[..used_frames(&self.arena, &frames, len)];
-                let fixed = (self.fixed_buffers
-                    && consecutive(used)
-                    && self.arena.same_chunk(used[0], used[used.len() - 1]))
-                .then(|| self.arena.buf_index(used[0]));
+                let fixed = match &self.buffers {
+                    Some(regions) if consecutive(used) => regions.index_for(used),
+                    _ => None,
+                };
                 Work::Rw {
                     offset,
                     frames,

@@ -1,28 +1,69 @@
-//! Setup: creating the ring, probing its opcodes, registering the arena and the file table,
-//! and the setup errors with the advice they give.
+//! Setup: creating the ring, probing its opcodes, the fixed-buffer table and the registration
+//! of the arena into it, the file table, and the setup errors with the advice they give.
 //!
 //! [`build_ring`] creates the ring (falling back from `IORING_SETUP_SUBMIT_ALL` on kernels
-//! before 5.18); [`shared`] probes it, registers the frame arena as fixed buffers and a sparse
-//! file table (each an optimisation: when refused, plain buffers and descriptors are used) and
+//! before 5.18); [`shared`] probes it, makes the sparse fixed-buffer table and the sparse file
+//! table (each an optimisation: when refused, plain buffers and descriptors are used) and
 //! assembles the [`Shared`] state. [`Shared::register_file`] and [`Shared::unregister_file`]
 //! keep the file table, with the state mutex held: a file's slab key is its [`FileId`] and, when
 //! it is below `State::file_slots` and the kernel accepted the update, its slot in the
 //! registered table ([`FileEntry::fixed`]).
 //!
-//! Invariant: the registered buffers cover the arena's mapping, which outlives the ring
-//! (`Shared` drops the ring before its `Arc<FrameArena>`).
+//! # Fixed buffers: what is registered when
+//!
+//! Registering memory as fixed buffers pins it, and pinning faults it in: registering the whole
+//! arena at setup (as this backend once did) made `Cache::build` take seconds per GiB of budget
+//! here and made the whole budget resident from the start. Instead:
+//!
+//! * **At setup**, only an empty table: one slot per region of the arena ([`Regions`]: 4 MiB
+//!   each, doubled until the table fits the kernel's 16384 entries, so 4 MiB up to 64 GiB of
+//!   budget), made with `IORING_REGISTER_BUFFERS2` + `IORING_RSRC_REGISTER_SPARSE` (Linux 5.19;
+//!   from 5.13, a table of empty entries). Nothing is pinned, nothing faulted in. Without it
+//!   (older kernels, `UringConfig::register_buffers` off) every I/O is vectored.
+//! * **On first use**: `UringBackend::submit`, before it takes the state mutex, looks at the
+//!   frames of each read and write in the batch; a region one of them lies in that is not
+//!   registered yet is registered there and then ([`Shared::register_region`]): faulted in with
+//!   `MADV_POPULATE_WRITE` (no lock of ours or the kernel's held), then
+//!   `IORING_REGISTER_BUFFERS_UPDATE` of its slot (which holds the kernel's ring lock only while
+//!   it pins pages already present). One compare-and-swap per region decides who registers it;
+//!   a concurrent submitter touching a region being registered does not wait: its request goes
+//!   unregistered. The driver thread never registers (its completions must not stall).
+//! * **Then**: a request whose used frames are consecutive and lie in one registered region
+//!   is `READ_FIXED` / `WRITE_FIXED` with that region's slot as the buffer index
+//!   ([`Regions::index_for`], in `Shared::prepare`); any other (scattered frames, a run across
+//!   a region boundary, a region not registered) is `READV` / `WRITEV` into the same frames.
+//! * **A failed registration** (typically `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`) logs one
+//!   warning and stops all further attempts; regions registered before stay in use.
+//!
+//! Resident memory thus grows with the regions I/O has touched (a region at a time: at most
+//! 4 MiB beyond the frames in use), and `fixed_buffer_bytes` says how much is pinned.
+//!
+//! Invariants: a registered region stays registered for the ring's life: nothing unregisters
+//! or replaces a slot, so an SQE naming a slot never meets a changed table, whatever is in
+//! flight. Every registered buffer lies inside the arena's mapping, which outlives the ring
+//! (`Shared` drops the ring, and with it the kernel's pins, before its `Arc<FrameArena>`). A
+//! slot is named in an SQE only after its registration returned (the region's state is stored
+//! `REGISTERED` with release ordering after the system call, and read with acquire). Which
+//! opcode a request uses changes nothing else: its I/O still goes only into the cache's frames
+//! it names, and those go back to the pool only after its CQE.
+//!
+//! Locks: no new one. Region states are atomics; the registration runs with none of the
+//! backend's locks held (the state mutex is taken after it, in the same `submit`), so the
+//! state mutex → kernel ring lock order of `register_file` is the only nesting, as before.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use io_uring::{opcode, IoUring, Probe};
+use io_uring::{opcode, IoUring, Probe, Submitter};
 use parking_lot::Mutex;
 use slab::Slab;
 use uringcache_core::backend::FileId;
 use uringcache_core::frames::FrameArena;
+use uringcache_core::page::FrameId;
 
+use super::buffers::{Regions, REGION_BYTES};
 use super::driver::{Shared, State};
 use super::{UringConfig, NAME};
 use crate::common::{shut_down_error, Counters};
@@ -150,28 +191,11 @@ pub(super) fn shared(arena: Arc<FrameArena>, config: &UringConfig) -> io::Result
         }
     };
 
-    let mut fixed_buffers = false;
-    if config.register_buffers {
-        let iovecs: Vec<libc::iovec> = arena
-            .chunks()
-            .into_iter()
-            .map(|(base, len)| libc::iovec {
-                iov_base: base.cast(),
-                iov_len: len,
-            })
-            .collect();
-        // SAFETY: the chunks cover the arena's mapping, which outlives the ring: `Shared`
-        // drops the ring before its `Arc<FrameArena>`.
-        match unsafe { submitter.register_buffers(&iovecs) } {
-            Ok(()) => fixed_buffers = true,
-            Err(e) => tracing::warn!(
-                "uringcache: cannot register the {} MiB frame arena as io_uring fixed \
-                 buffers ({e}); using unregistered I/O into the same frames (raise \
-                 RLIMIT_MEMLOCK, `ulimit -l`, to enable them)",
-                (arena.frames() * arena.page_size()) >> 20
-            ),
-        }
-    }
+    let buffers = if config.register_buffers {
+        buffer_table(&submitter, &arena)
+    } else {
+        None
+    };
 
     let mut file_slots = 0;
     if config.register_files {
@@ -197,12 +221,47 @@ pub(super) fn shared(arena: Arc<FrameArena>, config: &UringConfig) -> io::Result
         ring,
         arena,
         counters: Counters::default(),
-        fixed_buffers,
+        buffers,
         ftruncate_op,
         sqpoll: config.sqpoll,
         max_inflight,
         max_transfer: config.max_transfer,
     })
+}
+
+/// Makes the sparse fixed-buffer table for the arena's regions; nothing is registered yet (see
+/// the module docs). `None`, and unregistered I/O, when the kernel refuses the table.
+fn buffer_table(submitter: &Submitter<'_>, arena: &FrameArena) -> Option<Regions> {
+    let regions = Regions::new(arena.frames(), arena.page_size(), REGION_BYTES);
+    let slots = regions.slots();
+    let made = match submitter.register_buffers_sparse(slots) {
+        // IORING_RSRC_REGISTER_SPARSE needs Linux 5.19; from 5.13, a table of empty entries
+        // is the same thing.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let empty = vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                slots as usize
+            ];
+            let tags = vec![0u64; slots as usize];
+            // SAFETY: empty entries name no memory.
+            unsafe { submitter.register_buffers2(&empty, &tags) }
+        }
+        made => made,
+    };
+    match made {
+        Ok(()) => Some(regions),
+        Err(e) => {
+            tracing::warn!(
+                "uringcache: the kernel refuses a sparse io_uring fixed-buffer table of {slots} \
+                 entries ({e}; Linux 5.13 or later is needed); the frame arena is used \
+                 unregistered"
+            );
+            None
+        }
+    }
 }
 
 /// Checks that `io_uring` can be set up here and supports the opcodes the backend uses (see
@@ -227,6 +286,38 @@ pub(super) fn probe() -> io::Result<()> {
 }
 
 impl Shared {
+    /// Registers region `slot` of the arena, `frames` frames from `first`, as fixed buffer
+    /// `slot` (called once per region, by [`Regions::touch`], with no lock of the backend
+    /// held).
+    pub(super) fn register_region(
+        &self,
+        slot: u32,
+        first: FrameId,
+        frames: usize,
+    ) -> io::Result<()> {
+        let base = self.arena.ptr(first);
+        let len = frames * self.arena.page_size();
+        // Fault the region in before registering it: the registration holds the kernel's ring
+        // lock (which every `io_uring_enter` that submits takes too) while it pins, and then
+        // finds the pages already there. Only advice: where `MADV_POPULATE_WRITE` is missing
+        // (before Linux 5.14) the pinning faults them in.
+        // SAFETY: the range lies in the arena's mapping; populating changes no byte of it.
+        unsafe {
+            libc::madvise(base.cast(), len, libc::MADV_POPULATE_WRITE);
+        }
+        let iov = libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        };
+        // SAFETY: the region lies in the arena's mapping, which outlives the ring (`Shared`
+        // drops the ring before its `Arc<FrameArena>`), and stays registered until then.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot, &[iov], None)
+        }
+    }
+
     /// Adds `fd` to the file table, in the registered table when there is a slot for it.
     pub(super) fn register_file(&self, fd: RawFd) -> io::Result<FileId> {
         if fd < 0 {
