@@ -90,14 +90,15 @@ fn choice(asked: Backend) -> io::Result<Backend> {
 /// [`wrap_backend`](crate::CacheBuilder::wrap_backend) layer hides it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct BackendInfo {
-    /// The `io_uring` backend registered the frame arena as fixed buffers.
+    /// The `io_uring` backend has a fixed-buffer table for the frame arena (its regions are
+    /// registered as I/O first touches them).
     fixed_buffers: bool,
     /// Why `Auto` fell back to the thread pool (the `io_uring` error), `None` if it did not.
     fallback: Option<String>,
 }
 
 impl BackendInfo {
-    /// Whether the `io_uring` backend registered the frame arena as fixed buffers.
+    /// Whether the `io_uring` backend has a fixed-buffer table for the frame arena.
     pub(crate) fn fixed_buffers(&self) -> bool {
         self.fixed_buffers
     }

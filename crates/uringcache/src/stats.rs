@@ -118,11 +118,18 @@ impl Counters {
 pub struct Stats {
     /// Which backend moves the bytes (`"io_uring"` or `"threads"`).
     pub backend: &'static str,
-    /// Whether the `io_uring` backend registered the frame arena as fixed buffers
-    /// (`IORING_REGISTER_BUFFERS`). `false` on the thread pool, and where registration was
-    /// refused — typically by `RLIMIT_MEMLOCK` (`ulimit -l`): I/O then goes into the same
-    /// frames unregistered, a little slower.
+    /// Whether the `io_uring` backend uses fixed buffers for the frame arena: it has a sparse
+    /// fixed-buffer table, and registers each region of the arena (4 MiB, more for arenas
+    /// above 64 GiB) the first time an I/O touches it, so that building costs nothing and
+    /// pinned memory grows with use ([`fixed_buffer_bytes`](Self::fixed_buffer_bytes) says
+    /// how much is registered). `false` on the thread pool and where the kernel refuses the
+    /// table (before Linux 5.13). Where registering a region fails — typically by
+    /// `RLIMIT_MEMLOCK` (`ulimit -l`) — a warning is logged, what was registered stays in use,
+    /// and the rest of the frames are used unregistered, a little slower.
     pub fixed_buffers: bool,
+    /// Bytes of the frame arena registered as `io_uring` fixed buffers so far (pinned in
+    /// memory by the kernel): whole regions, those I/O has touched. 0 on the thread pool.
+    pub fixed_buffer_bytes: u64,
     /// Why [`Backend::Auto`](crate::Backend::Auto) fell back to the thread pool (the
     /// `io_uring` error, which says what to change); `None` when it did not fall back or
     /// another backend was asked for.
@@ -226,9 +233,12 @@ impl Stats {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let buffers = match (self.backend, self.fixed_buffers) {
-            (_, true) => " (fixed buffers)",
-            ("io_uring", false) => " (no fixed buffers)",
-            _ => "",
+            (_, true) => format!(
+                " (fixed buffers, {:.1} MiB registered)",
+                self.fixed_buffer_bytes as f64 / (1 << 20) as f64
+            ),
+            ("io_uring", false) => " (no fixed buffers)".to_string(),
+            _ => String::new(),
         };
         writeln!(
             f,
@@ -333,10 +343,12 @@ mod tests {
         let s = Stats {
             backend: "io_uring",
             fixed_buffers: true,
+            fixed_buffer_bytes: 12 << 20,
             ..Default::default()
         };
         assert!(
-            s.to_string().contains("backend io_uring (fixed buffers)"),
+            s.to_string()
+                .contains("backend io_uring (fixed buffers, 12.0 MiB registered)"),
             "{s}"
         );
         let s = Stats {

@@ -539,6 +539,7 @@ impl CacheInner {
         Stats {
             backend: self.backend.name(),
             fixed_buffers: self.backend_info.fixed_buffers(),
+            fixed_buffer_bytes: b.fixed_buffer_bytes,
             backend_fallback: self.backend_info.fallback().map(str::to_owned),
             page_size: self.page_size,
             frames: self.pool.frames(),

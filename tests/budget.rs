@@ -1,0 +1,170 @@
+//! The budget costs nothing until used: building a 4 GiB cache maps its frame arena without
+//! making it resident, on both backends, and `io_uring` registers fixed buffers only for the
+//! regions that I/O touches.
+//!
+//! Resident memory (`/proc/self/statm`) is process-wide, so each check runs in a child process:
+//! this test binary run again with only that test (`--exact`) and [`CHILD_ENV`] set, where no
+//! other test allocates meanwhile. The parent only checks that the child passed.
+
+use std::io;
+use std::process::Command;
+
+use uringcache::{Backend, Cache, OpenOptions};
+
+/// Set in the child process to the backend it checks.
+const CHILD_ENV: &str = "URINGCACHE_BUDGET_CHILD";
+const BUDGET: usize = 4 << 30;
+/// Most the process may grow by when the cache is built.
+const BUILD_GROWTH: u64 = 64 << 20;
+/// Bytes read through the cache.
+const READ: usize = 6 << 20;
+
+/// This process's resident bytes.
+fn resident() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("statm's resident field");
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Runs `test` (this binary's test of that name) in a child process with [`CHILD_ENV`] =
+/// `backend`, unless this is that child: then runs `body`.
+fn in_child(test: &str, backend: &str, body: impl FnOnce()) {
+    if std::env::var(CHILD_ENV).as_deref() == Ok(backend) {
+        body();
+        return;
+    }
+    let out = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, backend)
+        .output()
+        .expect("run the child test process");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("child {test}:\n{stdout}{stderr}");
+    assert!(out.status.success(), "child {test} failed: {}", out.status);
+    assert!(
+        stdout.contains("1 passed"),
+        "child {test} did not run the test:\n{stdout}"
+    );
+}
+
+/// Builds a 4 GiB cache on `backend` and reads [`READ`] bytes through it, checking resident
+/// growth and the fixed-buffer figures.
+fn check(backend: Backend) {
+    let before = resident();
+    let cache = match Cache::builder()
+        .memory_limit(BUDGET)
+        .page_size(4096)
+        .backend(backend)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e)
+            if backend == Backend::IoUring
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+                ) =>
+        {
+            eprintln!("skipped: io_uring unavailable here: {e}");
+            return;
+        }
+        Err(e) => panic!("build of a 4 GiB cache on {backend:?}: {e}"),
+    };
+    let built = resident();
+    let growth = built.saturating_sub(before);
+    eprintln!(
+        "{backend:?}: resident {:.1} MiB before the build, {:.1} MiB after (+{:.1} MiB)",
+        mib(before),
+        mib(built),
+        mib(growth)
+    );
+    assert!(
+        growth < BUILD_GROWTH,
+        "building a 4 GiB cache on {backend:?} grew the process by {:.1} MiB",
+        mib(growth)
+    );
+    let s = cache.stats();
+    assert_eq!(s.frames, BUDGET / 4096);
+    assert_eq!(s.fixed_buffer_bytes, 0, "nothing registered before any I/O");
+    let uring = s.backend == "io_uring";
+    assert_eq!(uring, backend == Backend::IoUring);
+
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("scratch dir");
+    let path = dir.path().join("data");
+    let data: Vec<u8> = (0..READ).map(|i| (i * 7 + i / 4096) as u8).collect();
+    std::fs::write(&path, &data).expect("write the scratch file");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let f = cache
+            .open(&path, OpenOptions::new().read(true))
+            .await
+            .expect("open");
+        let mut buf = vec![0u8; 256 << 10];
+        for off in (0..READ).step_by(buf.len()) {
+            f.read_exact_at(&mut buf, off as u64).await.expect("read");
+            assert!(buf == data[off..off + buf.len()], "bytes at {off}");
+        }
+    });
+    let s = cache.stats();
+    let read = resident();
+    eprintln!(
+        "{backend:?}: after reading {} MiB: resident {:.1} MiB, {} (fixed buffers {}, {:.1} MiB registered)",
+        READ >> 20,
+        mib(read),
+        s.backend,
+        s.fixed_buffers,
+        mib(s.fixed_buffer_bytes)
+    );
+    assert!(s.device_read_bytes >= READ as u64);
+    if uring {
+        assert!(s.fixed_buffers, "io_uring has its fixed-buffer table");
+        // The pages read lie in a few regions of a few MiB: those, and only those, are
+        // registered (a region is at most 4 MiB at this budget).
+        assert!(s.fixed_buffer_bytes > 0, "reads registered their regions");
+        assert!(
+            s.fixed_buffer_bytes <= (READ as u64).next_multiple_of(4 << 20) + (4 << 20),
+            "{} bytes registered for {READ} bytes read",
+            s.fixed_buffer_bytes
+        );
+    } else {
+        assert!(!s.fixed_buffers && s.fixed_buffer_bytes == 0);
+    }
+    assert!(
+        read.saturating_sub(before) < BUILD_GROWTH + 2 * s.fixed_buffer_bytes + READ as u64,
+        "reading {READ} bytes left the process {:.1} MiB larger than before the build",
+        mib(read.saturating_sub(before))
+    );
+    rt.block_on(cache.shutdown()).expect("shutdown");
+}
+
+#[test]
+fn a_4_gib_budget_is_not_resident_until_used_io_uring() {
+    in_child(
+        "a_4_gib_budget_is_not_resident_until_used_io_uring",
+        "io_uring",
+        || check(Backend::IoUring),
+    );
+}
+
+#[test]
+fn a_4_gib_budget_is_not_resident_until_used_threads() {
+    in_child(
+        "a_4_gib_budget_is_not_resident_until_used_threads",
+        "threads",
+        || check(Backend::Threads),
+    );
+}
