@@ -686,8 +686,9 @@ fn uring_config_and_probe() {
 }
 
 /// Regions of the arena are registered as fixed buffers the first time a request touches
-/// them, once each; runs inside one registered region, across two, and in the last short
-/// region all move the right bytes.
+/// them (by the end of that `submit`), once each; runs inside one region, across two, and in
+/// the last short region all move the right bytes, before and after their region is
+/// registered.
 #[test]
 fn uring_registers_regions_on_first_use() {
     if let Err(e) = UringBackend::probe() {
@@ -718,7 +719,7 @@ fn uring_registers_regions_on_first_use() {
     };
     assert_eq!(registered(), 0, "nothing is registered before any I/O");
 
-    // Inside region 0: registers it, then reads.
+    // Inside region 0: read (unregistered), and region 0 registered.
     let run: Vec<FrameId> = (5..9).collect();
     h.clear(&run);
     let res = h.run(vec![read(f.id, PAGE as u64, run.clone(), 4 * PAGE)]);
@@ -727,7 +728,7 @@ fn uring_registers_regions_on_first_use() {
         assert_eq!(h.frame(fr), pattern_bytes(((1 + i) * PAGE) as u64, PAGE));
     }
     assert_eq!(registered(), region as u64);
-    // Region 0 again: nothing new.
+    // Region 0 again (a fixed read now): nothing new.
     h.clear(&[0]);
     assert_eq!(
         *h.run(vec![read(f.id, 0, vec![0], PAGE)])[0]
@@ -748,7 +749,7 @@ fn uring_registers_regions_on_first_use() {
     }
     assert_eq!(registered(), 2 * region as u64);
 
-    // The last, short region: a write from it, read back into region 1.
+    // The last, short region: a write from it, read back into region 1 (fixed).
     let last = (frames - 1) as FrameId;
     h.fill(last, 3 * PAGE as u64);
     let res = h.run(vec![write(f.id, 12 * PAGE as u64, vec![last], PAGE)]);

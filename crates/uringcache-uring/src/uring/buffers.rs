@@ -3,7 +3,8 @@
 //! The arena is cut into [`Regions`] of [`REGION_BYTES`] (more for arenas too large for the
 //! kernel's table at that size), region `r` being fixed buffer `r` of a sparse table made at
 //! setup. A region is registered by the first submitter whose request touches one of its
-//! frames ([`Regions::touch`]), and stays registered for the ring's life. Each region's state
+//! frames ([`Regions::wanted`], then [`Regions::ensure`]), and stays registered for the ring's
+//! life. Each region's state
 //! is one atomic: `UNREGISTERED` → `REGISTERING` (won by one compare-and-swap: concurrent first
 //! uses register once) → `REGISTERED`, or `FAILED`. Nobody waits for a registration in
 //! progress: a request that finds its region not registered yet goes unregistered. After a
@@ -124,15 +125,10 @@ impl Regions {
         (r == self.region_of(last) && self.is_registered(r)).then_some(r as u16)
     }
 
-    /// Registers every region that a frame of `used` lies in and that is not registered yet,
-    /// through `register(slot, first_frame, frames)`. Frames outside the arena are skipped
-    /// (the request fails later, in its validation). Returns without waiting when another
-    /// thread is registering a region.
-    pub(super) fn touch(
-        &self,
-        used: &[FrameId],
-        mut register: impl FnMut(u32, FrameId, usize) -> io::Result<()>,
-    ) {
+    /// Adds to `out` each region that a frame of `used` lies in and that is not registered
+    /// (nor being registered) yet, once. Frames outside the arena are skipped (the request
+    /// fails later, in its validation).
+    pub(super) fn wanted(&self, used: &[FrameId], out: &mut Vec<usize>) {
         let mut last = usize::MAX;
         for &f in used {
             let r = self.region_of(f);
@@ -140,8 +136,13 @@ impl Regions {
                 continue;
             }
             last = r;
-            if r < self.states.len() {
-                self.ensure(r, &mut register);
+            if self
+                .states
+                .get(r)
+                .is_some_and(|s| s.load(Ordering::Relaxed) == UNREGISTERED)
+                && !out.contains(&r)
+            {
+                out.push(r);
             }
         }
     }
@@ -208,6 +209,19 @@ mod tests {
     /// Frames per default region.
     const PER: usize = REGION_BYTES / PAGE;
 
+    /// What `submit` does: the regions `used` wants, each registered.
+    fn touch(
+        r: &Regions,
+        used: &[FrameId],
+        mut reg: impl FnMut(u32, FrameId, usize) -> io::Result<()>,
+    ) {
+        let mut want = Vec::new();
+        r.wanted(used, &mut want);
+        for w in want {
+            r.ensure(w, &mut reg);
+        }
+    }
+
     fn registered(r: &Regions) -> Vec<usize> {
         (0..r.slots() as usize)
             .filter(|&i| r.is_registered(i))
@@ -237,7 +251,7 @@ mod tests {
         let r = Regions::new((32usize << 40) / (64 << 10), 64 << 10, REGION_BYTES);
         assert_eq!((r.slots() as usize, r.region_bytes()), (MAX_TABLE, 1 << 30));
         let past = (MAX_TABLE << 14) as FrameId;
-        r.touch(&[past], |_, _, _| {
+        touch(&r, &[past], |_, _, _| {
             panic!("registered a region past the table")
         });
         assert_eq!(r.index_for(&[past]), None);
@@ -253,15 +267,15 @@ mod tests {
         };
         assert!(registered(&r).is_empty() && !r.settled());
         assert_eq!(r.index_for(&[5, 6]), None);
-        r.touch(&[5, 6, 7], reg);
+        touch(&r, &[5, 6, 7], reg);
         assert_eq!(registered(&r), [0]);
         assert_eq!(r.index_for(&[5, 6, 7]), Some(0));
         assert_eq!(r.registered_bytes(), REGION_BYTES as u64);
         // Again: nothing new.
-        r.touch(&[0, 1], reg);
+        touch(&r, &[0, 1], reg);
         // Scattered frames touch every region they lie in; out-of-arena frames are skipped.
         let last = (PER * 3 - 1) as FrameId;
-        r.touch(&[last, 9, (PER * 3) as FrameId, u32::MAX], reg);
+        touch(&r, &[last, 9, (PER * 3) as FrameId, u32::MAX], reg);
         assert_eq!(registered(&r), [0, 2]);
         assert_eq!(
             *calls.lock().unwrap(),
@@ -270,7 +284,7 @@ mod tests {
         // A run across a region boundary has no single buffer, even with both registered.
         let across = [(PER - 1) as FrameId, PER as FrameId];
         assert_eq!(r.index_for(&across), None);
-        r.touch(&across, reg);
+        touch(&r, &across, reg);
         assert_eq!(registered(&r), [0, 1, 2]);
         assert_eq!(r.index_for(&across), None);
         assert_eq!(r.index_for(&[PER as FrameId]), Some(1));
@@ -282,15 +296,19 @@ mod tests {
     fn a_failed_registration_stops_further_ones() {
         let r = Regions::new(PER * 4, PAGE, REGION_BYTES);
         let mut calls = 0;
-        r.touch(&[0], |_, _, _| Ok(()));
-        r.touch(&[PER as FrameId], |_, _, _| {
+        touch(&r, &[0], |_, _, _| Ok(()));
+        touch(&r, &[PER as FrameId], |_, _, _| {
             calls += 1;
             Err(io::Error::from_raw_os_error(libc::ENOMEM))
         });
-        r.touch(&[(2 * PER) as FrameId, (3 * PER) as FrameId], |_, _, _| {
-            calls += 1;
-            Ok(())
-        });
+        touch(
+            &r,
+            &[(2 * PER) as FrameId, (3 * PER) as FrameId],
+            |_, _, _| {
+                calls += 1;
+                Ok(())
+            },
+        );
         assert_eq!(calls, 1);
         assert_eq!(registered(&r), [0]);
         assert!(r.settled());

@@ -21,7 +21,7 @@
 //!
 //! Lock: the state mutex (`Shared::state`) is the only one on the I/O path; every
 //! `SubmissionQueue` is made and dropped with it held, and no completion runs with it held.
-//! Registering a region of the arena happens in `submit` before that mutex is taken.
+//! Registering a region of the arena happens at the end of `submit`, with that mutex released.
 //! `UringBackend::driver` (the join handle) is taken only at shutdown.
 
 use std::io;
@@ -195,17 +195,16 @@ impl Backend for UringBackend {
             return;
         }
         let shared = &*self.shared;
-        // First use of a region of the arena: register it, here, before the state mutex is
-        // taken (so that other submitters are not held up). Not on the driver thread, whose
-        // completions must not wait for that; its few submissions go unregistered.
+        // Regions of the arena first touched by this batch: registered below, once its I/O is
+        // under way (these requests go unregistered; later ones into the regions are fixed).
+        // Not on the driver thread, whose completions must not wait for that.
+        let mut unregistered = Vec::new();
         if let Some(regions) = &shared.buffers {
             if !regions.settled() && thread::current().id() != self.driver_id {
                 for req in batch.iter() {
                     if let Op::Read { frames, len, .. } | Op::Write { frames, len, .. } = &req.op {
                         let used = &frames[..used_frames(&shared.arena, frames, *len)];
-                        regions.touch(used, |slot, first, n| {
-                            shared.register_region(slot, first, n)
-                        });
+                        regions.wanted(used, &mut unregistered);
                     }
                 }
             }
@@ -215,6 +214,7 @@ impl Backend for UringBackend {
         {
             let mut st = shared.state.lock();
             if st.closing {
+                unregistered.clear();
                 for req in batch.drain(..) {
                     let kind = req.op.kind();
                     later.push(Later::Complete(req.done, kind, Err(shut_down_error(NAME))));
@@ -245,6 +245,13 @@ impl Backend for UringBackend {
         }
         for l in later {
             l.run(&shared.counters);
+        }
+        if let Some(regions) = &shared.buffers {
+            for r in unregistered {
+                regions.ensure(r, &mut |slot, first, n| {
+                    shared.register_region(slot, first, n)
+                });
+            }
         }
     }
 

@@ -20,14 +20,17 @@
 //!   budget), made with `IORING_REGISTER_BUFFERS2` + `IORING_RSRC_REGISTER_SPARSE` (Linux 5.19;
 //!   from 5.13, a table of empty entries). Nothing is pinned, nothing faulted in. Without it
 //!   (older kernels, `UringConfig::register_buffers` off) every I/O is vectored.
-//! * **On first use**: `UringBackend::submit`, before it takes the state mutex, looks at the
-//!   frames of each read and write in the batch; a region one of them lies in that is not
-//!   registered yet is registered there and then ([`Shared::register_region`]): faulted in with
-//!   `MADV_POPULATE_WRITE` (no lock of ours or the kernel's held), then
-//!   `IORING_REGISTER_BUFFERS_UPDATE` of its slot (which holds the kernel's ring lock only while
-//!   it pins pages already present). One compare-and-swap per region decides who registers it;
-//!   a concurrent submitter touching a region being registered does not wait: its request goes
-//!   unregistered. The driver thread never registers (its completions must not stall).
+//! * **On first use**: `UringBackend::submit` notes the regions that the frames of its batch's
+//!   reads and writes lie in and that are not registered yet ([`Regions::wanted`]); those
+//!   requests go out unregistered, and once the batch is submitted and the state mutex
+//!   released, the same thread registers each of those regions ([`Regions::ensure`],
+//!   [`Shared::register_region`]): faulted in with `MADV_POPULATE_WRITE` (no lock of ours or
+//!   the kernel's held), then `IORING_REGISTER_BUFFERS_UPDATE` of its slot (which holds the
+//!   kernel's ring lock only while it pins pages already present). So the request that first
+//!   touches a region does not wait for it: the device works while the region is registered.
+//!   One compare-and-swap per region decides who registers it; a concurrent submitter
+//!   touching a region being registered does not wait either: its request goes unregistered.
+//!   The driver thread never registers (its completions must not stall).
 //! * **Then**: a request whose used frames are consecutive and lie in one registered region
 //!   is `READ_FIXED` / `WRITE_FIXED` with that region's slot as the buffer index
 //!   ([`Regions::index_for`], in `Shared::prepare`); any other (scattered frames, a run across
@@ -48,7 +51,7 @@
 //! it names, and those go back to the pool only after its CQE.
 //!
 //! Locks: no new one. Region states are atomics; the registration runs with none of the
-//! backend's locks held (the state mutex is taken after it, in the same `submit`), so the
+//! backend's locks held (after the state mutex is released, in the same `submit`), so the
 //! state mutex → kernel ring lock order of `register_file` is the only nesting, as before.
 
 use std::collections::VecDeque;
@@ -287,8 +290,8 @@ pub(super) fn probe() -> io::Result<()> {
 
 impl Shared {
     /// Registers region `slot` of the arena, `frames` frames from `first`, as fixed buffer
-    /// `slot` (called once per region, by [`Regions::touch`], with no lock of the backend
-    /// held).
+    /// `slot` (called once per region, through [`Regions::ensure`], with no lock of the
+    /// backend held).
     pub(super) fn register_region(
         &self,
         slot: u32,
