@@ -1,6 +1,7 @@
 //! The budget costs nothing until used: building a 4 GiB cache maps its frame arena without
 //! making it resident, on both backends, and `io_uring` registers fixed buffers only for the
-//! regions that I/O touches.
+//! regions that I/O touches; where the kernel refuses to pin more (`RLIMIT_MEMLOCK`), the
+//! rest of the frames are used unregistered.
 //!
 //! Resident memory (`/proc/self/statm`) is process-wide, so each check runs in a child process:
 //! this test binary run again with only that test (`--exact`) and [`CHILD_ENV`] set, where no
@@ -166,5 +167,110 @@ fn a_4_gib_budget_is_not_resident_until_used_threads() {
         "a_4_gib_budget_is_not_resident_until_used_threads",
         "threads",
         || check(Backend::Threads),
+    );
+}
+
+/// `capget`/`capset`'s header and data (version 3: two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Drops `CAP_IPC_LOCK` from this process's effective set (pinned memory then counts against
+/// `RLIMIT_MEMLOCK`, root or not), and sets that limit to `bytes`.
+fn limit_pinned_memory(bytes: u64) {
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: the header and two data words, as capget(2) wants for version 3.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", io::Error::last_os_error());
+    data[0].effective &= !(1 << CAP_IPC_LOCK);
+    // SAFETY: as above; dropping an effective capability needs no privilege.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", io::Error::last_os_error());
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: plain system call on a valid struct; lowering a limit needs no privilege.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    assert_eq!(rc, 0, "setrlimit: {}", io::Error::last_os_error());
+}
+
+/// With room to pin 8 MiB only, a cache reading 24 MiB registers what fits and reads the
+/// rest unregistered: every byte right, fixed buffers still reported, at most 8 MiB of them.
+fn refused_registration() {
+    const PINNABLE: u64 = 8 << 20;
+    const LEN: usize = 24 << 20;
+    limit_pinned_memory(PINNABLE);
+    let cache = match Cache::builder()
+        .memory_limit(64 << 20)
+        .page_size(4096)
+        .backend(Backend::IoUring)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipped: io_uring unavailable here: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("scratch dir");
+    let path = dir.path().join("data");
+    let data: Vec<u8> = (0..LEN).map(|i| (i * 13 + i / 4096) as u8).collect();
+    std::fs::write(&path, &data).expect("write the scratch file");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let f = cache
+            .open(&path, OpenOptions::new().read(true))
+            .await
+            .expect("open");
+        let mut buf = vec![0u8; 128 << 10];
+        for off in (0..LEN).step_by(buf.len()) {
+            f.read_exact_at(&mut buf, off as u64).await.expect("read");
+            assert!(buf == data[off..off + buf.len()], "bytes at {off}");
+        }
+    });
+    let s = cache.stats();
+    eprintln!(
+        "fixed buffers {}, {:.1} MiB registered after reading {} MiB with {} MiB pinnable",
+        s.fixed_buffers,
+        mib(s.fixed_buffer_bytes),
+        LEN >> 20,
+        PINNABLE >> 20
+    );
+    assert!(s.fixed_buffers);
+    assert!(
+        s.fixed_buffer_bytes <= PINNABLE,
+        "{} bytes registered over the limit",
+        s.fixed_buffer_bytes
+    );
+    assert_eq!(s.io_errors, 0);
+    rt.block_on(cache.shutdown()).expect("shutdown");
+}
+
+#[test]
+fn a_refused_registration_leaves_the_rest_unregistered() {
+    in_child(
+        "a_refused_registration_leaves_the_rest_unregistered",
+        "memlock",
+        refused_registration,
     );
 }
