@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use common::{make_file, scratch_dir};
 use uringcache::Backend;
 
-const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring", "kv", "blocking"];
+const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring", "kv", "blocking", "readme"];
 
 /// `target/<profile>`, from this test binary's path `target/<profile>/deps/examples-<hash>`.
 fn profile_dir() -> PathBuf {
@@ -122,6 +122,25 @@ fn run(backend: Backend, name: &str, args: &[&Path]) -> Output {
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+common::backend_test!(the_readmes_twenty_lines_run_as_written);
+/// `examples/readme.rs`, the README's "Twenty lines": run in a scratch directory (it makes
+/// `data.db` there), it writes, hits, syncs, pins a page and prints the stats; the file holds
+/// the bytes on disk afterwards.
+fn the_readmes_twenty_lines_run_as_written(backend: Backend) {
+    let dir = scratch_dir();
+    let out = Command::new(example("readme"))
+        .current_dir(dir.path())
+        .env("URINGCACHE_BACKEND", env_value(backend))
+        .output()
+        .expect("run the readme example");
+    assert!(out.status.success(), "readme failed: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("hits"), "stats missing: {text}");
+    assert!(text.contains(stats_line(backend)), "{text}");
+    let on_disk = common::read_disk(&dir.path().join("data.db")).expect("data.db");
+    assert_eq!(&on_disk[..17], b"hello, page cache");
 }
 
 common::backend_test!(cat_without_arguments_prints_its_scratch_file);
