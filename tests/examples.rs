@@ -139,7 +139,7 @@ fn the_readmes_twenty_lines_run_as_written(backend: Backend) {
     let text = stdout(&out);
     assert!(text.contains("hits"), "stats missing: {text}");
     assert!(text.contains(stats_line(backend)), "{text}");
-    let on_disk = common::read_disk(&dir.path().join("data.db")).expect("data.db");
+    let on_disk = common::read_disk(dir.path().join("data.db")).expect("data.db");
     assert_eq!(&on_disk[..17], b"hello, page cache");
 }
 
