@@ -734,25 +734,56 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// A tiny model: frames hold (owner 1, index) pages; eviction succeeds unless pinned/dirty.
+    fn try_evict(pages: &PageTable, f: FrameId) -> Verdict {
+        let d = pages.get(f);
+        if d.pins() > 0 {
+            Verdict::Busy
+        } else if d.flags().is_dirty() {
+            Verdict::Dirty
+        } else {
+            Verdict::Evicted
+        }
+    }
+
+    /// One pass of the model ([`try_evict`]): the frame freed, if any.
     fn evict_one(policy: &S3Fifo, pages: &PageTable) -> Option<FrameId> {
-        policy
-            .evict(pages, |f| {
-                let d = pages.get(f);
-                if d.pins() > 0 {
-                    Verdict::Busy
-                } else if d.flags().is_dirty() {
-                    Verdict::Dirty
-                } else {
-                    Verdict::Evicted
-                }
-            })
-            .frame
+        policy.evict(pages, |f| try_evict(pages, f)).frame
     }
 
     fn fill(policy: &S3Fifo, pages: &PageTable, frame: FrameId, index: u64) -> bool {
         pages.get(frame).release();
         pages.get(frame).set_identity(1, index);
         policy.insert(frame, Ghost::key(1, index), pages)
+    }
+
+    /// Fills each of `frames`, in order, with the page of the same index.
+    fn fill_frames(policy: &S3Fifo, pages: &PageTable, frames: impl IntoIterator<Item = FrameId>) {
+        for f in frames {
+            fill(policy, pages, f, f as u64);
+        }
+    }
+
+    /// `frames` frames, frame `f` holding page `f`, queued in frame order on a policy made for
+    /// `policy_frames` frames.
+    fn filled_for(frames: usize, policy_frames: usize) -> (PageTable, S3Fifo) {
+        let pages = PageTable::new(frames);
+        let p = S3Fifo::new(policy_frames);
+        fill_frames(&p, &pages, 0..frames as FrameId);
+        (pages, p)
+    }
+
+    /// `n` frames, frame `f` holding page `f`, queued in frame order on a policy for `n` frames.
+    fn filled(n: usize) -> (PageTable, S3Fifo) {
+        filled_for(n, n)
+    }
+
+    /// Uses the page in each of `frames` `times` times.
+    fn use_pages(pages: &PageTable, frames: impl IntoIterator<Item = FrameId>, times: usize) {
+        for f in frames {
+            for _ in 0..times {
+                pages.get(f).mark_accessed();
+            }
+        }
     }
 
     #[test]
@@ -799,11 +830,7 @@ mod tests {
 
     #[test]
     fn fifo_order_without_hits() {
-        let pages = PageTable::new(10);
-        let p = S3Fifo::new(10);
-        for f in 0..10 {
-            fill(&p, &pages, f, f as u64);
-        }
+        let (pages, p) = filled(10);
         for f in 0..10 {
             assert_eq!(evict_one(&p, &pages), Some(f));
         }
@@ -853,23 +880,10 @@ mod tests {
 
     #[test]
     fn pinned_and_dirty_pages_are_skipped_and_counted() {
-        let pages = PageTable::new(3);
-        let p = S3Fifo::new(3);
-        for f in 0..3 {
-            fill(&p, &pages, f, f as u64);
-        }
+        let (pages, p) = filled(3);
         pages.get(0).pin();
         pages.get(1).set_dirty_for_test(true);
-        let scan = p.evict(&pages, |f| {
-            let d = pages.get(f);
-            if d.pins() > 0 {
-                Verdict::Busy
-            } else if d.flags().is_dirty() {
-                Verdict::Dirty
-            } else {
-                Verdict::Evicted
-            }
-        });
+        let scan = p.evict(&pages, |f| try_evict(&pages, f));
         assert_eq!(scan.frame, Some(2));
         assert_eq!(scan.busy, 1);
         assert_eq!(scan.dirty, 1);
@@ -898,11 +912,7 @@ mod tests {
 
     #[test]
     fn refault_of_a_ghost_goes_to_main() {
-        let pages = PageTable::new(10);
-        let p = S3Fifo::new(10);
-        for f in 0..10 {
-            fill(&p, &pages, f, f as u64);
-        }
+        let (pages, p) = filled(10);
         let victim = evict_one(&p, &pages).unwrap();
         assert_eq!(victim, 0);
         assert!(
@@ -917,13 +927,9 @@ mod tests {
         // Small queue over its target and all pinned; the evictable pages are in main.
         let pages = PageTable::new(10);
         let p = S3Fifo::new(10);
-        for f in 0..2 {
-            fill(&p, &pages, f, f as u64);
-            pages.get(f).mark_accessed();
-            pages.get(f).mark_accessed(); // promoted to main on the next scan
-        }
+        fill_frames(&p, &pages, 0..6);
+        use_pages(&pages, 0..2, 2); // promoted to main on the next scan
         for f in 2..6 {
-            fill(&p, &pages, f, f as u64);
             pages.get(f).pin();
         }
         let victim = evict_one(&p, &pages);
@@ -932,14 +938,8 @@ mod tests {
         // its target.
         let pages = PageTable::new(20);
         let p = S3Fifo::new(20);
-        for f in 0..6 {
-            fill(&p, &pages, f, f as u64);
-            pages.get(f).mark_accessed();
-            pages.get(f).mark_accessed();
-        }
-        for f in 6..8 {
-            fill(&p, &pages, f, f as u64);
-        }
+        fill_frames(&p, &pages, 0..8);
+        use_pages(&pages, 0..6, 2);
         // One scan promotes 0..6 to main; pin them, then only 6 and 7 are evictable.
         for f in 0..6 {
             pages.get(f).pin();
@@ -955,31 +955,18 @@ mod tests {
         // down and evict one, not give up (the caller would wait for a release that no one
         // is going to make).
         let n = 10;
-        let pages = PageTable::new(n);
-        let p = S3Fifo::new(n);
-        for f in 0..n as FrameId {
-            fill(&p, &pages, f, f as u64);
-            pages.get(f).mark_accessed();
-            pages.get(f).mark_accessed();
-        }
+        let (pages, p) = filled(n);
+        use_pages(&pages, 0..n as FrameId, 2);
         // Promotes all ten to main and evicts the first.
         assert_eq!(evict_one(&p, &pages), Some(0));
-        for _ in 0..3 {
-            for f in 1..n as FrameId {
-                pages.get(f).mark_accessed();
-            }
-        }
+        use_pages(&pages, 1..n as FrameId, 3);
         assert_eq!(pages.get(1).flags().freq(), PageFlags::FREQ_MAX);
         let scan = p.evict(&pages, |_| Verdict::Evicted);
         assert_eq!(scan.frame, Some(1), "{scan:?}");
         assert!(scan.aged > 0);
         // The same with a pinned page among them.
         pages.get(2).pin();
-        for f in 3..n as FrameId {
-            for _ in 0..3 {
-                pages.get(f).mark_accessed();
-            }
-        }
+        use_pages(&pages, 3..n as FrameId, 3);
         assert_eq!(evict_one(&p, &pages), Some(3));
     }
 
@@ -988,20 +975,37 @@ mod tests {
         p.live_entries(pages).into_iter().map(|(f, _)| f).collect()
     }
 
+    /// Takes the next batch of `pass` and gives its first candidate back with `verdict` (any
+    /// others go back untried); returns where that candidate came from, (frame, queue).
+    fn refuse_first(
+        p: &S3Fifo,
+        pages: &PageTable,
+        pass: &mut Pass,
+        verdict: Verdict,
+    ) -> (FrameId, Queue) {
+        let mut batch = p.isolate(pages, pass);
+        let c = batch.next_candidate().expect("a candidate");
+        let taken = (c.frame(), c.queue());
+        batch.putback(c, verdict);
+        taken
+    }
+
+    /// The frames of the queues' live entries, sorted: which frames are queued, each as often
+    /// as it is.
+    fn queued_frames(p: &S3Fifo, pages: &PageTable) -> Vec<FrameId> {
+        let mut frames = order(p, pages);
+        frames.sort_unstable();
+        frames
+    }
+
     #[test]
     fn a_one_pass_scan_does_not_displace_the_main_queue() {
         // 20 frames; pages 0..5 used twice while in the small queue, then a scan of 200 pages
         // each read once.
         let n = 20;
-        let pages = PageTable::new(n);
-        let p = S3Fifo::new(n);
-        for f in 0..n as FrameId {
-            fill(&p, &pages, f, f as u64);
-            pages.get(f).mark_accessed(); // the read
-        }
-        for f in 0..5 {
-            pages.get(f).mark_accessed(); // and one more use
-        }
+        let (pages, p) = filled(n);
+        use_pages(&pages, 0..n as FrameId, 1); // the read
+        use_pages(&pages, 0..5, 1); // and one more use
         let hot: Vec<(FrameId, u32)> = (0..5).map(|f| (f, pages.get(f).generation())).collect();
         let mut victims = Vec::new();
         for index in 1000..1200 {
@@ -1031,11 +1035,7 @@ mod tests {
     #[test]
     fn a_refaulted_ghost_goes_to_main_and_outlives_new_pages() {
         let n = 10;
-        let pages = PageTable::new(n);
-        let p = S3Fifo::new(n);
-        for f in 0..n as FrameId {
-            fill(&p, &pages, f, f as u64);
-        }
+        let (pages, p) = filled(n);
         assert_eq!(evict_one(&p, &pages), Some(0));
         assert_eq!(p.ghost_len(), 1, "page 0 is remembered");
         assert!(fill(&p, &pages, 0, 0), "its refault is a ghost hit");
@@ -1051,11 +1051,8 @@ mod tests {
 
     #[test]
     fn busy_and_dirty_candidates_go_to_the_tail_of_their_queue() {
-        let pages = PageTable::new(4);
-        let p = S3Fifo::new(40); // a small target of 4: everything is taken from the small queue
-        for f in 0..4 {
-            fill(&p, &pages, f, f as u64);
-        }
+        // A small target of 4: everything is taken from the small queue.
+        let (pages, p) = filled_for(4, 40);
         let mut pass = Pass::new();
         {
             let mut batch = p.isolate(&pages, &mut pass);
@@ -1094,35 +1091,23 @@ mod tests {
         assert!(fill(&p, &pages, 0, 7), "a refault: to the main queue");
         fill(&p, &pages, 1, 8);
         let mut pass = Pass::new();
-        let mut batch = p.isolate(&pages, &mut pass);
-        let c = batch.next_candidate().unwrap();
         assert_eq!(
-            (c.frame(), c.queue()),
+            refuse_first(&p, &pages, &mut pass, Verdict::Busy),
             (0, Queue::Main),
             "the small queue is short"
         );
-        batch.putback(c, Verdict::Busy);
-        drop(batch);
-        let mut batch = p.isolate(&pages, &mut pass);
-        let c = batch.next_candidate().unwrap();
         assert_eq!(
-            (c.frame(), c.queue()),
+            refuse_first(&p, &pages, &mut pass, Verdict::Dirty),
             (1, Queue::Small),
             "the main queue is all busy"
         );
-        batch.putback(c, Verdict::Dirty);
-        drop(batch);
         let entries = p.live_entries(&pages);
         assert_eq!(entries, vec![(1, Queue::Small), (0, Queue::Main)]);
     }
 
     #[test]
     fn untried_and_forgotten_candidates_go_back_to_the_head_in_order() {
-        let pages = PageTable::new(6);
-        let p = S3Fifo::new(60);
-        for f in 0..6 {
-            fill(&p, &pages, f, f as u64);
-        }
+        let (pages, p) = filled_for(6, 60);
         let mut pass = Pass::new();
         let c = {
             let mut batch = p.isolate(&pages, &mut pass);
@@ -1147,11 +1132,7 @@ mod tests {
 
     #[test]
     fn stale_entries_are_never_candidates() {
-        let pages = PageTable::new(6);
-        let p = S3Fifo::new(6);
-        for f in 0..6 {
-            fill(&p, &pages, f, f as u64);
-        }
+        let (pages, p) = filled(6);
         pages.get(1).release(); // truncated: freed outside eviction
         pages.get(4).release();
         let mut tried = Vec::new();
@@ -1171,24 +1152,12 @@ mod tests {
     #[test]
     fn a_pass_over_busy_frames_is_bounded() {
         let n = 50;
-        let pages = PageTable::new(n);
-        let p = S3Fifo::new(n);
-        for f in 0..n as FrameId {
-            fill(&p, &pages, f, f as u64);
-            if f % 2 == 0 {
-                // Half of them hot, so the pass grants laps too.
-                for _ in 0..3 {
-                    pages.get(f).mark_accessed();
-                }
-            }
-        }
+        let (pages, p) = filled(n);
+        // Half of them hot, so the pass grants laps too.
+        use_pages(&pages, (0..n as FrameId).step_by(2), 3);
         // Promote the hot half to the main queue.
         let _ = p.evict(&pages, |_| Verdict::Busy);
-        let before = {
-            let mut v = order(&p, &pages);
-            v.sort_unstable();
-            v
-        };
+        let before = queued_frames(&p, &pages);
         assert_eq!(before.len(), n);
         for (busy, refusal) in [(Verdict::Busy, "pinned"), (Verdict::Dirty, "dirty")] {
             let mut calls = 0;
@@ -1204,19 +1173,17 @@ mod tests {
             assert!(calls >= n, "every frame was tried: {calls}");
             assert_eq!(scan.busy + scan.dirty, calls);
             assert_eq!(p.isolated(), 0);
-            let mut after = order(&p, &pages);
-            after.sort_unstable();
-            assert_eq!(after, before, "no frame lost, none doubled");
+            assert_eq!(
+                queued_frames(&p, &pages),
+                before,
+                "no frame lost, none doubled"
+            );
         }
     }
 
     #[test]
     fn a_panicking_evictor_loses_no_frame() {
-        let pages = PageTable::new(8);
-        let p = S3Fifo::new(8);
-        for f in 0..8 {
-            fill(&p, &pages, f, f as u64);
-        }
+        let (pages, p) = filled(8);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             p.evict(&pages, |f| {
                 if f == 3 {
@@ -1227,9 +1194,7 @@ mod tests {
         }));
         assert!(result.is_err());
         assert_eq!(p.isolated(), 0);
-        let mut frames = order(&p, &pages);
-        frames.sort_unstable();
-        assert_eq!(frames, (0..8).collect::<Vec<_>>());
+        assert_eq!(queued_frames(&p, &pages), (0..8).collect::<Vec<_>>());
     }
 
     #[test]
@@ -1318,12 +1283,11 @@ mod tests {
                     }
                 }
                 assert_eq!(p.isolated(), 0);
-                let mut queued = order(&p, &pages);
-                queued.sort_unstable();
                 let mut expected = live.clone();
                 expected.sort_unstable();
                 assert_eq!(
-                    queued, expected,
+                    queued_frames(&p, &pages),
+                    expected,
                     "seed {seed} step {step}: each live frame once"
                 );
             }

@@ -15,16 +15,22 @@ use crate::mapping::Mapping;
 use crate::page::{PageDesc, PageTable, NO_OWNER};
 use crate::wait::{Event, WaitTable};
 
+/// A page (frame 0) locked here, and a thread racing to unlock it through the wait table.
+fn locked_page_and_unlocker() -> (Arc<WaitTable>, Arc<PageDesc>, thread::JoinHandle<()>) {
+    let table = Arc::new(WaitTable::new());
+    let desc = Arc::new(PageDesc::default());
+    assert!(desc.try_lock());
+    let (t2, d2) = (table.clone(), desc.clone());
+    let unlocker = thread::spawn(move || t2.unlock(&d2, 0));
+    (table, desc, unlocker)
+}
+
 /// An unlock racing with a waiter never loses the wake-up (`WAITERS` protocol): if it did, the
 /// waiter would block forever and loom would report a deadlock.
 #[test]
 fn loom_unlock_wakes_a_racing_waiter() {
     loom::model(|| {
-        let table = Arc::new(WaitTable::new());
-        let desc = Arc::new(PageDesc::default());
-        assert!(desc.try_lock());
-        let (t2, d2) = (table.clone(), desc.clone());
-        let unlocker = thread::spawn(move || t2.unlock(&d2, 0));
+        let (table, desc, unlocker) = locked_page_and_unlocker();
         loom::future::block_on(table.wait_locked(&desc, 0));
         assert!(!desc.flags().is_locked());
         unlocker.join().unwrap();
@@ -35,11 +41,7 @@ fn loom_unlock_wakes_a_racing_waiter() {
 #[test]
 fn loom_dropped_waiter_does_not_steal_the_wakeup() {
     loom::model(|| {
-        let table = Arc::new(WaitTable::new());
-        let desc = Arc::new(PageDesc::default());
-        assert!(desc.try_lock());
-        let (t2, d2) = (table.clone(), desc.clone());
-        let unlocker = thread::spawn(move || t2.unlock(&d2, 0));
+        let (table, desc, unlocker) = locked_page_and_unlocker();
         {
             // Register, then give up without waiting.
             let mut quitter = Box::pin(table.wait_locked(&desc, 0));
@@ -63,14 +65,20 @@ fn futures_noop_waker() -> std::task::Waker {
 
 use std::future::Future;
 
+/// One frame, inserted by mapping 1 at index 0 (its identity set, pinned by the mapping).
+fn mapped_page() -> (Arc<PageTable>, Arc<Mapping>) {
+    let pages = Arc::new(PageTable::new(1));
+    let mapping = Arc::new(Mapping::new(1, 0));
+    mapping.insert(0, 0, &pages).unwrap();
+    (pages, mapping)
+}
+
 /// A lookup that pins a page and an eviction that removes it can never both succeed: the
 /// reader never sees its page's frame released under it.
 #[test]
 fn loom_pin_and_evict_exclude_each_other() {
     loom::model(|| {
-        let pages = Arc::new(PageTable::new(1));
-        let mapping = Arc::new(Mapping::new(1, 0));
-        mapping.insert(0, 0, &pages).unwrap();
+        let (pages, mapping) = mapped_page();
         let (p2, m2) = (pages.clone(), mapping.clone());
         let reader = thread::spawn(move || {
             if let Some(f) = m2.lookup(0, &p2) {
@@ -122,13 +130,7 @@ fn cached_page(dirty: bool) -> PageDesc {
     let d = PageDesc::default();
     d.set_identity(1, 0);
     d.pin();
-    d.init_locked();
-    assert!(!d.finish_read(Ok(())));
-    if dirty {
-        assert!(d.try_lock());
-        assert!(d.mark_dirty());
-        assert!(!d.unlock());
-    }
+    d.fill_for_test(dirty);
     d
 }
 
@@ -223,11 +225,8 @@ fn loom_end_writeback_accounts_before_waiters_see_it() {
 #[test]
 fn loom_reclaim_test_races_a_pin() {
     loom::model(|| {
-        let pages = Arc::new(PageTable::new(1));
-        let mapping = Arc::new(Mapping::new(1, 0));
-        mapping.insert(0, 0, &pages).unwrap();
-        pages.get(0).init_locked();
-        assert!(!pages.get(0).finish_read(Ok(())));
+        let (pages, mapping) = mapped_page();
+        pages.get(0).fill_for_test(false);
         let (p2, m2) = (pages.clone(), mapping.clone());
         let writer = thread::spawn(move || {
             let Some(f) = m2.lookup(0, &p2) else {

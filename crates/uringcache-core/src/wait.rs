@@ -366,10 +366,22 @@ mod tests {
     use std::sync::Arc;
     use std::task::Wake;
 
+    /// A waker that counts its wake-ups.
     struct CountWaker(AtomicUsize);
     impl Wake for CountWaker {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl CountWaker {
+        fn new() -> Arc<Self> {
+            Arc::new(CountWaker(AtomicUsize::new(0)))
+        }
+
+        /// Wake-ups so far.
+        fn wakes(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
         }
     }
 
@@ -378,11 +390,27 @@ mod tests {
         Pin::new(f).poll(&mut Context::from_waker(&waker))
     }
 
+    /// Locks `desc` (frame `frame`) and starts two waiters for its unlock, each polled once
+    /// (pending) with the returned waker.
+    fn lock_with_two_waiters<'a>(
+        table: &'a WaitTable,
+        desc: &'a PageDesc,
+        frame: FrameId,
+    ) -> (Arc<CountWaker>, PageWait<'a>, PageWait<'a>) {
+        assert!(desc.try_lock());
+        let w = CountWaker::new();
+        let mut a = table.wait_locked(desc, frame);
+        let mut b = table.wait_locked(desc, frame);
+        assert!(poll(&mut a, &w).is_pending());
+        assert!(poll(&mut b, &w).is_pending());
+        (w, a, b)
+    }
+
     #[test]
     fn unlocked_page_is_ready_at_once() {
         let table = WaitTable::new();
         let desc = PageDesc::default();
-        let w = Arc::new(CountWaker(AtomicUsize::new(0)));
+        let w = CountWaker::new();
         assert!(poll(&mut table.wait_locked(&desc, 1), &w).is_ready());
         assert_eq!(table.waiters(), 0);
     }
@@ -391,16 +419,11 @@ mod tests {
     fn unlock_wakes_every_waiter_once() {
         let table = WaitTable::new();
         let desc = PageDesc::default();
-        assert!(desc.try_lock());
-        let w = Arc::new(CountWaker(AtomicUsize::new(0)));
-        let mut a = table.wait_locked(&desc, 5);
-        let mut b = table.wait_locked(&desc, 5);
-        assert!(poll(&mut a, &w).is_pending());
-        assert!(poll(&mut b, &w).is_pending());
+        let (w, mut a, mut b) = lock_with_two_waiters(&table, &desc, 5);
         assert!(desc.flags().has_waiters());
         assert_eq!(table.waiters(), 2);
         table.unlock(&desc, 5);
-        assert_eq!(w.0.load(Ordering::SeqCst), 2);
+        assert_eq!(w.wakes(), 2);
         assert!(!desc.flags().has_waiters());
         assert!(poll(&mut a, &w).is_ready());
         assert!(poll(&mut b, &w).is_ready());
@@ -411,16 +434,11 @@ mod tests {
     fn dropped_waiter_leaves_and_others_still_wake() {
         let table = WaitTable::new();
         let desc = PageDesc::default();
-        assert!(desc.try_lock());
-        let w = Arc::new(CountWaker(AtomicUsize::new(0)));
-        let mut a = table.wait_locked(&desc, 5);
-        let mut b = table.wait_locked(&desc, 5);
-        assert!(poll(&mut a, &w).is_pending());
-        assert!(poll(&mut b, &w).is_pending());
+        let (w, a, mut b) = lock_with_two_waiters(&table, &desc, 5);
         drop(a);
         assert_eq!(table.waiters(), 1);
         table.unlock(&desc, 5);
-        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert_eq!(w.wakes(), 1);
         assert!(poll(&mut b, &w).is_ready());
     }
 
@@ -439,16 +457,16 @@ mod tests {
         let d2 = PageDesc::default();
         assert!(d1.try_lock());
         assert!(d2.try_lock());
-        let w1 = Arc::new(CountWaker(AtomicUsize::new(0)));
-        let w2 = Arc::new(CountWaker(AtomicUsize::new(0)));
+        let w1 = CountWaker::new();
+        let w2 = CountWaker::new();
         // Frames 0 and 256 * k may share a bucket; use many frames to be sure some collide.
         let mut a = table.wait_locked(&d1, 0);
         let mut b = table.wait_locked(&d2, 1);
         assert!(poll(&mut a, &w1).is_pending());
         assert!(poll(&mut b, &w2).is_pending());
         table.unlock(&d1, 0);
-        assert_eq!(w1.0.load(Ordering::SeqCst), 1);
-        assert_eq!(w2.0.load(Ordering::SeqCst), 0);
+        assert_eq!(w1.wakes(), 1);
+        assert_eq!(w2.wakes(), 0);
         assert!(poll(&mut b, &w2).is_pending());
         table.unlock(&d2, 1);
         assert!(poll(&mut b, &w2).is_ready());
@@ -492,11 +510,11 @@ mod tests {
         desc.set_identity(1, 0);
         desc.pin();
         desc.init_locked();
-        let w = Arc::new(CountWaker(AtomicUsize::new(0)));
+        let w = CountWaker::new();
         let mut reader = table.wait_locked(&desc, 3);
         assert!(poll(&mut reader, &w).is_pending());
         table.end_read(&desc, 3, Ok(()));
-        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert_eq!(w.wakes(), 1);
         assert!(poll(&mut reader, &w).is_ready());
         assert!(desc.flags().is_uptodate() && !desc.flags().has_waiters());
 
@@ -511,7 +529,7 @@ mod tests {
         let mut redirtied = false;
         table.end_writeback(&desc, 3, Some(libc::EIO), |r| redirtied = r);
         assert!(redirtied);
-        assert_eq!(w.0.load(Ordering::SeqCst), 2);
+        assert_eq!(w.wakes(), 2);
         assert!(poll(&mut stable, &w).is_ready());
         assert_eq!(table.waiters(), 0);
     }
@@ -519,12 +537,12 @@ mod tests {
     #[test]
     fn event_ticket_sees_notify_after_listen() {
         let ev = Event::new();
-        let w = Arc::new(CountWaker(AtomicUsize::new(0)));
+        let w = CountWaker::new();
         let mut t = ev.listen();
         assert!(poll(&mut t, &w).is_pending());
         assert!(ev.has_listeners());
         ev.notify_all();
-        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert_eq!(w.wakes(), 1);
         assert!(poll(&mut t, &w).is_ready());
         // A ticket taken before a notify that it never polled through still completes.
         let mut t2 = ev.listen();

@@ -225,10 +225,10 @@ impl PageDesc {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(test)]
 impl PageDesc {
-    /// For the core's tests: the page as a completed read leaves it (up to date, unlocked),
-    /// then dirtied by a writer if `dirty`, through the transitions.
+    /// For the core's tests and loom models: the page as a completed read leaves it (up to
+    /// date, unlocked), then dirtied by a writer if `dirty`, through the transitions.
     pub(crate) fn fill_for_test(&self, dirty: bool) {
         self.init_locked();
         assert!(!self.finish_read(Ok(())));
@@ -238,7 +238,10 @@ impl PageDesc {
             assert!(!self.unlock());
         }
     }
+}
 
+#[cfg(all(test, not(loom)))]
+impl PageDesc {
     /// For the core's models of the eviction policy: sets or clears `DIRTY` alone, on a page
     /// that is not otherwise in the protocol (no lock, not up to date).
     pub(crate) fn set_dirty_for_test(&self, dirty: bool) {
