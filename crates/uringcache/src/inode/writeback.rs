@@ -45,8 +45,21 @@
 //!
 //! This file has the per-inode state and the write path of writeback (starting writeback,
 //! completions, marking pages dirty and accounting them); [`super::sync`] has the syncs, cuts
-//! and flushes; the cache's `WritebackState` (`cache::wb`) owns the cache-wide counts, the
-//! dirty-inode list and the flusher, and the cache's `writeback` module runs the passes.
+//! and flushes; the cache's `WritebackState` (`cache::writeback`) owns the cache-wide counts,
+//! the dirty-inode list and the writeback thread, and the cache's `writeback_pass` module runs
+//! the passes.
+//!
+//! # One way in
+//!
+//! Every device write of cached pages starts in [`Inode::write_pages`]: the pages to write,
+//! an age limit, and whether to write with `RWF_DSYNC`. Its callers only choose the pages and
+//! what to wait for:
+//!
+//! | caller | pages | then |
+//! | --- | --- | --- |
+//! | `write_back` (a pass of the writeback thread, also the one eviction kicks) | every dirty page, or those older than `dirty_expire` | nothing |
+//! | `submit_all` (a sync) | the range's dirty pages at the call | waits for busy pages and writes them again |
+//! | `write_and_wait` (direct I/O, `sync_range`) | the range's dirty pages | waits for them and for writes in flight |
 //!
 //! # Lock order
 //!
