@@ -102,24 +102,7 @@ fn check(backend: Backend) {
     let uring = s.backend == "io_uring";
     assert_eq!(uring, backend == Backend::IoUring);
 
-    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("scratch dir");
-    let path = dir.path().join("data");
-    let data: Vec<u8> = (0..READ).map(|i| (i * 7 + i / 4096) as u8).collect();
-    std::fs::write(&path, &data).expect("write the scratch file");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let f = cache
-            .open(&path, OpenOptions::new().read(true))
-            .await
-            .expect("open");
-        let mut buf = vec![0u8; 256 << 10];
-        for off in (0..READ).step_by(buf.len()) {
-            f.read_exact_at(&mut buf, off as u64).await.expect("read");
-            assert!(buf == data[off..off + buf.len()], "bytes at {off}");
-        }
-    });
+    read_and_check(&cache, READ, 7, 256 << 10);
     let s = cache.stats();
     let read = resident();
     eprintln!(
@@ -149,7 +132,7 @@ fn check(backend: Backend) {
         "reading {READ} bytes left the process {:.1} MiB larger than before the build",
         mib(read.saturating_sub(before))
     );
-    rt.block_on(cache.shutdown()).expect("shutdown");
+    shutdown(&cache);
 }
 
 #[test]
@@ -230,24 +213,7 @@ fn refused_registration() {
             return;
         }
     };
-    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("scratch dir");
-    let path = dir.path().join("data");
-    let data: Vec<u8> = (0..LEN).map(|i| (i * 13 + i / 4096) as u8).collect();
-    std::fs::write(&path, &data).expect("write the scratch file");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let f = cache
-            .open(&path, OpenOptions::new().read(true))
-            .await
-            .expect("open");
-        let mut buf = vec![0u8; 128 << 10];
-        for off in (0..LEN).step_by(buf.len()) {
-            f.read_exact_at(&mut buf, off as u64).await.expect("read");
-            assert!(buf == data[off..off + buf.len()], "bytes at {off}");
-        }
-    });
+    read_and_check(&cache, LEN, 13, 128 << 10);
     let s = cache.stats();
     eprintln!(
         "fixed buffers {}, {:.1} MiB registered after reading {} MiB with {} MiB pinnable",
@@ -263,7 +229,7 @@ fn refused_registration() {
         s.fixed_buffer_bytes
     );
     assert_eq!(s.io_errors, 0);
-    rt.block_on(cache.shutdown()).expect("shutdown");
+    shutdown(&cache);
 }
 
 #[test]
@@ -273,4 +239,36 @@ fn a_refused_registration_leaves_the_rest_unregistered() {
         "memlock",
         refused_registration,
     );
+}
+
+/// Writes a `len`-byte scratch file (a pattern by `step`), reads it all through `cache` in
+/// `chunk`-byte reads and checks every byte.
+fn read_and_check(cache: &Cache, len: usize, step: usize, chunk: usize) {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("scratch dir");
+    let path = dir.path().join("data");
+    let data: Vec<u8> = (0..len).map(|i| (i * step + i / 4096) as u8).collect();
+    std::fs::write(&path, &data).expect("write the scratch file");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let f = cache
+            .open(&path, OpenOptions::new().read(true))
+            .await
+            .expect("open");
+        let mut buf = vec![0u8; chunk];
+        for off in (0..len).step_by(chunk) {
+            f.read_exact_at(&mut buf, off as u64).await.expect("read");
+            assert!(buf == data[off..off + chunk], "bytes at {off}");
+        }
+    });
+}
+
+/// Shuts `cache` down (writes back, stops) on a throwaway runtime.
+fn shutdown(cache: &Cache) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(cache.shutdown())
+        .expect("shutdown");
 }
