@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{assert_bytes, make_file, on_runtimes, pattern, ro, rw, scratch_dir};
 use uringcache::{Backend, Cache, CacheBuilder};
 use uringcache_core::backend::{Backend as IoBackend, Layer, Request};
-use uringcache_uring::fault::{Fault, OpKind};
+use uringcache_uring::fault::{Fault, FaultSlot, OpKind};
 use uringcache_uring::FaultBackend;
 
 /// A builder of a 1 MiB cache of 4 KiB pages on `backend`.
@@ -433,18 +433,12 @@ fn a_cache_that_can_never_write_a_page_still_frees_itself_when_dropped(backend: 
 
 /// A cache on `backend` whose backend is wrapped in a `FaultBackend`, and that `FaultBackend`.
 fn faulty_cache(backend: Backend) -> (Cache, Arc<FaultBackend>) {
-    let slot = Arc::new(OnceLock::new());
-    let s = slot.clone();
+    let faults = FaultSlot::new();
     let cache = builder(backend)
-        .wrap_backend(move |inner| {
-            let f = Arc::new(FaultBackend::new(inner));
-            let _ = s.set(f.clone());
-            f
-        })
+        .wrap_backend(faults.layer())
         .build()
         .expect("build the cache");
-    let fault = slot.get().expect("the layer ran").clone();
-    (cache, fault)
+    (cache, faults.get())
 }
 
 common::backend_test!(errors_from_the_os_keep_their_errno);

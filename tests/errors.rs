@@ -4,26 +4,21 @@
 mod common;
 
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use common::{make_file, on_runtimes, pattern, scratch_dir};
 use uringcache::{Advice, Backend, Cache};
-use uringcache_uring::fault::{Fault, OpKind};
+use uringcache_uring::fault::{Fault, FaultSlot, OpKind};
 use uringcache_uring::FaultBackend;
 
 fn faulty_cache(backend: Backend, frames: usize) -> (Cache, Arc<FaultBackend>) {
-    let slot = Arc::new(OnceLock::new());
-    let s = slot.clone();
+    let faults = FaultSlot::new();
     let cache = common::builder(backend)
         .memory_limit(frames * 4096)
-        .wrap_backend(move |inner| {
-            let f = Arc::new(FaultBackend::new(inner));
-            let _ = s.set(f.clone());
-            f
-        })
+        .wrap_backend(faults.layer())
         .build()
         .unwrap();
-    let fault = slot.get().unwrap().clone();
+    let fault = faults.get();
     (cache, fault)
 }
 

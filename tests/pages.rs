@@ -5,12 +5,12 @@ mod common;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{cache_on, make_file, on_runtimes, pattern, scratch_dir};
 use uringcache::{Advice, Backend, Cache, OpenOptions, PageRef};
-use uringcache_uring::fault::{Fault, OpKind};
+use uringcache_uring::fault::{Fault, FaultSlot, OpKind};
 use uringcache_uring::FaultBackend;
 
 const PS: usize = 4096;
@@ -18,18 +18,13 @@ const PS: usize = 4096;
 use common::rw;
 
 fn faulty_cache(backend: Backend, frames: usize) -> (Cache, Arc<FaultBackend>) {
-    let slot = Arc::new(OnceLock::new());
-    let s = slot.clone();
+    let faults = FaultSlot::new();
     let cache = common::builder(backend)
         .memory_limit(frames * PS)
-        .wrap_backend(move |inner| {
-            let f = Arc::new(FaultBackend::new(inner));
-            let _ = s.set(f.clone());
-            f
-        })
+        .wrap_backend(faults.layer())
         .build()
         .unwrap();
-    let fault = slot.get().unwrap().clone();
+    let fault = faults.get();
     (cache, fault)
 }
 

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use uringcache_core::backend::{Backend, FileId, Layer, Request};
@@ -141,6 +141,57 @@ impl FaultBackend {
         }
         *self.injected.lock() += 1;
         Some(rule.fault)
+    }
+}
+
+/// Where a [`FaultBackend`] made by a cache's build is found: give [`layer`](Self::layer) to
+/// `CacheBuilder::wrap_backend`, build, then [`get`](Self::get) the fault backend to inject
+/// with.
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// use std::sync::Arc;
+/// use uringcache_uring::fault::{FaultSlot, OpKind, Fault};
+/// use uringcache_uring::ThreadsBackend;
+/// use uringcache_core::backend::Backend;
+/// use uringcache_core::frames::FrameArena;
+///
+/// let faults = FaultSlot::new();
+/// let layer = faults.layer();
+/// // What a cache's build does with the layer:
+/// let inner: Arc<dyn Backend> = Arc::new(ThreadsBackend::new(Arc::new(FrameArena::new(4, 4096)?), 1)?);
+/// let _backend = layer(inner);
+/// faults.get().inject(OpKind::Read, Fault::Fail(libc::EIO), Some(1));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct FaultSlot(Arc<OnceLock<Arc<FaultBackend>>>);
+
+impl FaultSlot {
+    /// An empty slot.
+    pub fn new() -> Self {
+        FaultSlot::default()
+    }
+
+    /// The layer for `CacheBuilder::wrap_backend`: wraps the cache's backend in a
+    /// [`FaultBackend`] and keeps it here (the first one, if the layer runs again).
+    pub fn layer(&self) -> impl Fn(Arc<dyn Backend>) -> Arc<dyn Backend> + Send + Sync + 'static {
+        let slot = self.0.clone();
+        move |inner| {
+            let fault = Arc::new(FaultBackend::new(inner));
+            let _ = slot.set(fault.clone());
+            fault
+        }
+    }
+
+    /// The fault backend the layer made. Panics if the layer has not run (the cache was not
+    /// built with it).
+    pub fn get(&self) -> Arc<FaultBackend> {
+        self.0
+            .get()
+            .expect("FaultSlot::get before a cache was built with its layer")
+            .clone()
     }
 }
 

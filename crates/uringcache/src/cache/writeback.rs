@@ -312,10 +312,10 @@ impl super::CacheInner {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use uringcache_uring::fault::{Fault, OpKind};
+    use uringcache_uring::fault::{Fault, FaultSlot, OpKind};
     use uringcache_uring::FaultBackend;
 
     use crate::{Backend, Cache, OpenOptions};
@@ -324,8 +324,7 @@ mod tests {
     /// thresholds out of reach), over a fault-injecting thread-pool backend, so that the
     /// counters are still between the test's steps.
     fn quiet_cache() -> (Cache, Arc<FaultBackend>) {
-        let slot = Arc::new(OnceLock::new());
-        let s = slot.clone();
+        let faults = FaultSlot::new();
         let cache = Cache::builder()
             .memory_limit(64 * 4096)
             .backend(Backend::Threads)
@@ -333,14 +332,10 @@ mod tests {
             .dirty_ratio(0.95)
             .writeback_interval(Duration::from_secs(3600))
             .dirty_expire(Duration::from_secs(3600))
-            .wrap_backend(move |inner| {
-                let f = Arc::new(FaultBackend::new(inner));
-                let _ = s.set(f.clone());
-                f
-            })
+            .wrap_backend(faults.layer())
             .build()
             .unwrap();
-        let fault = slot.get().unwrap().clone();
+        let fault = faults.get();
         (cache, fault)
     }
 
