@@ -337,11 +337,6 @@ impl CacheInner {
         &self.writeback
     }
 
-    /// Wakes allocations waiting for a frame (a page just became free or evictable).
-    pub(crate) fn notify_frame_waiters(&self) {
-        self.frame_event.notify_all();
-    }
-
     /// Milliseconds since the cache was built (the clock of `dirtied_at`).
     pub(crate) fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
@@ -466,11 +461,6 @@ impl CacheInner {
         None
     }
 
-    /// Whether allocations wait for frames (writeback completions then notify them).
-    pub(crate) fn has_alloc_waiters(&self) -> bool {
-        self.alloc_waiters.load(Ordering::SeqCst) > 0
-    }
-
     /// Allocates a frame, waiting while every frame is busy (`__alloc_pages` with reclaim).
     /// A frame that is locked for I/O, pinned for a moment by a reader or waiting for
     /// writeback becomes evictable by itself, and every such change notifies `frame_event`; so
@@ -508,7 +498,9 @@ impl CacheInner {
         }
     }
 
-    /// Wakes allocations waiting for a frame, if any (a page just became evictable).
+    /// Wakes allocations waiting for a frame, if any: a frame was freed or a page may have
+    /// become evictable. An allocation listens before it counts itself and scans after, so a
+    /// change that sees no waiter is seen by the allocation's scan.
     #[inline]
     pub(crate) fn notify_if_alloc_waiters(&self) {
         if self.alloc_waiters.load(Ordering::SeqCst) > 0 {
@@ -523,11 +515,9 @@ impl CacheInner {
         match self.pool.pages().get(frame).unpin() {
             0 => {
                 self.pool.free_frame(frame);
-                if self.alloc_waiters.load(Ordering::SeqCst) > 0 {
-                    self.frame_event.notify_all();
-                }
+                self.notify_if_alloc_waiters();
             }
-            1 if self.alloc_waiters.load(Ordering::SeqCst) > 0 => self.frame_event.notify_all(),
+            1 => self.notify_if_alloc_waiters(),
             _ => {}
         }
     }

@@ -75,9 +75,7 @@ impl CacheInner {
         // pages evictable, and a periodic re-check bounds any wait whose wake-up was missed to
         // one writeback interval.
         wb.pass_done(pages);
-        if self.has_alloc_waiters() {
-            self.frame_event.notify_all();
-        }
+        self.notify_if_alloc_waiters();
         span.record("pages", pages);
         if pages > 0 {
             tracing::debug!(

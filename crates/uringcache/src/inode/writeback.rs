@@ -296,9 +296,7 @@ impl Inode {
             self.mapping.wb_err().set(errno);
         }
         cache.writeback().notify_progress();
-        if cache.has_alloc_waiters() {
-            cache.notify_frame_waiters();
-        }
+        cache.notify_if_alloc_waiters();
     }
 
     /// Ends writeback of one page (`folio_end_writeback`; on failure the page is dirty again
