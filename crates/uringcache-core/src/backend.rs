@@ -23,6 +23,8 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use crate::page::FrameId;
 
@@ -142,6 +144,12 @@ pub struct BackendStats {
     /// `io_uring` backend registers regions of it as I/O first touches them); 0 for backends
     /// without fixed buffers. A level, not a count of work.
     pub fixed_buffer_bytes: u64,
+    /// Rings of blocking threads in existence (the `io_uring` backend gives a thread blocked in
+    /// [`Backend::block_on`] a ring of its own); a level. 0 for other backends.
+    pub thread_rings: u64,
+    /// Requests completed on the ring of the thread that submitted them, reaped by that thread
+    /// itself (no hand-off to another thread).
+    pub thread_ring_completions: u64,
 }
 
 /// The I/O layer under the cache (`a_ops`): implemented by `uringcache-uring`.
@@ -173,6 +181,54 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stops the backend's threads after every submitted request has completed.
     fn shutdown(&self);
+
+    /// Calls `step` until it returns `Ready`, blocking the calling thread in between: how a
+    /// blocking API (the cache's `BlockingFile`) waits for the cache's futures. `step` polls
+    /// the caller's future with the context it is given.
+    ///
+    /// A backend that can let the waiting thread reap its own completions does so here (the
+    /// `io_uring` backend's rings per blocking thread: requests submitted on this thread during
+    /// the call go to the thread's own ring, and the thread waits in the kernel for them and
+    /// for wake-ups at once). Every request submitted on this thread during the call has
+    /// completed when it returns. The default parks the thread between polls
+    /// ([`park_until_ready`]).
+    fn block_on(&self, step: &mut dyn FnMut(&mut Context<'_>) -> Poll<()>) {
+        park_until_ready(step);
+    }
+}
+
+/// Calls `step` until it returns `Ready`, parking the thread between calls with a waker that
+/// unparks it: the default [`Backend::block_on`].
+///
+/// ```
+/// use std::task::Poll;
+/// let mut polls = 0;
+/// uringcache_core::backend::park_until_ready(&mut |cx| {
+///     polls += 1;
+///     if polls < 3 {
+///         cx.waker().wake_by_ref(); // as a completion would
+///         Poll::Pending
+///     } else {
+///         Poll::Ready(())
+///     }
+/// });
+/// assert_eq!(polls, 3);
+/// ```
+pub fn park_until_ready(step: &mut dyn FnMut(&mut Context<'_>) -> Poll<()>) {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    while step(&mut cx).is_pending() {
+        std::thread::park();
+    }
 }
 
 /// A backend wrapped around another that changes only how requests are submitted (a timing
@@ -245,5 +301,9 @@ impl<L: Layer> Backend for L {
 
     fn shutdown(&self) {
         self.shutdown_layered();
+    }
+
+    fn block_on(&self, step: &mut dyn FnMut(&mut Context<'_>) -> Poll<()>) {
+        self.inner().block_on(step);
     }
 }

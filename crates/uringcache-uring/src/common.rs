@@ -69,6 +69,8 @@ impl Counters {
             submit_calls: self.submit_calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             fixed_buffer_bytes: 0,
+            thread_rings: 0,
+            thread_ring_completions: 0,
         }
     }
 }

@@ -38,6 +38,14 @@
 //! * **Why one thread.** The completion queue has a single consumer by construction, so reaping
 //!   needs no lock; completions only flip page bits and wake wakers, which one thread does far
 //!   faster than a device completes I/O. Callers never wait for the driver to submit.
+//! * **Blocking threads reap their own.** A thread blocked in
+//!   [`Backend::block_on`](uringcache_core::backend::Backend::block_on) (the cache's
+//!   `BlockingFile`) gets a ring of its own (`SINGLE_ISSUER | DEFER_TASKRUN`, made on first
+//!   use, bounded by [`UringConfig::thread_rings`], released when the thread exits): the
+//!   requests it submits during the call go there, and it waits in `io_uring_enter` for their
+//!   completions and, through an armed `IORING_OP_FUTEX_WAIT` on its waker's word, for
+//!   wake-ups from other threads at once. One system call per miss, no thread hop. Every request
+//!   it started has completed when the call returns. See the `uring::thread_ring` module.
 //! * **Bounded in flight.** At most the completion queue's size (less one slot kept for the
 //!   shutdown wake-up) operations are in flight, so completions can never overflow; further
 //!   requests queue inside the backend and start as completions free room.

@@ -30,6 +30,7 @@ pub struct CacheBuilder {
     max_request_size: usize,
     uring_entries: u32,
     sqpoll: bool,
+    thread_rings: usize,
     threads: usize,
     max_transfer: usize,
     dirty_ratio: f64,
@@ -66,6 +67,7 @@ impl Default for CacheBuilder {
             max_request_size: 2 << 20,
             uring_entries: 256,
             sqpoll: false,
+            thread_rings: UringConfig::default().thread_rings,
             threads: 32,
             max_transfer: 1 << 30,
             dirty_ratio: 0.20,
@@ -117,6 +119,28 @@ impl CacheBuilder {
     /// core).
     pub fn sqpoll(&mut self, on: bool) -> &mut Self {
         self.sqpoll = on;
+        self
+    }
+
+    /// Most rings of blocking threads (`io_uring` backend; default 64). A thread using
+    /// [`BlockingFile`](crate::BlockingFile) gets a ring of its own on its first call (kept
+    /// until the thread exits), on which it submits its I/O and waits for it, reaping its own
+    /// completions: one `io_uring_enter` per miss or sync, and no other thread woken. Threads
+    /// beyond this many, and every thread when it is 0, use the shared ring, whose driver
+    /// thread reaps and wakes them. No effect on the thread pool.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let cache = uringcache::Cache::builder()
+    ///     .memory_limit(16 << 20)
+    ///     .thread_rings(8) // a pool of 8 blocking workers, say
+    ///     .build()?;
+    /// assert_eq!(cache.stats().thread_rings, 0); // made on first use
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn thread_rings(&mut self, rings: usize) -> &mut Self {
+        self.thread_rings = rings;
         self
     }
 
@@ -306,6 +330,7 @@ impl CacheBuilder {
                 entries: self.uring_entries,
                 sqpoll: self.sqpoll,
                 max_transfer: self.max_transfer,
+                thread_rings: self.thread_rings,
                 ..UringConfig::default()
             },
             threads: self.threads,

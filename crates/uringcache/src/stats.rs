@@ -130,6 +130,13 @@ pub struct Stats {
     /// Bytes of the frame arena registered as `io_uring` fixed buffers so far (pinned in
     /// memory by the kernel): whole regions, those I/O has touched. 0 on the thread pool.
     pub fixed_buffer_bytes: u64,
+    /// Rings of blocking threads the `io_uring` backend has now: a thread using
+    /// [`BlockingFile`](crate::BlockingFile) gets a ring of its own on its first call, on which
+    /// it submits and reaps its own I/O. 0 on the thread pool.
+    pub thread_rings: u64,
+    /// Requests completed on the ring of the thread that submitted them (reaped by that
+    /// thread, with no hand-off to another): the blocking API's misses and syncs.
+    pub thread_ring_completions: u64,
     /// Why [`Backend::Auto`](crate::Backend::Auto) fell back to the thread pool (the
     /// `io_uring` error, which says what to change); `None` when it did not fall back or
     /// another backend was asked for.

@@ -1,17 +1,17 @@
 //! Small synchronisation helpers that need no async runtime: a one-shot completion cell that
-//! turns a backend [`Completion`] into a future, and `block_on` for the writeback thread and
-//! `BlockingFile`.
+//! turns a backend [`Completion`] into a future, `block_on` for the flusher thread and
+//! `block_on_io` for `BlockingFile`.
 
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use uringcache_core::backend::Completion;
+use uringcache_core::backend::{Backend as IoBackend, Completion};
 use uringcache_core::wait::Event;
 
 /// The result of one backend request, awaited as a future.
@@ -59,25 +59,37 @@ impl OneShot {
     }
 }
 
-/// Runs a future to completion on the current (non-async) thread, parking between polls.
+/// Runs a future to completion on the current (non-async) thread, parking between polls: for
+/// the flusher thread, whose waits are not for I/O it submitted itself.
 pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
+    let mut out = None;
+    uringcache_core::backend::park_until_ready(&mut |cx| poll_into(fut.as_mut(), cx, &mut out));
+    out.expect("park_until_ready returns once the future is ready")
+}
+
+/// Runs a future to completion on the current (non-async) thread through
+/// [`IoBackend::block_on`]: with `io_uring`, the I/O the future submits goes to this thread's
+/// own ring and the thread reaps its completions itself. For the blocking API.
+pub(crate) fn block_on_io<F: Future>(backend: &dyn IoBackend, fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut out = None;
+    backend.block_on(&mut |cx| poll_into(fut.as_mut(), cx, &mut out));
+    out.expect("Backend::block_on returns once the future is ready")
+}
+
+/// Polls `fut` once, storing its output in `out` when it is ready.
+fn poll_into<F: Future>(
+    fut: Pin<&mut F>,
+    cx: &mut Context<'_>,
+    out: &mut Option<F::Output>,
+) -> Poll<()> {
+    match fut.poll(cx) {
+        Poll::Ready(v) => {
+            *out = Some(v);
+            Poll::Ready(())
         }
-        std::thread::park();
+        Poll::Pending => Poll::Pending,
     }
 }
 

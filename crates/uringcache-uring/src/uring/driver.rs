@@ -28,6 +28,7 @@ use uringcache_core::frames::FrameArena;
 use super::buffers::Regions;
 use super::ops::InFlight;
 use super::setup::FileEntry;
+use super::thread_ring::Census;
 use uringcache_core::backend::OpKind;
 
 use crate::common::{complete, Counters, Step, MAX_RETRIES};
@@ -60,6 +61,8 @@ pub(super) struct Shared {
     pub(super) sqpoll: bool,
     pub(super) max_inflight: usize,
     pub(super) max_transfer: usize,
+    /// The rings of blocking threads (`thread_ring`): how many, how much in flight.
+    pub(super) thread_rings: Census,
 }
 
 impl Shared {

@@ -27,6 +27,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle, ThreadId};
 
 use parking_lot::Mutex;
@@ -39,6 +40,7 @@ mod buffers;
 mod driver;
 mod ops;
 mod setup;
+mod thread_ring;
 
 use driver::Shared;
 use ops::Later;
@@ -76,6 +78,13 @@ pub struct UringConfig {
     /// like a short transfer. Default 1 GiB (the kernel's own cap). A multiple of the files'
     /// direct-I/O alignment; small values exercise the short-transfer path in tests.
     pub max_transfer: usize,
+    /// Most rings of blocking threads: a thread blocked in
+    /// [`Backend::block_on`] (the cache's
+    /// `BlockingFile`) gets a ring of its own, on which it submits and reaps its own I/O, one
+    /// `io_uring_enter` per wait (see the crate documentation). Threads beyond this many use
+    /// the shared ring. `0` turns thread rings off. Default 64. Needs
+    /// `IORING_OP_FUTEX_WAIT` (Linux 6.7); without it every thread uses the shared ring.
+    pub thread_rings: usize,
 }
 
 impl Default for UringConfig {
@@ -86,6 +95,7 @@ impl Default for UringConfig {
             register_buffers: true,
             register_files: true,
             max_transfer: MAX_RW,
+            thread_rings: 64,
         }
     }
 }
@@ -170,6 +180,17 @@ impl UringBackend {
         self.shared.ftruncate_op
     }
 
+    /// Rings of blocking threads in existence now (see [`UringConfig::thread_rings`]).
+    pub fn thread_rings(&self) -> usize {
+        self.shared.thread_rings.live()
+    }
+
+    /// Whether blocking threads may get rings of their own: on in the config, and the kernel
+    /// has `IORING_OP_FUTEX_WAIT` (Linux 6.7).
+    pub fn uses_thread_rings(&self) -> bool {
+        self.shared.thread_rings.enabled()
+    }
+
     /// Most operations in flight at once (the completion queue's size less one); further
     /// requests wait inside the backend.
     pub fn max_in_flight(&self) -> usize {
@@ -195,6 +216,9 @@ impl Backend for UringBackend {
             return;
         }
         let shared = &*self.shared;
+        if thread_ring::submit(shared, batch) {
+            return;
+        }
         // Regions of the arena first touched by this batch: registered below, once its I/O is
         // under way (these requests go unregistered; later ones into the regions are fixed).
         // Not on the driver thread, whose completions must not wait for that.
@@ -224,7 +248,7 @@ impl Backend for UringBackend {
                 // so this is the only `SubmissionQueue` in existence.
                 let mut sq = unsafe { shared.ring.submission_shared() };
                 for req in batch.drain(..) {
-                    match shared.prepare(&st, req) {
+                    match shared.prepare(&st, req, false) {
                         Ok(op) => {
                             if st.pending.is_empty() && st.ops.len() < shared.max_inflight {
                                 shared.start(&mut st, &mut sq, op);
@@ -258,12 +282,22 @@ impl Backend for UringBackend {
     fn stats(&self) -> BackendStats {
         BackendStats {
             fixed_buffer_bytes: self.fixed_buffer_bytes(),
+            thread_rings: self.shared.thread_rings.live() as u64,
+            thread_ring_completions: self.shared.thread_rings.completions(),
             ..self.shared.counters.snapshot()
         }
     }
 
+    fn block_on(&self, step: &mut dyn FnMut(&mut Context<'_>) -> Poll<()>) {
+        thread_ring::block_on(&self.shared, step);
+    }
+
     fn shutdown(&self) {
         self.shared.close();
+        // The thread rings: this thread's own first (nobody else can reap it), then the other
+        // threads' (each reaps its own).
+        thread_ring::drain_ring(&self.shared);
+        self.shared.thread_rings.wait_idle();
         // A completion may call shutdown on the driver thread: it cannot join itself; the
         // driver stops on its own once everything completed.
         if thread::current().id() == self.driver_id {

@@ -218,8 +218,15 @@ impl Later {
 }
 
 impl Shared {
-    /// Turns a request into an operation, or into something done on this thread.
-    pub(super) fn prepare(&self, st: &State, req: Request) -> Result<InFlight, Later> {
+    /// Turns a request into an operation, or into something done on this thread. An operation
+    /// for a thread's own ring (`thread_ring`) names its file by descriptor and its frames
+    /// unregistered: the shared ring's file and buffer tables are not that ring's.
+    pub(super) fn prepare(
+        &self,
+        st: &State,
+        req: Request,
+        thread_ring: bool,
+    ) -> Result<InFlight, Later> {
         let Request { file, op, done } = req;
         let kind = op.kind();
         let Some(entry) = st.files.get(file.0 as usize) else {
@@ -229,7 +236,7 @@ impl Shared {
                 Err(unknown_file_error(NAME, file)),
             ));
         };
-        let target = if entry.fixed {
+        let target = if entry.fixed && !thread_ring {
             Target::Fixed(file.0)
         } else {
             Target::Fd(entry.fd)
@@ -255,7 +262,7 @@ impl Shared {
                 }
                 let used = &frames[..used_frames(&self.arena, &frames, len)];
                 let fixed = match &self.buffers {
-                    Some(regions) if consecutive(used) => regions.index_for(used),
+                    Some(regions) if !thread_ring && consecutive(used) => regions.index_for(used),
                     _ => None,
                 };
                 Work::Rw {

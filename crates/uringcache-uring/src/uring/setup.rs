@@ -68,6 +68,7 @@ use uringcache_core::page::FrameId;
 
 use super::buffers::{Regions, REGION_BYTES};
 use super::driver::{Shared, State};
+use super::thread_ring::Census;
 use super::{UringConfig, NAME};
 use crate::common::{shut_down_error, Counters};
 use crate::error;
@@ -183,14 +184,17 @@ pub(super) fn shared(arena: Arc<FrameArena>, config: &UringConfig) -> io::Result
     let submitter = ring.submitter();
 
     let mut probe = Probe::new();
-    let ftruncate_op = match submitter.register_probe(&mut probe) {
+    let (ftruncate_op, futex_op) = match submitter.register_probe(&mut probe) {
         Ok(()) => {
             check_ops(&probe)?;
-            probe.is_supported(opcode::Ftruncate::CODE)
+            (
+                probe.is_supported(opcode::Ftruncate::CODE),
+                probe.is_supported(opcode::FutexWait::CODE),
+            )
         }
         Err(e) => {
             tracing::debug!("io_uring probe unavailable ({e}); assuming the base opcodes");
-            false
+            (false, false)
         }
     };
 
@@ -229,6 +233,7 @@ pub(super) fn shared(arena: Arc<FrameArena>, config: &UringConfig) -> io::Result
         sqpoll: config.sqpoll,
         max_inflight,
         max_transfer: config.max_transfer,
+        thread_rings: Census::new(config.thread_rings, futex_op),
     })
 }
 

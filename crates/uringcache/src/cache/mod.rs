@@ -530,6 +530,8 @@ impl CacheInner {
             backend: self.backend.name(),
             fixed_buffers: self.backend_info.fixed_buffers(),
             fixed_buffer_bytes: b.fixed_buffer_bytes,
+            thread_rings: b.thread_rings,
+            thread_ring_completions: b.thread_ring_completions,
             backend_fallback: self.backend_info.fallback().map(str::to_owned),
             page_size: self.page_size,
             frames: self.pool.frames(),

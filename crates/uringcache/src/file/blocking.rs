@@ -3,16 +3,18 @@
 //! RocksDB environments) and threads outside any async runtime. Also
 //! [`Cache::open_blocking`].
 //!
-//! Each method drives the [`File`] method of the same name with the crate's `block_on` (a
-//! waker that unparks the calling thread), so it has that method's semantics and errors
+//! Each method drives the [`File`] method of the same name with the backend's `block_on`
+//! (with `io_uring`, the thread's own ring: this thread submits and reaps the I/O the call
+//! needs, waiting in the kernel for it), so it has that method's semantics and errors
 //! exactly: this module adds no state and no checks of its own.
 //!
 //! # Invariants
 //!
 //! * A `BlockingFile` is a [`File`] and nothing more: it shares the handle of the `File` it
 //!   came from (readahead state, `prev_pos`, writeback error cursor), as a clone does.
-//! * Nothing here needs the caller's executor: completions come from the backend, which wakes
-//!   the parked thread.
+//! * Nothing here needs the caller's executor: completions come from the backend (on the
+//!   calling thread's own ring, or from the driver or pool thread, which wakes the parked
+//!   thread).
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -24,7 +26,7 @@ use super::File;
 use crate::cache::Cache;
 use crate::options::OpenOptions;
 use crate::page_ref::{PageMut, PageRef};
-use crate::util::block_on;
+use crate::util::block_on_io;
 
 /// A file of the cache with blocking methods: each call blocks the calling thread until it is
 /// done, as [`std::fs::File`]'s do, and needs no async runtime. `Clone + Send + Sync`; clones
@@ -37,13 +39,14 @@ use crate::util::block_on;
 /// system call. It also implements [`std::os::unix::fs::FileExt`], so code written against
 /// `pread`-style files takes it as it is.
 ///
-/// **Which thread does the I/O.** The calling thread submits its own requests (with
-/// `io_uring` it normally enters the kernel itself; the thread backend hands them to its
-/// pool). Today
-/// the completion is reaped by the backend's driver thread (or the pool thread that did the
-/// system call) and handed to the caller with one wake-up: a miss costs one thread hop more
-/// than `pread`. A planned change, rings per submitting thread, will let the calling thread
-/// reap its own completions.
+/// **Which thread does the I/O.** With `io_uring`, the calling thread gets a ring of its own
+/// (made on its first blocking call, released when the thread exits): the I/O a call needs
+/// goes out on it, and the thread waits in the kernel for its completions (one
+/// `io_uring_enter` submits and waits, as one `pread` would), reaping and finishing them
+/// itself: no other thread is woken. Every request the call started has completed when it
+/// returns. If the ring cannot be made (memlock limit, too many rings), the call falls back
+/// to the shared ring and its driver thread, with one warning. The thread backend hands the
+/// requests to its pool and parks the caller until done.
 ///
 /// **From async code.** Called from inside an async task, a method blocks that task's worker
 /// thread for the duration of its I/O, as `std::fs` does: prefer the async [`File`] there (or
@@ -107,7 +110,7 @@ impl Cache {
         path: impl AsRef<Path>,
         options: &OpenOptions,
     ) -> io::Result<BlockingFile> {
-        block_on(self.open(path, options)).map(BlockingFile::new)
+        block_on_io(&**self.inner().backend(), self.open(path, options)).map(BlockingFile::new)
     }
 
     /// [`shutdown`](Cache::shutdown), blocking the calling thread until it is done: writes
@@ -128,13 +131,19 @@ impl Cache {
     /// # }
     /// ```
     pub fn shutdown_blocking(&self) -> io::Result<()> {
-        block_on(self.shutdown())
+        block_on_io(&**self.inner().backend(), self.shutdown())
     }
 }
 
 impl BlockingFile {
     pub(super) fn new(file: File) -> BlockingFile {
         BlockingFile { file }
+    }
+
+    /// Runs one of the file's futures to completion on this thread, through the backend (which
+    /// lets this thread reap its own I/O).
+    fn wait<F: std::future::Future>(&self, fut: F) -> F::Output {
+        block_on_io(&**self.file.cache().backend(), fut)
     }
 
     /// The async handle of this file (the same handle: readahead state and error reports are
@@ -192,13 +201,13 @@ impl BlockingFile {
     /// # }
     /// ```
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        block_on(self.file.read_at(buf, offset))
+        self.wait(self.file.read_at(buf, offset))
     }
 
     /// Reads exactly `buf.len()` bytes from `offset`; `UnexpectedEof` if the file ends first.
     /// See [`File::read_exact_at`].
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        block_on(self.file.read_exact_at(buf, offset))
+        self.wait(self.file.read_exact_at(buf, offset))
     }
 
     /// Reads only what is cached (`IOCB_NOWAIT`): never blocks, never starts I/O;
@@ -211,7 +220,7 @@ impl BlockingFile {
     /// the write waits (for a page to read, for writeback below the dirty limit). The bytes
     /// reach the device later, or at the next sync. See [`File::write_at`].
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        block_on(self.file.write_at(buf, offset))
+        self.wait(self.file.write_at(buf, offset))
     }
 
     /// Writes all of `buf` at `offset` into the cache. See [`File::write_all_at`].
@@ -231,13 +240,13 @@ impl BlockingFile {
     /// # }
     /// ```
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        block_on(self.file.write_all_at(buf, offset))
+        self.wait(self.file.write_all_at(buf, offset))
     }
 
     /// Writes back the dirty pages of `offset .. offset + len` and waits for them, without a
     /// flush. See [`File::sync_range`].
     pub fn sync_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        block_on(self.file.sync_range(offset, len))
+        self.wait(self.file.sync_range(offset, len))
     }
 
     /// Makes the file's data durable (`fdatasync`). See [`File::sync_data`].
@@ -254,19 +263,19 @@ impl BlockingFile {
     /// # }
     /// ```
     pub fn sync_data(&self) -> io::Result<()> {
-        block_on(self.file.sync_data())
+        self.wait(self.file.sync_data())
     }
 
     /// Makes the file's data and metadata durable (`fsync`): afterwards the file on disk has
     /// exactly [`len`](Self::len) bytes. See [`File::sync_all`].
     pub fn sync_all(&self) -> io::Result<()> {
-        block_on(self.file.sync_all())
+        self.wait(self.file.sync_all())
     }
 
     /// Sets the file's length: shrinking drops the cached pages past the end and cuts the
     /// file on disk, growing extends it with zeros. See [`File::set_len`].
     pub fn set_len(&self, len: u64) -> io::Result<()> {
-        block_on(self.file.set_len(len))
+        self.wait(self.file.set_len(len))
     }
 
     /// Page `index` of the file, pinned and up to date, read from the device if needed, with
@@ -285,7 +294,7 @@ impl BlockingFile {
     /// # }
     /// ```
     pub fn page(&self, index: u64) -> io::Result<PageRef> {
-        block_on(self.file.page(index))
+        self.wait(self.file.page(index))
     }
 
     /// Page `index` of the file, pinned and locked for writing; dropping the [`PageMut`] marks
@@ -293,13 +302,13 @@ impl BlockingFile {
     /// the thread that holds the handle: that call waits for the handle to be dropped, and
     /// so never returns.
     pub fn page_mut(&self, index: u64) -> io::Result<PageMut> {
-        block_on(self.file.page_mut(index))
+        self.wait(self.file.page_mut(index))
     }
 
     /// Reads `offset .. offset + len` into the cache and waits for those reads. See
     /// [`File::readahead`].
     pub fn readahead(&self, offset: u64, len: u64) -> io::Result<()> {
-        block_on(self.file.readahead(offset, len))
+        self.wait(self.file.readahead(offset, len))
     }
 
     /// Tells the cache how this handle will read (`posix_fadvise`). See [`File::advise`].
@@ -309,19 +318,19 @@ impl BlockingFile {
 
     /// Drops the clean cached pages of `offset .. offset + len`. See [`File::invalidate`].
     pub fn invalidate(&self, offset: u64, len: u64) -> io::Result<()> {
-        block_on(self.file.invalidate(offset, len))
+        self.wait(self.file.invalidate(offset, len))
     }
 
     /// Reads into `buf` from `offset` straight from the device, bypassing the cache (coherent
     /// with it). See [`File::read_direct_at`].
     pub fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        block_on(self.file.read_direct_at(buf, offset))
+        self.wait(self.file.read_direct_at(buf, offset))
     }
 
     /// Writes all of `buf` at `offset` straight to the device, bypassing the cache (coherent
     /// with it). See [`File::write_direct_at`].
     pub fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        block_on(self.file.write_direct_at(buf, offset))
+        self.wait(self.file.write_direct_at(buf, offset))
     }
 }
 
@@ -412,13 +421,13 @@ mod tests {
         let again = file.blocking();
         assert_eq!(again.len(), 13);
         let mut buf = [0u8; 3];
-        block_on(file.read_exact_at(&mut buf, 10)).unwrap();
+        crate::util::block_on(file.read_exact_at(&mut buf, 10)).unwrap();
         assert_eq!(&buf, b"abc");
         assert!(format!("{again:?}").contains("BlockingFile"));
         // The same error as the async method, kind and message.
         let mut big = [0u8; 8];
         let sync_err = again.read_exact_at(&mut big, 10).unwrap_err();
-        let async_err = block_on(file.read_exact_at(&mut big, 10)).unwrap_err();
+        let async_err = crate::util::block_on(file.read_exact_at(&mut big, 10)).unwrap_err();
         assert_eq!(sync_err.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(sync_err.to_string(), async_err.to_string());
     }

@@ -1,0 +1,309 @@
+//! Rings per blocking thread (`io_uring`): a thread using `BlockingFile` submits and reaps its
+//! own I/O on a ring of its own. Checked from outside, through `Stats` and the bytes: a
+//! blocking miss completes on its thread's ring and the ring goes when the thread does; many
+//! threads (some short-lived, more than the rings allowed) read and write one file through a
+//! tiny budget that churns every frame, waiting on each other's pages across rings, and every
+//! byte is checked against a model; async tasks and blocking threads mixed; a shutdown while
+//! blocking threads are busy.
+//!
+//! Every test runs on both backends (`common::backend_test!`); on the thread pool the ring
+//! counts stay 0 and the rest must hold the same. No test sleeps or times anything.
+
+mod common;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{assert_bytes, builder, make_file, pattern, ro, rw, scratch_dir};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uringcache::{Backend, BlockingFile, Cache};
+
+fn cache(backend: Backend, frames: usize, rings: usize) -> Cache {
+    builder(backend)
+        .memory_limit(frames * 4096)
+        .page_size(4096)
+        .thread_rings(rings)
+        .build()
+        .unwrap_or_else(|e| panic!("build on {backend:?}: {e}"))
+}
+
+common::backend_test!(a_blocking_miss_is_reaped_on_its_own_threads_ring);
+/// A cold read and a sync from a plain thread complete on that thread's ring (io_uring); the
+/// ring exists while the thread lives and is gone once it has exited. The shared ring's driver
+/// is not involved: its completions do not grow.
+fn a_blocking_miss_is_reaped_on_its_own_threads_ring(backend: Backend) {
+    let dir = scratch_dir();
+    let (path, data) = make_file(dir.path(), "f", 64 << 10, 7);
+    let cache = cache(backend, 64, 64);
+    let f = cache.open_blocking(&path, &rw()).unwrap();
+    let before = cache.stats();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let worker = {
+        let f = f.clone();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, 8192).unwrap();
+            assert_bytes(&buf, &data[8192..12288], "a cold page");
+            f.write_all_at(b"synced", 100).unwrap();
+            f.sync_data().unwrap();
+            ready_tx.send(()).unwrap();
+            rx.recv().unwrap(); // stay alive until the main thread has looked
+        })
+    };
+    ready_rx.recv().unwrap();
+    let during = cache.stats();
+    tx.send(()).unwrap();
+    worker.join().unwrap();
+    let after = cache.stats();
+    match backend {
+        Backend::IoUring => {
+            // The main thread's own ring (made by `open_blocking`), then the worker's too.
+            assert_eq!(before.thread_rings, 1, "{before:?}");
+            assert_eq!(during.thread_rings, 2, "the worker's ring: {during:?}");
+            // The read, the write-back of page 0 and the flush, at least.
+            assert!(
+                during.thread_ring_completions >= before.thread_ring_completions + 3,
+                "completions reaped by the worker itself: {before:?} -> {during:?}"
+            );
+            assert_eq!(
+                after.thread_rings, 1,
+                "the ring goes with its thread: {after:?}"
+            );
+        }
+        _ => {
+            assert_eq!(during.thread_rings, 0);
+            assert_eq!(during.thread_ring_completions, 0);
+        }
+    }
+    let disk = common::read_disk(&path).unwrap();
+    assert_eq!(&disk[100..106], b"synced");
+    cache.shutdown_blocking().unwrap();
+}
+
+common::backend_test!(many_threads_churn_a_tiny_budget_across_rings);
+/// Ten threads at once — four long-lived readers of the whole file, four writers each owning a
+/// range of it (and reading everything), and a stream of short-lived threads that do a few
+/// reads each and exit — over a budget of 16 frames, with only 3 thread rings allowed (the
+/// other threads use the shared ring). Readers wait on pages other threads' rings are reading,
+/// every frame is reused again and again, and every byte read is checked: against the file
+/// for the read-only part, against the writer's own model for its range. At the end the
+/// cache and the disk hold exactly the model.
+fn many_threads_churn_a_tiny_budget_across_rings(backend: Backend) {
+    const LEN: usize = 1 << 20;
+    const WRITERS: usize = 4;
+    const OPS: usize = 600;
+    let dir = scratch_dir();
+    let (path, base) = make_file(dir.path(), "f", LEN, 11);
+    let cache = cache(backend, 16, 3);
+    let f = cache.open_blocking(&path, &rw()).unwrap();
+    // Writers own the upper half, a quarter of it each; the lower half stays as made.
+    let half = LEN / 2;
+    let span = half / WRITERS;
+    let writers_done = Arc::new(AtomicBool::new(false));
+    let models: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let mut readers = Vec::new();
+        for t in 0..4u64 {
+            let f = f.clone();
+            let base = &base;
+            readers.push(s.spawn(move || read_lower_half(&f, base, t, OPS)));
+        }
+        let short_lived = {
+            let f = f.clone();
+            let base = &base;
+            let done = writers_done.clone();
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !done.load(Ordering::Acquire) || n < 8 {
+                    let f = f.clone();
+                    let base = base.clone();
+                    std::thread::spawn(move || read_lower_half(&f, &base, 100 + n, 20))
+                        .join()
+                        .expect("a short-lived reader panicked")
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let f = f.clone();
+                let mut model = base[half + w * span..half + (w + 1) * span].to_vec();
+                s.spawn(move || -> io::Result<Vec<u8>> {
+                    let start = half + w * span;
+                    let mut rng = StdRng::seed_from_u64(w as u64);
+                    for op in 0..OPS {
+                        let at = rng.gen_range(0..span);
+                        let n = rng.gen_range(1..=6000).min(span - at);
+                        if rng.gen_bool(0.5) {
+                            let bytes = pattern(n, (w * OPS + op) as u64);
+                            f.write_all_at(&bytes, (start + at) as u64)?;
+                            model[at..at + n].copy_from_slice(&bytes);
+                        } else {
+                            let mut buf = vec![0u8; n];
+                            f.read_exact_at(&mut buf, (start + at) as u64)?;
+                            assert_bytes(&buf, &model[at..at + n], &format!("writer {w} op {op}"));
+                        }
+                        if op % 97 == 0 {
+                            f.sync_data()?;
+                        }
+                    }
+                    Ok(model)
+                })
+            })
+            .collect();
+        let models: Vec<Vec<u8>> = writers
+            .into_iter()
+            .map(|w| w.join().expect("a writer panicked").unwrap())
+            .collect();
+        writers_done.store(true, Ordering::Release);
+        for r in readers {
+            r.join().expect("a reader panicked").unwrap();
+        }
+        let n = short_lived.join().expect("the spawner panicked");
+        assert!(n >= 8, "{n} short-lived readers");
+        models
+    });
+    let mut want = base[..half].to_vec();
+    for m in &models {
+        want.extend_from_slice(m);
+    }
+    let mut back = vec![0u8; LEN];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert_bytes(&back, &want, "the whole file after the threads");
+    f.sync_all().unwrap();
+    assert_bytes(&common::read_disk(&path).unwrap(), &want, "disk");
+    let stats = cache.stats();
+    if backend == Backend::IoUring {
+        assert!(stats.thread_rings <= 3, "bounded: {stats:?}");
+        assert!(stats.thread_ring_completions > 0, "{stats:?}");
+    }
+    cache.shutdown_blocking().unwrap();
+}
+
+/// `ops` random reads of the lower half of the file, each checked against `base`.
+fn read_lower_half(f: &BlockingFile, base: &[u8], seed: u64, ops: usize) -> io::Result<()> {
+    let half = base.len() / 2;
+    let mut rng = StdRng::seed_from_u64(seed);
+    for op in 0..ops {
+        let at = rng.gen_range(0..half);
+        let n = rng.gen_range(1..=20_000).min(half - at);
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, at as u64)?;
+        assert_bytes(&buf, &base[at..at + n], &format!("reader {seed} op {op}"));
+    }
+    Ok(())
+}
+
+common::backend_test!(async_tasks_and_blocking_threads_share_pages);
+/// Tokio tasks (multi-thread runtime) and plain blocking threads read the same small file
+/// through a budget smaller than it: the async side's I/O goes on the shared ring, the
+/// blocking side's on the threads' rings, and each waits on pages the other is reading.
+fn async_tasks_and_blocking_threads_share_pages(backend: Backend) {
+    const LEN: usize = 512 << 10;
+    let dir = scratch_dir();
+    let (path, data) = make_file(dir.path(), "f", LEN, 5);
+    let cache = cache(backend, 24, 64);
+    let bf = cache.open_blocking(&path, &ro()).unwrap();
+    let data = Arc::new(data);
+    let rt = common::multi_thread();
+    std::thread::scope(|s| {
+        let blocking: Vec<_> = (0..3u64)
+            .map(|t| {
+                let bf = bf.clone();
+                let data = data.clone();
+                s.spawn(move || read_all_over(&bf, &data, t, 300))
+            })
+            .collect();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let file = bf.file().clone();
+                    let data = data.clone();
+                    tokio::spawn(async move {
+                        let mut rng = StdRng::seed_from_u64(50 + t);
+                        for op in 0..300 {
+                            let at = rng.gen_range(0..LEN);
+                            let n = rng.gen_range(1..=12_000).min(LEN - at);
+                            let mut buf = vec![0u8; n];
+                            file.read_exact_at(&mut buf, at as u64).await?;
+                            assert_bytes(&buf, &data[at..at + n], &format!("task {t} op {op}"));
+                        }
+                        io::Result::Ok(())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("a task panicked").unwrap();
+            }
+        });
+        for b in blocking {
+            b.join().expect("a blocking thread panicked").unwrap();
+        }
+    });
+    cache.shutdown_blocking().unwrap();
+}
+
+/// `ops` random reads anywhere in the file, each checked against `data`.
+fn read_all_over(f: &BlockingFile, data: &[u8], seed: u64, ops: usize) -> io::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for op in 0..ops {
+        let at = rng.gen_range(0..data.len());
+        let n = rng.gen_range(1..=12_000).min(data.len() - at);
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, at as u64)?;
+        assert_bytes(&buf, &data[at..at + n], &format!("thread {seed} op {op}"));
+    }
+    Ok(())
+}
+
+common::backend_test!(shutdown_while_blocking_threads_are_busy);
+/// `shutdown_blocking` on the main thread while four threads read and write through their own
+/// rings: it returns (every ring drained), each thread's calls either succeed — and what
+/// succeeded is right — or fail with the shutdown error, and the threads end.
+fn shutdown_while_blocking_threads_are_busy(backend: Backend) {
+    const LEN: usize = 256 << 10;
+    let dir = scratch_dir();
+    let (path, data) = make_file(dir.path(), "f", LEN, 9);
+    let cache = cache(backend, 16, 64);
+    let f = cache.open_blocking(&path, &rw()).unwrap();
+    let started = Arc::new(std::sync::Barrier::new(5));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let f = f.clone();
+            let data = data.clone();
+            let started = started.clone();
+            std::thread::spawn(move || {
+                started.wait();
+                let mut rng = StdRng::seed_from_u64(t);
+                let mut failed = 0;
+                for _ in 0..400 {
+                    let at = rng.gen_range(0..LEN / 2);
+                    let mut buf = vec![0u8; 4096.min(LEN / 2 - at)];
+                    match f.read_exact_at(&mut buf, at as u64) {
+                        Ok(()) => assert_bytes(&buf, &data[at..at + buf.len()], "a read"),
+                        Err(_) => failed += 1,
+                    }
+                    let w = LEN / 2 + (t as usize) * 4096;
+                    if f.write_all_at(&[t as u8; 100], w as u64).is_err() {
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    started.wait();
+    cache.shutdown_blocking().unwrap();
+    for t in threads {
+        t.join().expect("a thread panicked");
+    }
+    assert!(
+        f.write_all_at(b"late", 0).is_err(),
+        "the cache is shut down"
+    );
+}
