@@ -197,6 +197,36 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+std::thread_local! {
+    static DETACHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`Backend::submit`] of requests that nothing on this thread will wait for (async
+/// readahead): a backend that gives a thread blocked in [`Backend::block_on`] a ring of its
+/// own (and waits for all of that ring's requests before the call returns) sends these to its
+/// shared ring instead, so that a blocking read does not wait for the readahead it started.
+/// Layers see them as any other submission ([`submitting_detached`] tells them apart).
+///
+/// # Safety
+///
+/// As for [`Backend::submit`].
+pub unsafe fn submit_detached(backend: &dyn Backend, batch: &mut Vec<Request>) {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DETACHED.with(|d| d.set(self.0));
+        }
+    }
+    let _reset = Reset(DETACHED.with(|d| d.replace(true)));
+    // SAFETY: the caller's obligations are those of `submit`.
+    unsafe { backend.submit(batch) }
+}
+
+/// Whether the submission running on this thread came through [`submit_detached`].
+pub fn submitting_detached() -> bool {
+    DETACHED.with(|d| d.get())
+}
+
 /// Calls `step` until it returns `Ready`, parking the thread between calls with a waker that
 /// unparks it: the default [`Backend::block_on`].
 ///

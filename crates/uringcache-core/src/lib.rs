@@ -36,6 +36,7 @@ pub mod mapping;
 pub mod page;
 pub mod pool;
 pub mod readahead;
+pub mod ring_wake;
 pub mod run;
 mod sync;
 

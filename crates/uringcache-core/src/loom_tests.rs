@@ -277,3 +277,54 @@ fn loom_event_notify_is_not_lost() {
         notifier.join().unwrap();
     });
 }
+
+/// One round of a thread that waits in its ring (`ring_wake`): a waker makes the future ready
+/// and notifies, racing the thread's poll and its wait. `armed_before`: the ring's futex wait
+/// has been pending since an earlier round, so the thread sleeps whenever it enters; otherwise
+/// it is armed as the thread enters and sleeps only if the word is then `IN_RING` alone. A
+/// thread that sleeps must be futex-woken.
+fn ring_wake_round(armed_before: bool) {
+    use crate::ring_wake::RingWake;
+    let word = Arc::new(RingWake::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let futex_woken = Arc::new(AtomicBool::new(false));
+    let waker = {
+        let (word, ready, woken) = (word.clone(), ready.clone(), futex_woken.clone());
+        thread::spawn(move || {
+            ready.store(true, Ordering::Release);
+            if word.notify() {
+                woken.store(true, Ordering::Release);
+            }
+        })
+    };
+    word.take_notified();
+    let mut slept = false;
+    if !ready.load(Ordering::Acquire) && word.enter() {
+        slept = armed_before || word.futex_would_sleep();
+    }
+    if slept {
+        // Asleep in the kernel: the word stays `IN_RING` until the thread is woken, so the
+        // waker must have woken the futex by the time it is done.
+        waker.join().unwrap();
+        assert!(
+            futex_woken.load(Ordering::Acquire),
+            "the thread slept in its ring and nobody woke its futex"
+        );
+        word.leave();
+    } else {
+        word.leave();
+        waker.join().unwrap();
+    }
+}
+
+/// A wake racing a thread that arms its futex wait as it enters its ring is never lost.
+#[test]
+fn loom_ring_wake_arming_on_entry_loses_no_wake() {
+    loom::model(|| ring_wake_round(false));
+}
+
+/// A wake racing a thread whose futex wait was armed in an earlier round is never lost.
+#[test]
+fn loom_ring_wake_armed_earlier_loses_no_wake() {
+    loom::model(|| ring_wake_round(true));
+}

@@ -22,6 +22,9 @@
 //!   `io_uring_disabled` set while running, no file descriptors), or a kernel without
 //!   `IORING_OP_FUTEX_WAIT` (before 6.7, see below), uses the shared ring and the parking wait:
 //!   nothing fails; one `tracing::warn` per backend names the cause.
+//! * Only what the call waits for: requests submitted through
+//!   [`submit_detached`](uringcache_core::backend::submit_detached) (async readahead) go to the
+//!   shared ring even from a blocked thread, since the call must not wait for them.
 //! * Files by descriptor and frames unregistered (`READV` / `WRITEV`): the shared ring's file
 //!   and buffer tables are that ring's only.
 //!
@@ -29,18 +32,12 @@
 //!
 //! A blocked future may wait for something other than its own I/O (a page another thread is
 //! reading, a frame the flusher frees, a group commit led by another thread) while its own
-//! I/O is in flight. So the thread waits in its ring for either. Its waker ([`ThreadWake`])
-//! has one word with two bits, `NOTIFIED` (set by every wake) and `IN_RING` (set while the
-//! thread is, or is about to be, inside `io_uring_enter`), and the ring keeps an
-//! `IORING_OP_FUTEX_WAIT` armed on that word, expecting exactly `IN_RING`:
-//!
-//! * the thread sets `IN_RING` (an atomic OR that returns the old word) and, unless `NOTIFIED`
-//!   was already set, enters the kernel to wait for one CQE;
-//! * a wake ORs in `NOTIFIED` and, if the old word had `IN_RING` and not `NOTIFIED`,
-//!   `futex_wake`s the word: the armed wait completes, so the thread's wait ends;
-//! * both are read-modify-writes of one word, so either the wake sees `IN_RING` (and wakes the
-//!   futex) or the thread sees `NOTIFIED` (and does not wait); a futex wait armed while the
-//!   word is not `IN_RING` completes at once (`EAGAIN`): no wake-up is lost.
+//! I/O is in flight. So the thread waits in its ring for either: its waker ([`ThreadWake`])
+//! holds a [`RingWake`] word, and the ring keeps an `IORING_OP_FUTEX_WAIT` armed on that word
+//! (expecting [`RingWake::FUTEX_EXPECTED`]); a wake that finds the thread in its ring
+//! `futex_wake`s the word, which completes the armed wait and so ends the thread's
+//! `io_uring_enter`. The protocol on the word, and why no wake is lost, is
+//! `uringcache_core::ring_wake` (with loom models).
 //!
 //! A wake that finds the thread running (its own completion, reaped by itself) is two atomic
 //! operations and no system call. A thread with nothing of its own in flight parks instead
@@ -71,7 +68,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -79,7 +76,10 @@ use std::thread::{self, Thread};
 use io_uring::{opcode, squeue, IoUring};
 use parking_lot::{Condvar, Mutex};
 use slab::Slab;
-use uringcache_core::backend::{park_until_ready, Completion, OpKind, Request};
+use uringcache_core::backend::{
+    park_until_ready, submitting_detached, Completion, OpKind, Request,
+};
+use uringcache_core::ring_wake::RingWake;
 
 use super::driver::Shared;
 use super::ops::{InFlight, Later};
@@ -93,10 +93,6 @@ const ENTRIES: u32 = 64;
 const FUTEX_TAG: u64 = u64::MAX - 1;
 /// `user_data` of the cancellation of that wait.
 const CANCEL_TAG: u64 = u64::MAX - 2;
-
-/// Bits of [`ThreadWake::state`].
-const NOTIFIED: u32 = 1;
-const IN_RING: u32 = 2;
 
 /// `futex2` flags of the armed wait: a 32-bit, process-private futex.
 const FUTEX2_SIZE_U32: u32 = 0x02;
@@ -218,8 +214,8 @@ impl Census {
 
 /// The waker of a thread blocked in [`block_on`] (see the module docs for the protocol).
 struct ThreadWake {
-    /// `NOTIFIED | IN_RING`; also the futex word of the rings' armed waits.
-    state: AtomicU32,
+    /// Also the futex word of the rings' armed waits.
+    word: RingWake,
     thread: Thread,
 }
 
@@ -229,17 +225,16 @@ impl Wake for ThreadWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let old = self.state.fetch_or(NOTIFIED, Ordering::AcqRel);
-        if old & (IN_RING | NOTIFIED) == IN_RING {
-            futex_wake(&self.state);
+        if self.word.notify() {
+            futex_wake(&self.word);
         }
         self.thread.unpark();
     }
 }
 
 /// `FUTEX_WAKE` on `word`, every waiter.
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: a plain system call on the address of a live atomic; the kernel only uses it as
+fn futex_wake(word: &RingWake) {
+    // SAFETY: a plain system call on the address of a live word; the kernel only uses it as
     // a key.
     unsafe {
         libc::syscall(
@@ -317,15 +312,15 @@ impl ThreadRing {
         self.push(&sqe, &shared.counters);
     }
 
-    /// Arms the futex wait on the waker's word (expecting `IN_RING`), unless armed.
+    /// Arms the futex wait on the waker's word (expecting `RingWake::FUTEX_EXPECTED`), unless armed.
     fn arm(&mut self, counters: &Counters) {
         if self.futex_armed {
             return;
         }
-        let word = self.wake.state.as_ptr().cast_const();
+        let word = self.wake.word.as_ptr().cast_const();
         let sqe = opcode::FutexWait::new(
             word,
-            u64::from(IN_RING),
+            u64::from(RingWake::FUTEX_EXPECTED),
             FUTEX_MATCH_ANY,
             FUTEX2_SIZE_U32 | FUTEX2_PRIVATE,
         )
@@ -521,7 +516,7 @@ impl<'a> Scope<'a> {
                     .wake
                     .get_or_insert_with(|| {
                         Arc::new(ThreadWake {
-                            state: AtomicU32::new(0),
+                            word: RingWake::new(),
                             thread: thread::current(),
                         })
                     })
@@ -574,14 +569,13 @@ impl<'a> Scope<'a> {
                 return false;
             }
             let counters = &self.shared.counters;
-            let old = self.wake.state.fetch_or(IN_RING, Ordering::AcqRel);
-            if old & NOTIFIED == 0 {
+            if self.wake.word.enter() {
                 ring.arm(counters);
                 ring.enter(1, counters);
             } else if ring.unsubmitted {
                 ring.enter(0, counters);
             }
-            self.wake.state.fetch_and(!IN_RING, Ordering::AcqRel);
+            self.wake.word.leave();
             ring.reap(self.shared, &mut finished);
             true
         });
@@ -658,11 +652,11 @@ pub(super) fn block_on(shared: &Arc<Shared>, step: &mut dyn FnMut(&mut Context<'
     let waker = Waker::from(scope.wake.clone());
     let mut cx = Context::from_waker(&waker);
     loop {
-        scope.wake.state.fetch_and(!NOTIFIED, Ordering::AcqRel);
+        scope.wake.word.take_notified();
         if step(&mut cx).is_ready() {
             break;
         }
-        if !scope.wait() && scope.wake.state.load(Ordering::Acquire) & NOTIFIED == 0 {
+        if !scope.wait() && !scope.wake.word.notified() {
             thread::park();
         }
     }
@@ -670,9 +664,10 @@ pub(super) fn block_on(shared: &Arc<Shared>, step: &mut dyn FnMut(&mut Context<'
 }
 
 /// Starts `batch` on this thread's ring when the thread is inside a [`block_on`] of this
-/// backend and has a ring; `false` (and `batch` untouched) otherwise.
+/// backend and has a ring, unless the batch is detached (async readahead, which the call must
+/// not wait for: it goes to the shared ring); `false` (and `batch` untouched) otherwise.
 pub(super) fn submit(shared: &Shared, batch: &mut Vec<Request>) -> bool {
-    if !shared.thread_rings.enabled() {
+    if !shared.thread_rings.enabled() || submitting_detached() {
         return false;
     }
     let key: *const Shared = shared;

@@ -218,7 +218,17 @@ impl Inode {
     pub(crate) fn start_readahead(self: &Arc<Self>, window: Window) {
         let mut reads = self.read_batch();
         self.fill_run(window.start, window.end(), window.mark(), &mut reads);
-        self.submit(reads);
+        self.end_run(&mut reads);
+        if !reads.requests.is_empty() {
+            // SAFETY: as in `submit`. Detached: nobody waits for these reads, so a blocking
+            // caller's own ring (which it drains before returning) is not the place for them.
+            unsafe {
+                uringcache_core::backend::submit_detached(
+                    &**self.cache.backend(),
+                    &mut reads.requests,
+                )
+            };
+        }
     }
 
     /// Reads the absent pages of `window` (`page_cache_ra_unbounded`). The page `demand`, if
