@@ -31,6 +31,10 @@
 //! * **uringcache**, `io_uring` and thread-pool backends — a fresh `Cache` every turn, one
 //!   handle per task on a tokio multi-thread runtime with 2 workers; zero-copy reads through
 //!   `File::page`, writes through `File::write_all_at` + `sync_all` / `sync_data`.
+//! * **uringcache blocking** — [`uringcache::BlockingFile`] (`Cache::open_blocking`), reads
+//!   and writes from plain std threads with no runtime, each call parking its thread until
+//!   the backend completes it; a fresh `Cache` every turn. Queue-depth-1 rows only
+//!   (`rand-cold, 1 in flight`, `rand-write-sync, 1 writer`): the synchronous caller's view.
 //! * **LRU model** — a simulated LRU of the budget's size, the floor of the `scan` workload.
 //!
 //! ## Method
@@ -58,6 +62,11 @@
 //!   syncs the filesystem (so freeing the last turn's blocks is not charged to the next
 //!   contender); the file rand-write-sync overwrites is written and synced once at the start,
 //!   and its kernel copy is dropped before every turn as for a cold case.
+//! * **Latency.** On the queue-depth-1 rows each contender times every operation (a read;
+//!   a write with its sync) into an HDR histogram (`hdrhistogram`, 3 significant digits: fixed
+//!   memory and a constant-time record, so the recording does not grow with the count or
+//!   disturb the throughput it sits in); the row gives the medians over rounds of each
+//!   round's p50 and p99.
 //! * **What is timed.** Only the reads, or the writes with their syncs: files are opened (or
 //!   created), runtimes and caches built, threads started and warm-up reads made before the
 //!   clock starts (worker threads meet at a barrier, then the clock runs until all of them
@@ -85,7 +94,8 @@
 //! * `rand-cold` — a fixed count of random 4 KiB reads of the cold file, 1 and 32 in flight
 //!   (kernel: 1 / 32 threads; uringcache: 1 / 32 tasks with `Advice::Random`; every contender
 //!   gets its random-access hint: `POSIX_FADV_RANDOM`, `MADV_RANDOM`), ops/s. Target 1.0x the
-//!   kernel's 32 threads.
+//!   kernel's 32 threads. The 1-in-flight row also gives every contender's p50 / p99 read
+//!   latency.
 //! * `zipf` — Zipf(0.99) 4 KiB reads over a file 4x the budget, hot blocks scattered over the
 //!   file, one reader: as many untimed warm-up reads as timed ones, from cold. ops/s, and the
 //!   hit ratio where the contender can tell (uringcache's `Stats`; the kernel's cache is not
@@ -104,7 +114,8 @@
 //!   followed by a data sync (`fdatasync`, `sync_data`) before that writer's next write, with
 //!   1 and 16 writers (kernel: threads; uringcache: tasks on one cache, whose concurrent syncs
 //!   share flushes — group commit), ops/s. 4000 writes a round (quick 800), split between the
-//!   writers. Targets 1.0x the kernel with 1 writer, 3x with 16. uringcache's rows give its
+//!   writers. Targets 1.0x the kernel with 1 writer, 3x with 16. The 1-writer row also gives
+//!   every contender's p50 / p99 latency of a write with its sync. uringcache's rows give its
 //!   `Stats`: syncs against the flushes they took, pages written back and in how many
 //!   requests.
 //!
@@ -278,7 +289,13 @@ fn run(cfg: &Config) -> io::Result<()> {
     let cases = workloads::cases(cfg, &files);
     let total: usize = cases
         .iter()
-        .map(|c| cfg.rounds * chosen.iter().filter(|k| k.applies_to(c.workload)).count())
+        .map(|c| {
+            cfg.rounds
+                * chosen
+                    .iter()
+                    .filter(|k| k.applies_to_depth(c.workload, c.depth))
+                    .count()
+        })
         .sum();
     let progress = Progress::new(total as u64);
     let mut rows: Vec<Row> = Vec::new();
@@ -287,7 +304,7 @@ fn run(cfg: &Config) -> io::Result<()> {
     for case in &cases {
         let who: Vec<&Arc<dyn Contender>> = chosen
             .iter()
-            .filter(|k| k.applies_to(case.workload))
+            .filter(|k| k.applies_to_depth(case.workload, case.depth))
             .collect();
         let first = rows.len();
         for k in &who {

@@ -3,8 +3,10 @@
 //! the result types a contender returns.
 
 use std::io;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 /// A cache's write and sync counters over a timed section (uringcache's `Stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -38,6 +40,8 @@ pub struct Sample {
     pub phases: Option<[f64; 3]>,
     /// The cache's write and sync counters, where the contender can tell (writes only).
     pub writes: Option<WriteCounts>,
+    /// Per-operation latency quantiles, on the rows that record them (queue depth 1).
+    pub latency: Option<Latency>,
     /// Anything a reader of the table should know about this turn.
     pub note: Option<String>,
 }
@@ -59,6 +63,97 @@ impl Sample {
     pub fn with_note(mut self, note: impl Into<String>) -> Sample {
         self.note = Some(note.into());
         self
+    }
+
+    /// Attaches the latency quantiles `lat` recorded (none if it recorded nothing).
+    pub fn with_latency(mut self, lat: &Latencies) -> Sample {
+        self.latency = lat.summary();
+        self
+    }
+}
+
+/// Latency quantiles of one turn's operations (a read, or a write with its sync), in
+/// microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Operations recorded.
+    pub count: u64,
+}
+
+/// Highest latency a histogram records (longer ones are clamped to it): 60 s in ns.
+const LAT_MAX_NS: u64 = 60_000_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    // 3 significant digits from 1 ns to 60 s: a few tens of KiB, fixed, whatever the count.
+    Histogram::new_with_bounds(1, LAT_MAX_NS, 3).expect("valid histogram bounds")
+}
+
+/// A turn's latency histogram, shared by its workers: each records into a [`Recorder`] of its
+/// own (no lock per operation), merged in when the recorder is dropped. Disabled (records
+/// nothing, costs nothing) on the rows that do not show latency.
+#[derive(Clone, Default)]
+pub struct Latencies(Option<Arc<Mutex<Histogram<u64>>>>);
+
+impl Latencies {
+    /// Records if `enabled`.
+    pub fn new(enabled: bool) -> Latencies {
+        Latencies(enabled.then(|| Arc::new(Mutex::new(new_histogram()))))
+    }
+
+    /// A worker's recorder.
+    pub fn recorder(&self) -> Recorder {
+        Recorder {
+            local: self.0.as_ref().map(|_| new_histogram()),
+            sink: self.0.clone(),
+        }
+    }
+
+    /// p50 and p99 of everything merged so far; `None` when disabled or empty.
+    pub fn summary(&self) -> Option<Latency> {
+        let h = self.0.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        (!h.is_empty()).then(|| Latency {
+            p50_us: h.value_at_quantile(0.50) as f64 / 1e3,
+            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+            count: h.len(),
+        })
+    }
+}
+
+/// One worker's side of [`Latencies`]: `let t = rec.start(); op; rec.stop(t);`. `Send`, so an
+/// async task can hold it across awaits.
+pub struct Recorder {
+    local: Option<Histogram<u64>>,
+    sink: Option<Arc<Mutex<Histogram<u64>>>>,
+}
+
+impl Recorder {
+    /// The operation starts (`None` when not recording: no clock read).
+    #[inline]
+    pub fn start(&self) -> Option<Instant> {
+        self.local.as_ref().map(|_| Instant::now())
+    }
+
+    /// The operation started at `t` is over.
+    #[inline]
+    pub fn stop(&mut self, t: Option<Instant>) {
+        if let (Some(h), Some(t)) = (self.local.as_mut(), t) {
+            let ns = (t.elapsed().as_nanos() as u64).clamp(1, LAT_MAX_NS);
+            h.saturating_record(ns);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let (Some(local), Some(sink)) = (self.local.take(), self.sink.as_ref()) {
+            let mut h = sink.lock().unwrap_or_else(|e| e.into_inner());
+            // Same bounds on both sides: adding cannot fail.
+            let _ = h.add(&local);
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::measure::{Miss, Sample, WriteCounts};
+use crate::measure::{Latency, Miss, Sample, WriteCounts};
 use crate::workloads::{Unit, Workload};
 
 /// Every round's result of one contender in one case.
@@ -46,6 +46,9 @@ pub struct Row {
     /// Median write and sync counters (each field its own median), where the contender
     /// reports them.
     pub writes: Option<WriteCounts>,
+    /// Median per-operation latency quantiles (each its own median over rounds), on the rows
+    /// that record them.
+    pub latency: Option<Latency>,
     /// `ok`, `partial` (some rounds failed), `n/a`, `unsupported`, `not-yet`, `failed`.
     pub status: &'static str,
     /// The notes column.
@@ -80,6 +83,7 @@ impl Row {
             hit_ratio: None,
             phases: None,
             writes: None,
+            latency: None,
             status: "failed",
             notes: String::new(),
         }
@@ -143,6 +147,15 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
         if !phases.is_empty() {
             let m = |i: usize| median(phases.iter().map(|p| p[i]).collect()).unwrap_or(0.0);
             r.phases = Some([m(0), m(1), m(2)]);
+        }
+        let lats: Vec<Latency> = r.samples.iter().filter_map(|s| s.latency).collect();
+        if !lats.is_empty() {
+            let m = |f: fn(&Latency) -> f64| median(lats.iter().map(f).collect()).unwrap_or(0.0);
+            r.latency = Some(Latency {
+                p50_us: m(|l| l.p50_us),
+                p99_us: m(|l| l.p99_us),
+                count: lats.iter().map(|l| l.count).sum(),
+            });
         }
         let writes: Vec<WriteCounts> = r.samples.iter().filter_map(|s| s.writes).collect();
         if !writes.is_empty() {
@@ -210,6 +223,9 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
                 miss_text(m)
             ));
         }
+        if let Some(l) = r.latency {
+            notes.push(latency_text(&l));
+        }
         if let Some(h) = r.hit_ratio {
             notes.push(format!("hit ratio {:.1} %", h * 100.0));
         }
@@ -235,6 +251,24 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
         prep.dedup();
         notes.extend(prep);
         r.notes = notes.join("; ");
+    }
+}
+
+/// How a row's latency reads in the notes: `p50 48.1 µs, p99 120 µs`.
+pub fn latency_text(l: &Latency) -> String {
+    format!("p50 {}, p99 {}", fmt_us(l.p50_us), fmt_us(l.p99_us))
+}
+
+/// Microseconds to three significant digits or so (`0.84 µs`, `48.1 µs`, `1.20 ms`).
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else if us >= 100.0 {
+        format!("{us:.0} µs")
+    } else if us >= 10.0 {
+        format!("{us:.1} µs")
+    } else {
+        format!("{us:.2} µs")
     }
 }
 
@@ -546,6 +580,64 @@ mod tests {
         let t = table(&rows);
         assert!(t.contains("unsupported by this kernel"));
         assert!(t.contains("3.05x"), "{t}");
+    }
+
+    #[test]
+    fn latency_reaches_the_notes() {
+        let s = |p50, p99| Sample {
+            ops: 100,
+            bytes: 100 * 4096,
+            secs: 1.0,
+            latency: Some(Latency {
+                p50_us: p50,
+                p99_us: p99,
+                count: 100,
+            }),
+            ..Sample::default()
+        };
+        let mut r = Row::new(
+            Workload::RandCold,
+            "rand-cold, 1 in flight",
+            Unit::OpsPerSec,
+            None,
+            "kernel-pread",
+            "k",
+        );
+        r.samples = vec![s(40.0, 900.0), s(50.0, 1200.0), s(45.0, 1000.0)];
+        let mut rows = vec![r];
+        finish(&mut rows, "kernel-pread");
+        let l = rows[0].latency.unwrap();
+        assert_eq!((l.p50_us, l.p99_us, l.count), (45.0, 1000.0, 300));
+        assert!(
+            rows[0].notes.contains("p50 45.0 µs, p99 1.00 ms"),
+            "{}",
+            rows[0].notes
+        );
+    }
+
+    #[test]
+    fn histogram_quantiles() {
+        let lat = crate::measure::Latencies::new(true);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                let lat = &lat;
+                s.spawn(move || {
+                    let mut rec = lat.recorder();
+                    for _ in 0..10 {
+                        let t = rec.start();
+                        rec.stop(t);
+                    }
+                });
+            }
+        });
+        assert_eq!(lat.summary().map(|l| l.count), Some(20));
+        let off = crate::measure::Latencies::new(false);
+        let mut rec = off.recorder();
+        let t = rec.start();
+        assert!(t.is_none());
+        rec.stop(t);
+        drop(rec);
+        assert_eq!(off.summary(), None);
     }
 
     #[test]

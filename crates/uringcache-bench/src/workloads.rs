@@ -134,6 +134,8 @@ pub struct Job {
     pub budget: usize,
     /// Stop the timed section early (reads counted) after this long.
     pub deadline: Option<Duration>,
+    /// Whether contenders record each read's latency (the queue-depth-1 rows).
+    pub latency: bool,
 }
 
 /// When a write job makes its bytes durable.
@@ -170,6 +172,9 @@ pub struct WriteJob {
     /// This turn's stamp, written into every block (see [`data::stamp`]) and checked by the
     /// read-back after the turn.
     pub stamp: u64,
+    /// Whether contenders record each write's latency, its sync included (the
+    /// queue-depth-1 rows).
+    pub latency: bool,
 }
 
 /// One turn of the scan-resistance workload.
@@ -242,6 +247,8 @@ pub struct Case {
     pub prep: Prep,
     /// The files whose kernel cache state is set.
     pub files: Vec<PathBuf>,
+    /// Reads (or writers) in flight: threads or tasks.
+    pub depth: usize,
     /// What the case measures, one line for the report.
     pub about: String,
     /// Makes round `r`'s task (offsets seeded by the run's seed, the case and the round).
@@ -324,6 +331,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                         unit: Unit::OpsPerSec,
                         target: (w == Workload::Hit).then_some(3.0),
                         prep: Prep::Warm,
+                        depth: n,
                         files: vec![path.clone()],
                         about: if w == Workload::Hit {
                             format!(
@@ -352,6 +360,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                                 warm: true,
                                 budget: hit_budget,
                                 deadline: Some(cfg2.hit_time),
+                                latency: false,
                             });
                             if w == Workload::Hit {
                                 Task::Reads(job)
@@ -373,6 +382,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     unit: Unit::MBps,
                     target: Some(1.0),
                     prep: Prep::Cold,
+                    depth: 1,
                     files: vec![path.clone()],
                     about: format!(
                         "128 KiB sequential reads of a cold {} file, one reader; uringcache budget {}",
@@ -391,6 +401,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                             warm: false,
                             budget,
                             deadline: None,
+                            latency: false,
                         }))
                     }),
                 });
@@ -406,6 +417,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                         unit: Unit::OpsPerSec,
                         target: (n == 32).then_some(1.0),
                         prep: Prep::Cold,
+                        depth: n,
                         files: vec![path.clone()],
                         about: format!(
                             "{} random 4 KiB reads of a cold {} file, {n} in flight (kernel: {n} thread(s)); random-access hints for all",
@@ -429,6 +441,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                                 warm: false,
                                 budget,
                                 deadline: None,
+                                latency: n == 1,
                             }))
                         }),
                         name,
@@ -445,6 +458,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     unit: Unit::OpsPerSec,
                     target: None,
                     prep: Prep::Cold,
+                    depth: 1,
                     files: vec![path.clone()],
                     about: format!(
                         "Zipf({ZIPF_S}) 4 KiB reads over a {} file (4x the {} budget), one reader: {} warm-up reads, then {} timed (at most {:.1} s)",
@@ -473,6 +487,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                             warm: false,
                             budget,
                             deadline: Some(cfg2.zipf_time),
+                            latency: false,
                         }))
                     }),
                 });
@@ -489,6 +504,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     unit: Unit::HitRatio,
                     target: None,
                     prep: Prep::Cold,
+                    depth: 1,
                     files: vec![hot.clone(), scan.clone()],
                     about: format!(
                         "hot-set hit ratio (uniform 4 KiB reads of a {} hot file, 10 % of the budget) before / during / after one 128 KiB sequential scan of a {} file (2x the budget), one hot read per {} KiB scanned",
@@ -522,6 +538,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     unit: Unit::MBps,
                     target: Some(1.2),
                     prep: Prep::Fresh,
+                    depth: 1,
                     files: vec![path.clone()],
                     about: format!(
                         "64 KiB sequential writes of a new {} file, then one fsync (sync_all), timed together; uringcache budget {}, a fresh cache each turn; length and a sample of blocks read back after each turn",
@@ -540,6 +557,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                             sync: Durability::AtEnd,
                             budget,
                             stamp: STAMP_BASE,
+                            latency: false,
                         }))
                     }),
                 });
@@ -555,6 +573,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                         unit: Unit::OpsPerSec,
                         target: Some(if n == 1 { 1.0 } else { 3.0 }),
                         prep: Prep::Cold,
+                        depth: n,
                         files: vec![path.clone()],
                         about: format!(
                             "{} random 4 KiB overwrites of a preallocated, synced {} file, each followed by fdatasync (sync_data), {n} writer(s) (kernel: {n} thread(s); uringcache: {n} task(s) on one cache, whose concurrent syncs share flushes); uringcache budget {}",
@@ -579,6 +598,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                                 sync: Durability::EachWrite,
                                 budget,
                                 stamp: STAMP_BASE,
+                                latency: n == 1,
                             }))
                         }),
                         name,

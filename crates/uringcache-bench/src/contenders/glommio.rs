@@ -21,7 +21,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{runtime_threads, Contender};
 use crate::data::{check, stamp, write_buffer};
-use crate::measure::{run_gated, strided, Deadline, Gate, Outcome, Sample};
+use crate::measure::{run_gated, strided, Deadline, Gate, Latencies, Outcome, Recorder, Sample};
 use crate::workloads::{Access, Durability, Job, WriteJob};
 
 /// glommio's `DmaFile` and `DmaStreamReader`.
@@ -51,12 +51,15 @@ async fn task(
     n: usize,
     size: usize,
     deadline: Option<Duration>,
+    mut rec: Recorder,
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; size];
     let deadline = Deadline::after(deadline);
     let mut ops = 0;
     for (k, off) in strided(&offsets, g, n).enumerate() {
+        let t = rec.start();
         let r = file.read_at(off, size).await.map_err(gerr)?;
+        rec.stop(t);
         if r.len() < size {
             return Err(short(r.len(), size, off));
         }
@@ -98,7 +101,13 @@ async fn stream(job: &Job, gate: &mut Gate<'_>) -> io::Result<u64> {
 }
 
 /// Executor `t` of `threads`: its tasks' random reads.
-async fn random(job: &Job, t: usize, threads: usize, gate: &mut Gate<'_>) -> io::Result<u64> {
+async fn random(
+    job: &Job,
+    t: usize,
+    threads: usize,
+    gate: &mut Gate<'_>,
+    lat: &Latencies,
+) -> io::Result<u64> {
     let file = Rc::new(DmaFile::open(&job.path).await.map_err(gerr)?);
     gate.ready();
     let n = job.tasks;
@@ -112,6 +121,7 @@ async fn random(job: &Job, t: usize, threads: usize, gate: &mut Gate<'_>) -> io:
                 n,
                 job.size,
                 job.deadline,
+                lat.recorder(),
             ))
         })
         .collect();
@@ -199,6 +209,7 @@ async fn sync_writes(
     t: usize,
     threads: usize,
     gate: &mut Gate<'_>,
+    lat: &Latencies,
 ) -> io::Result<u64> {
     let file = Rc::new(open_for_write(job).await?);
     let pattern = Rc::new(write_buffer(job.size));
@@ -209,13 +220,16 @@ async fn sync_writes(
         .map(|g| {
             let (file, pattern, offsets) = (file.clone(), pattern.clone(), job.offsets.clone());
             let (st, each) = (job.stamp, job.sync == Durability::EachWrite);
+            let mut rec = lat.recorder();
             glommio::spawn_local(async move {
                 let mut ops = 0u64;
                 for off in strided(&offsets, g, n) {
+                    let t = rec.start();
                     write_one(file.clone(), pattern.clone(), off, st).await?;
                     if each {
                         file.fdatasync().await.map_err(gerr)?;
                     }
+                    rec.stop(t);
                     ops += 1;
                 }
                 io::Result::Ok(ops)
@@ -267,6 +281,7 @@ impl Contender for Glommio {
         } else {
             runtime_threads(job.tasks)
         };
+        let lat = Latencies::new(job.latency);
         let (ops, m) = run_gated(threads, |t, gate| {
             let ex = LocalExecutorBuilder::new(Placement::Unbound)
                 .name("bench-glommio")
@@ -276,7 +291,7 @@ impl Contender for Glommio {
                 if sequential {
                     stream(job, gate).await
                 } else {
-                    random(job, t, threads, gate).await
+                    random(job, t, threads, gate, &lat).await
                 }
             })
         })?;
@@ -286,7 +301,9 @@ impl Contender for Glommio {
             let per = job.tasks.div_ceil(threads);
             format!("no cache; DmaFile::read_at, {threads} executor(s) x {per} task(s)")
         };
-        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+        Ok(Sample::reads(ops.iter().sum(), job.size, m)
+            .with_note(note)
+            .with_latency(&lat))
     }
 
     fn writes(&self, job: &WriteJob) -> Outcome {
@@ -297,6 +314,7 @@ impl Contender for Glommio {
         } else {
             runtime_threads(job.tasks)
         };
+        let lat = Latencies::new(job.latency);
         let (ops, m) = run_gated(threads, |t, gate| {
             let ex = LocalExecutorBuilder::new(Placement::Unbound)
                 .name("bench-glommio")
@@ -306,7 +324,7 @@ impl Contender for Glommio {
                 if sequential {
                     stream_writes(job, gate).await
                 } else {
-                    sync_writes(job, t, threads, gate).await
+                    sync_writes(job, t, threads, gate, &lat).await
                 }
             })
         })?;
@@ -320,6 +338,8 @@ impl Contender for Glommio {
                 "no cache; DmaFile::write_at + fdatasync each, {threads} executor(s) x {per} task(s)"
             )
         };
-        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+        Ok(Sample::reads(ops.iter().sum(), job.size, m)
+            .with_note(note)
+            .with_latency(&lat))
     }
 }

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 
 use super::Contender;
 use crate::data::{check, fadvise, stamp, write_buffer};
-use crate::measure::{run_gated, strided, Deadline, Miss, Outcome, Sample};
+use crate::measure::{run_gated, strided, Deadline, Latencies, Miss, Outcome, Sample};
 use crate::workloads::{Access, Durability, Job, ScanJob, Workload, WriteJob};
 
 /// `std::fs::File::read_at` (`pread`) through the kernel's page cache.
@@ -92,17 +92,21 @@ pub(super) fn open_for_write(job: &WriteJob) -> io::Result<File> {
 /// syncing as the job says.
 fn thread_writes(job: &WriteJob, how: How) -> Outcome {
     let n = job.tasks;
+    let lat = Latencies::new(job.latency);
     let (ops, m) = run_gated(n, |i, gate| {
         let f = open_for_write(job)?;
         let mut buf = write_buffer(job.size);
+        let mut rec = lat.recorder();
         gate.ready();
         let mut ops = 0u64;
         for off in strided(&job.offsets, i, n) {
             stamp(&mut buf, off, job.stamp);
+            let t = rec.start();
             write_full(&f, &buf, off, how)?;
             if job.sync == Durability::EachWrite {
                 f.sync_data()?;
             }
+            rec.stop(t);
             ops += 1;
         }
         if job.sync == Durability::AtEnd {
@@ -111,7 +115,7 @@ fn thread_writes(job: &WriteJob, how: How) -> Outcome {
         gate.done();
         Ok(ops)
     })?;
-    Ok(Sample::reads(ops.iter().sum(), job.size, m))
+    Ok(Sample::reads(ops.iter().sum(), job.size, m).with_latency(&lat))
 }
 
 /// What a write job's rows say about how a kernel contender syncs.
@@ -145,8 +149,10 @@ fn read_full(f: &File, buf: &mut [u8], off: u64, how: How) -> io::Result<()> {
 /// `job.tasks` threads, each with its own descriptor, reading its share of the offsets.
 fn thread_reads(job: &Job, how: How, warm_up: bool) -> Outcome {
     let n = job.tasks;
+    let lat = Latencies::new(job.latency);
     let (ops, m) = run_gated(n, |i, gate| {
         let f = File::open(&job.path)?;
+        let mut rec = lat.recorder();
         if job.access == Access::Random {
             fadvise(&f, libc::POSIX_FADV_RANDOM)?;
         }
@@ -160,7 +166,9 @@ fn thread_reads(job: &Job, how: How, warm_up: bool) -> Outcome {
         let deadline = Deadline::after(job.deadline);
         let mut ops = 0u64;
         for (k, off) in strided(&job.offsets, i, n).enumerate() {
+            let t = rec.start();
             read_full(&f, &mut buf, off, how)?;
+            rec.stop(t);
             check(&buf, off)?;
             ops += 1;
             if deadline.expired_at(k) {
@@ -170,7 +178,7 @@ fn thread_reads(job: &Job, how: How, warm_up: bool) -> Outcome {
         gate.done();
         Ok(ops)
     })?;
-    Ok(Sample::reads(ops.iter().sum(), job.size, m))
+    Ok(Sample::reads(ops.iter().sum(), job.size, m).with_latency(&lat))
 }
 
 impl Contender for Pread {

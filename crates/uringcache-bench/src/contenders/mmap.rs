@@ -5,7 +5,7 @@ use std::fs::File;
 
 use super::Contender;
 use crate::data::{check, BLOCK};
-use crate::measure::{run_gated, strided, Deadline, Miss, Outcome, Sample};
+use crate::measure::{run_gated, strided, Deadline, Latencies, Miss, Outcome, Sample};
 use crate::workloads::{Access, Job, Workload};
 
 /// Reads through a memory mapping of the file.
@@ -45,8 +45,10 @@ fn map_reads(job: &Job, copy: bool) -> Outcome {
             check(std::hint::black_box(page), off)
         }
     };
+    let lat = Latencies::new(job.latency);
     let (ops, m) = run_gated(n, |i, gate| {
         let mut buf = vec![0u8; job.size];
+        let mut rec = lat.recorder();
         for off in strided(&job.warmup, i, n) {
             read(off, &mut buf)?;
         }
@@ -54,7 +56,9 @@ fn map_reads(job: &Job, copy: bool) -> Outcome {
         let deadline = Deadline::after(job.deadline);
         let mut ops = 0u64;
         for (k, off) in strided(&job.offsets, i, n).enumerate() {
+            let t = rec.start();
             read(off, &mut buf)?;
+            rec.stop(t);
             ops += 1;
             if deadline.expired_at(k) {
                 break;
@@ -63,7 +67,7 @@ fn map_reads(job: &Job, copy: bool) -> Outcome {
         gate.done();
         Ok(ops)
     })?;
-    Ok(Sample::reads(ops.iter().sum(), job.size, m))
+    Ok(Sample::reads(ops.iter().sum(), job.size, m).with_latency(&lat))
 }
 
 impl Contender for Mmap {

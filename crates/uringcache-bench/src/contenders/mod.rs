@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::measure::{Miss, Outcome};
 use crate::workloads::{Job, ScanJob, Workload, WriteJob};
 
+mod blocking;
 mod glommio;
 mod kernel;
 mod lru;
@@ -39,6 +40,12 @@ pub trait Contender: Send + Sync {
     /// Whether it has a row in `w`'s table (a "n/a" row still counts as a row).
     fn applies_to(&self, w: Workload) -> bool {
         !matches!(w, Workload::Scan | Workload::HitPage)
+    }
+
+    /// Whether it has a row in a case of `w` with `depth` reads (or writers) in flight; by
+    /// default every case of a workload it [`applies_to`](Contender::applies_to).
+    fn applies_to_depth(&self, w: Workload, _depth: usize) -> bool {
+        self.applies_to(w)
     }
 
     /// Reads `job.offsets` into its own buffers, `job.tasks` at a time.
@@ -80,6 +87,7 @@ pub fn all() -> Vec<Arc<dyn Contender>> {
         Arc::new(uringcache::UringCache {
             backend: ::uringcache::Backend::Threads,
         }),
+        Arc::new(blocking::Blocking),
         Arc::new(lru::LruModel),
     ]
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::Contender;
 use crate::data::{check, fadvise, stamp, write_buffer};
-use crate::measure::{strided, Deadline, Meter, Outcome, Sample};
+use crate::measure::{strided, Deadline, Latencies, Meter, Outcome, Recorder, Sample};
 use crate::workloads::{Access, Durability, Job, WriteJob};
 
 /// `tokio::fs::File`: seek + read on the blocking pool.
@@ -27,15 +27,18 @@ async fn task(
     size: usize,
     seek: bool,
     deadline: Option<Duration>,
+    mut rec: Recorder,
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; size];
     let deadline = Deadline::after(deadline);
     let mut ops = 0;
     for (k, off) in strided(&offsets, i, n).enumerate() {
+        let t = rec.start();
         if seek {
             f.seek(SeekFrom::Start(off)).await?;
         }
         f.read_exact(&mut buf).await?;
+        rec.stop(t);
         check(&buf, off)?;
         ops += 1;
         if deadline.expired_at(k) {
@@ -51,12 +54,14 @@ async fn write_task(
     job: Arc<WriteJob>,
     i: usize,
     n: usize,
+    mut rec: Recorder,
 ) -> io::Result<u64> {
     let mut buf = write_buffer(job.size);
     let sequential = job.access == Access::Sequential && job.tasks == 1;
     let mut ops = 0;
     for off in strided(&job.offsets, i, n) {
         stamp(&mut buf, off, job.stamp);
+        let t = rec.start();
         if !sequential {
             f.seek(SeekFrom::Start(off)).await?;
         }
@@ -64,6 +69,7 @@ async fn write_task(
         if job.sync == Durability::EachWrite {
             f.sync_data().await?;
         }
+        rec.stop(t);
         ops += 1;
     }
     if job.sync == Durability::AtEnd {
@@ -110,6 +116,7 @@ impl Contender for TokioFs {
             io::Result::Ok(())
         })?;
         let n = job.tasks;
+        let lat = Latencies::new(job.latency);
         let meter = Meter::start();
         let ops = rt.block_on(async {
             let handles: Vec<_> = files
@@ -124,6 +131,7 @@ impl Contender for TokioFs {
                         job.size,
                         seek,
                         job.deadline,
+                        lat.recorder(),
                     ))
                 })
                 .collect();
@@ -140,7 +148,9 @@ impl Contender for TokioFs {
         } else {
             "read on the blocking pool"
         };
-        Ok(Sample::reads(ops, job.size, m).with_note(note))
+        Ok(Sample::reads(ops, job.size, m)
+            .with_note(note)
+            .with_latency(&lat))
     }
 
     fn writes(&self, job: &WriteJob) -> Outcome {
@@ -162,12 +172,13 @@ impl Contender for TokioFs {
         })?;
         let job = Arc::new(job.clone());
         let n = job.tasks;
+        let lat = Latencies::new(job.latency);
         let meter = Meter::start();
         let ops = rt.block_on(async {
             let handles: Vec<_> = files
                 .into_iter()
                 .enumerate()
-                .map(|(i, f)| tokio::spawn(write_task(f, job.clone(), i, n)))
+                .map(|(i, f)| tokio::spawn(write_task(f, job.clone(), i, n, lat.recorder())))
                 .collect();
             let mut ops = 0;
             for h in handles {
@@ -183,6 +194,8 @@ impl Contender for TokioFs {
                 format!("seek + write_all + sync_data each on the blocking pool, {n} task(s)")
             }
         };
-        Ok(Sample::reads(ops, job.size, m).with_note(note))
+        Ok(Sample::reads(ops, job.size, m)
+            .with_note(note)
+            .with_latency(&lat))
     }
 }

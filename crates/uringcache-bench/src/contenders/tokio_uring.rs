@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::{runtime_threads, Contender};
 use crate::data::{check, fadvise, open_direct, stamp, write_buffer, AlignedBuf};
-use crate::measure::{run_gated, strided, Deadline, Outcome, Sample};
+use crate::measure::{run_gated, strided, Deadline, Latencies, Outcome, Recorder, Sample};
 use crate::workloads::{Access, Durability, Job, WriteJob};
 
 /// tokio-uring reads, buffered or `O_DIRECT`.
@@ -52,12 +52,15 @@ async fn task(
     n: usize,
     size: usize,
     deadline: Option<Duration>,
+    mut rec: Recorder,
 ) -> io::Result<u64> {
     let mut buf = AlignedBuf::new(size);
     let deadline = Deadline::after(deadline);
     let mut ops = 0;
     for (k, off) in strided(&offsets, g, n).enumerate() {
+        let t = rec.start();
         let (res, b) = read_one(&file, buf, off).await;
+        rec.stop(t);
         buf = b;
         res?;
         ops += 1;
@@ -74,18 +77,21 @@ async fn write_task(
     job: Arc<WriteJob>,
     g: usize,
     n: usize,
+    mut rec: Recorder,
 ) -> io::Result<u64> {
     let mut buf = AlignedBuf::new(job.size);
     buf.copy_from_slice(&write_buffer(job.size));
     let mut ops = 0;
     for off in strided(&job.offsets, g, n) {
         stamp(&mut buf, off, job.stamp);
+        let t = rec.start();
         let (res, b) = file.write_all_at(buf, off).await;
         buf = b;
         res?;
         if job.sync == Durability::EachWrite {
             file.sync_data().await?;
         }
+        rec.stop(t);
         ops += 1;
     }
     Ok(ops)
@@ -116,6 +122,7 @@ impl Contender for TokioUring {
         let threads = runtime_threads(job.tasks);
         let n = job.tasks;
         let direct = self.direct;
+        let lat = Latencies::new(job.latency);
         let (ops, m) = run_gated(threads, |t, gate| {
             tokio_uring::start(async {
                 let std_file = if direct {
@@ -147,6 +154,7 @@ impl Contender for TokioUring {
                             n,
                             job.size,
                             job.deadline,
+                            lat.recorder(),
                         ))
                     })
                     .collect();
@@ -179,7 +187,9 @@ impl Contender for TokioUring {
         } else {
             format!("{threads} runtime(s) x {per} task(s)")
         };
-        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+        Ok(Sample::reads(ops.iter().sum(), job.size, m)
+            .with_note(note)
+            .with_latency(&lat))
     }
 
     fn writes(&self, job: &WriteJob) -> Outcome {
@@ -187,6 +197,7 @@ impl Contender for TokioUring {
         let n = job.tasks;
         let direct = self.direct;
         let job = Arc::new(job.clone());
+        let lat = Latencies::new(job.latency);
         let (ops, m) = run_gated(threads, |t, gate| {
             tokio_uring::start(async {
                 let mut opts = OpenOptions::new();
@@ -198,7 +209,15 @@ impl Contender for TokioUring {
                 gate.ready();
                 let handles: Vec<_> = (t..n)
                     .step_by(threads)
-                    .map(|g| tokio_uring::spawn(write_task(file.clone(), job.clone(), g, n)))
+                    .map(|g| {
+                        tokio_uring::spawn(write_task(
+                            file.clone(),
+                            job.clone(),
+                            g,
+                            n,
+                            lat.recorder(),
+                        ))
+                    })
                     .collect();
                 let mut ops = 0;
                 let mut first_err = None;
@@ -240,6 +259,8 @@ impl Contender for TokioUring {
         } else {
             how
         };
-        Ok(Sample::reads(ops.iter().sum(), job.size, m).with_note(note))
+        Ok(Sample::reads(ops.iter().sum(), job.size, m)
+            .with_note(note)
+            .with_latency(&lat))
     }
 }

@@ -12,7 +12,9 @@ use uringcache::{Advice, Backend, Cache, File, OpenOptions, Stats};
 
 use super::Contender;
 use crate::data::{check, stamp, write_buffer, PhaseCounts, Step, BLOCK};
-use crate::measure::{strided, Deadline, Meter, Miss, Outcome, Sample, WriteCounts};
+use crate::measure::{
+    strided, Deadline, Latencies, Meter, Miss, Outcome, Recorder, Sample, WriteCounts,
+};
 use crate::workloads::{Access, Durability, Job, ScanJob, Workload, WriteJob};
 
 /// uringcache on one backend.
@@ -53,12 +55,15 @@ async fn task(
     n: usize,
     size: usize,
     deadline: Option<Duration>,
+    mut rec: Recorder,
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; size];
     let deadline = Deadline::after(deadline);
     let mut ops = 0;
     for (k, off) in strided(&offsets, i, n).enumerate() {
+        let t = rec.start();
         f.read_exact_at(&mut buf, off).await?;
+        rec.stop(t);
         check(&buf, off)?;
         ops += 1;
         if deadline.expired_at(k) {
@@ -93,15 +98,23 @@ async fn page_task(
 }
 
 /// One writer's share of a write job.
-async fn write_task(f: File, job: Arc<WriteJob>, i: usize, n: usize) -> io::Result<u64> {
+async fn write_task(
+    f: File,
+    job: Arc<WriteJob>,
+    i: usize,
+    n: usize,
+    mut rec: Recorder,
+) -> io::Result<u64> {
     let mut buf = write_buffer(job.size);
     let mut ops = 0;
     for off in strided(&job.offsets, i, n) {
         stamp(&mut buf, off, job.stamp);
+        let t = rec.start();
         f.write_all_at(&buf, off).await?;
         if job.sync == Durability::EachWrite {
             f.sync_data().await?;
         }
+        rec.stop(t);
         ops += 1;
     }
     if job.sync == Durability::AtEnd {
@@ -160,6 +173,7 @@ impl UringCache {
             io::Result::Ok(files)
         })?;
         let n = job.tasks;
+        let lat = Latencies::new(job.latency);
         let before = cache.stats();
         let meter = Meter::start();
         let ops = rt.block_on(async {
@@ -171,7 +185,15 @@ impl UringCache {
                     if pages {
                         tokio::spawn(page_task(f, offsets, i, n, job.deadline))
                     } else {
-                        tokio::spawn(task(f, offsets, i, n, job.size, job.deadline))
+                        tokio::spawn(task(
+                            f,
+                            offsets,
+                            i,
+                            n,
+                            job.size,
+                            job.deadline,
+                            lat.recorder(),
+                        ))
                     }
                 })
                 .collect();
@@ -185,7 +207,7 @@ impl UringCache {
         let after = cache.stats();
         rt.block_on(cache.shutdown())?;
         let ops = ops?;
-        let mut s = Sample::reads(ops, job.size, m);
+        let mut s = Sample::reads(ops, job.size, m).with_latency(&lat);
         s.hit_ratio = hit_ratio(&before, &after);
         if pages {
             notes.push("File::page: pinned, checked in place, no copy".into());
@@ -240,13 +262,14 @@ impl Contender for UringCache {
         })?;
         let job = Arc::new(job.clone());
         let n = job.tasks;
+        let lat = Latencies::new(job.latency);
         let before = cache.stats();
         let meter = Meter::start();
         let ops = rt.block_on(async {
             let handles: Vec<_> = files
                 .into_iter()
                 .enumerate()
-                .map(|(i, f)| tokio::spawn(write_task(f, job.clone(), i, n)))
+                .map(|(i, f)| tokio::spawn(write_task(f, job.clone(), i, n, lat.recorder())))
                 .collect();
             let mut ops = 0;
             for h in handles {
@@ -272,7 +295,7 @@ impl Contender for UringCache {
             )));
         }
         shutdown?;
-        let mut s = Sample::reads(ops, job.size, m);
+        let mut s = Sample::reads(ops, job.size, m).with_latency(&lat);
         s.writes = Some(write_counts(&before, &after));
         Ok(s.with_note(format!("backend {}", after.backend)))
     }
