@@ -147,9 +147,10 @@ pub struct BackendStats {
     /// Rings of blocking threads in existence (the `io_uring` backend gives a thread blocked in
     /// [`Backend::block_on`] a ring of its own); a level. 0 for other backends.
     pub thread_rings: u64,
-    /// Requests completed on the ring of the thread that submitted them, reaped by that thread
-    /// itself (no hand-off to another thread).
-    pub thread_ring_completions: u64,
+    /// Requests completed on the thread that submitted them and waits for them, in
+    /// [`Backend::block_on`], with no hand-off to another thread: reaped from the thread's own
+    /// ring (`io_uring`), or run by the thread itself (the thread pool, for lone requests).
+    pub caller_completions: u64,
 }
 
 /// The I/O layer under the cache (`a_ops`): implemented by `uringcache-uring`.
@@ -245,6 +246,21 @@ pub fn submitting_detached() -> bool {
 /// assert_eq!(polls, 3);
 /// ```
 pub fn park_until_ready(step: &mut dyn FnMut(&mut Context<'_>) -> Poll<()>) {
+    let waker = unpark_waker();
+    let mut cx = Context::from_waker(&waker);
+    while step(&mut cx).is_pending() {
+        std::thread::park();
+    }
+}
+
+/// A waker that unparks the calling thread (for a `block_on` that parks between polls).
+///
+/// ```
+/// let waker = uringcache_core::backend::unpark_waker();
+/// waker.wake_by_ref(); // the next park returns at once
+/// std::thread::park();
+/// ```
+pub fn unpark_waker() -> Waker {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -254,11 +270,7 @@ pub fn park_until_ready(step: &mut dyn FnMut(&mut Context<'_>) -> Poll<()>) {
             self.0.unpark();
         }
     }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    while step(&mut cx).is_pending() {
-        std::thread::park();
-    }
+    Waker::from(Arc::new(Unpark(std::thread::current())))
 }
 
 /// A backend wrapped around another that changes only how requests are submitted (a timing

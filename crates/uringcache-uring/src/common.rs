@@ -70,7 +70,7 @@ impl Counters {
             errors: self.errors.load(Ordering::Relaxed),
             fixed_buffer_bytes: 0,
             thread_rings: 0,
-            thread_ring_completions: 0,
+            caller_completions: 0,
         }
     }
 }

@@ -6,7 +6,19 @@
 //! spinning). Each worker runs a request to the end (continuing short transfers) and then calls
 //! its completion. `shutdown` closes the channel: the workers drain what was queued and exit,
 //! and are joined.
+//!
+//! **A blocked thread does its own.** Inside [`Backend::block_on`] (the cache's
+//! `BlockingFile`), a lone request the thread submits (a miss, a sync's single write, a flush)
+//! is not handed to the pool: it is queued on the thread (`Local`, a thread-local) and run
+//! there by the `block_on` loop as soon as the future returns `Pending`, with no lock of the
+//! caller held, as `pread` would run it: no hand-off and no wake-up. A batch of several
+//! requests (a sync's scattered pages, a readahead window) still goes to the pool, so that
+//! they run in parallel, and so do detached ones
+//! ([`submit_detached`](uringcache_core::backend::submit_detached): async readahead, which
+//! the call does not wait for). Requests queued on the thread when the future completes are
+//! run before `block_on` returns.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -15,7 +27,11 @@ use std::thread::{self, JoinHandle};
 use crossbeam::channel::{self, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 use slab::Slab;
-use uringcache_core::backend::{Backend, BackendStats, FileId, Op, Request};
+use std::task::{Context, Poll};
+
+use uringcache_core::backend::{
+    submitting_detached, unpark_waker, Backend, BackendStats, FileId, Op, Request,
+};
 use uringcache_core::frames::FrameArena;
 use uringcache_core::page::FrameId;
 
@@ -32,7 +48,36 @@ struct Job {
     req: Request,
 }
 
+/// The requests a thread blocked in [`ThreadsBackend::block_on`] runs itself, and whose
+/// `block_on` that is (a backend's `Inner`, by address).
+#[derive(Default)]
+struct Local {
+    active: Option<*const Inner>,
+    jobs: Vec<Job>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+}
+
+/// Takes the jobs queued on this thread for `inner`.
+fn take_local(inner: &Inner) -> Vec<Job> {
+    let key: *const Inner = inner;
+    let jobs = LOCAL
+        .try_with(|l| match l.try_borrow_mut() {
+            Ok(mut l) if l.active == Some(key) => std::mem::take(&mut l.jobs),
+            _ => Vec::new(),
+        })
+        .unwrap_or_default();
+    inner
+        .caller_completions
+        .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    jobs
+}
+
 struct Inner {
+    /// Requests run by the thread blocked on them ([`Local`]).
+    caller_completions: std::sync::atomic::AtomicU64,
     arena: Arc<FrameArena>,
     files: RwLock<Slab<RawFd>>,
     counters: Counters,
@@ -72,6 +117,7 @@ impl ThreadsBackend {
         max_transfer: usize,
     ) -> io::Result<ThreadsBackend> {
         let inner = Arc::new(Inner {
+            caller_completions: Default::default(),
             arena,
             files: RwLock::new(Slab::new()),
             counters: Counters::default(),
@@ -140,6 +186,25 @@ impl Backend for ThreadsBackend {
         {
             let files = self.inner.files.read();
             let tx = self.tx.lock();
+            // A lone request of a thread blocked in `block_on`: that thread runs it.
+            let key: *const Inner = &*self.inner;
+            if batch.len() == 1 && tx.is_some() && !submitting_detached() {
+                if let Some(&fd) = files.get(batch[0].file.0 as usize) {
+                    let queued = LOCAL
+                        .try_with(|l| match l.try_borrow_mut() {
+                            Ok(mut l) if l.active == Some(key) => {
+                                let req = batch.pop().expect("one request");
+                                l.jobs.push(Job { fd, req });
+                                true
+                            }
+                            _ => false,
+                        })
+                        .unwrap_or(false);
+                    if queued {
+                        return;
+                    }
+                }
+            }
             for req in batch.drain(..) {
                 let Some(tx) = tx.as_ref() else {
                     refused.push((req, shut_down_error(NAME)));
@@ -161,7 +226,56 @@ impl Backend for ThreadsBackend {
     }
 
     fn stats(&self) -> BackendStats {
-        self.inner.counters.snapshot()
+        BackendStats {
+            caller_completions: self
+                .inner
+                .caller_completions
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ..self.inner.counters.snapshot()
+        }
+    }
+
+    fn block_on(&self, step: &mut dyn FnMut(&mut Context<'_>) -> Poll<()>) {
+        let inner = &*self.inner;
+        let key: *const Inner = inner;
+        let Ok(previous) = LOCAL.try_with(|l| l.borrow_mut().active.replace(key)) else {
+            uringcache_core::backend::park_until_ready(step);
+            return;
+        };
+        /// Runs what is still queued and restores the outer `block_on`'s backend, also when
+        /// the future panics.
+        struct Scope<'a>(&'a Inner, Option<*const Inner>);
+        impl Drop for Scope<'_> {
+            fn drop(&mut self) {
+                loop {
+                    let jobs = take_local(self.0);
+                    if jobs.is_empty() {
+                        break;
+                    }
+                    for job in jobs {
+                        run(self.0, job);
+                    }
+                }
+                let previous = self.1;
+                let _ = LOCAL.try_with(|l| {
+                    if let Ok(mut l) = l.try_borrow_mut() {
+                        l.active = previous;
+                    }
+                });
+            }
+        }
+        let _scope = Scope(inner, previous);
+        let waker = unpark_waker();
+        let mut cx = Context::from_waker(&waker);
+        while step(&mut cx).is_pending() {
+            let jobs = take_local(inner);
+            if jobs.is_empty() {
+                thread::park();
+            }
+            for job in jobs {
+                run(inner, job);
+            }
+        }
     }
 
     fn shutdown(&self) {

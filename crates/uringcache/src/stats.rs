@@ -134,9 +134,11 @@ pub struct Stats {
     /// [`BlockingFile`](crate::BlockingFile) gets a ring of its own on its first call, on which
     /// it submits and reaps its own I/O. 0 on the thread pool.
     pub thread_rings: u64,
-    /// Requests completed on the ring of the thread that submitted them (reaped by that
-    /// thread, with no hand-off to another): the blocking API's misses and syncs.
-    pub thread_ring_completions: u64,
+    /// Requests completed on the thread that submitted them and waits for them, with no
+    /// hand-off to another thread: the blocking API's misses and syncs (reaped from the
+    /// thread's own ring on `io_uring`; run by the thread itself on the thread pool, for a
+    /// lone request).
+    pub caller_completions: u64,
     /// Why [`Backend::Auto`](crate::Backend::Auto) fell back to the thread pool (the
     /// `io_uring` error, which says what to change); `None` when it did not fall back or
     /// another backend was asked for.

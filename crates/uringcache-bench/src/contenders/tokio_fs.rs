@@ -19,6 +19,7 @@ use crate::workloads::{Access, Durability, Job, WriteJob};
 pub struct TokioFs;
 
 /// One task's reads: seek + read each (a sequential job just reads on from the cursor).
+#[allow(clippy::too_many_arguments)] // one task's whole setup, passed once at spawn
 async fn task(
     mut f: tokio::fs::File,
     offsets: Arc<Vec<u64>>,

@@ -283,7 +283,7 @@ impl Backend for UringBackend {
         BackendStats {
             fixed_buffer_bytes: self.fixed_buffer_bytes(),
             thread_rings: self.shared.thread_rings.live() as u64,
-            thread_ring_completions: self.shared.thread_rings.completions(),
+            caller_completions: self.shared.thread_rings.completions(),
             ..self.shared.counters.snapshot()
         }
     }

@@ -531,7 +531,7 @@ impl CacheInner {
             fixed_buffers: self.backend_info.fixed_buffers(),
             fixed_buffer_bytes: b.fixed_buffer_bytes,
             thread_rings: b.thread_rings,
-            thread_ring_completions: b.thread_ring_completions,
+            caller_completions: b.caller_completions,
             backend_fallback: self.backend_info.fallback().map(str::to_owned),
             page_size: self.page_size,
             frames: self.pool.frames(),
