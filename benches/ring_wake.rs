@@ -52,6 +52,20 @@ fn submit_wait(ring: &mut IoUring, sqe: Option<io_uring::squeue::Entry>) -> u64 
     }
 }
 
+/// `TRIPS` round trips of one side: the first side wakes, then waits; the other waits, then
+/// wakes.
+fn ping_pong(first: bool, wake: impl Fn(), wait: &mut dyn FnMut()) {
+    for _ in 0..TRIPS {
+        if first {
+            wake();
+            wait();
+        } else {
+            wait();
+            wake();
+        }
+    }
+}
+
 fn futex_wake(word: &AtomicU32) {
     // SAFETY: a plain system call on a live atomic's address.
     unsafe {
@@ -91,15 +105,7 @@ fn futex_trips() -> Duration {
                     break;
                 }
             };
-            for _ in 0..TRIPS {
-                if first {
-                    wake();
-                    wait();
-                } else {
-                    wait();
-                    wake();
-                }
-            }
+            ping_pong(first, wake, &mut wait);
             start.elapsed()
         }
     };
@@ -169,15 +175,7 @@ fn eventfd_trips() -> Duration {
                     .user_data(3);
                 submit_wait(&mut ring, Some(read));
             };
-            for _ in 0..TRIPS {
-                if first {
-                    wake();
-                    wait();
-                } else {
-                    wait();
-                    wake();
-                }
-            }
+            ping_pong(first, wake, &mut wait);
             start.elapsed()
         }
     };

@@ -190,18 +190,29 @@ fn many_threads_churn_a_tiny_budget_across_rings(backend: Backend) {
     cache.shutdown_blocking().unwrap();
 }
 
-/// `ops` random reads of the lower half of the file, each checked against `base`.
-fn read_lower_half(f: &BlockingFile, base: &[u8], seed: u64, ops: usize) -> io::Result<()> {
-    let half = base.len() / 2;
+/// `ops` random reads of pieces of up to `max` bytes of the file's first `data.len()` bytes,
+/// each checked against `data`.
+fn read_checked(
+    f: &BlockingFile,
+    data: &[u8],
+    max: usize,
+    seed: u64,
+    ops: usize,
+) -> io::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     for op in 0..ops {
-        let at = rng.gen_range(0..half);
-        let n = rng.gen_range(1..=20_000).min(half - at);
+        let at = rng.gen_range(0..data.len());
+        let n = rng.gen_range(1..=max).min(data.len() - at);
         let mut buf = vec![0u8; n];
         f.read_exact_at(&mut buf, at as u64)?;
-        assert_bytes(&buf, &base[at..at + n], &format!("reader {seed} op {op}"));
+        assert_bytes(&buf, &data[at..at + n], &format!("reader {seed} op {op}"));
     }
     Ok(())
+}
+
+/// `ops` random reads of the lower half of the file (which nobody writes), each checked.
+fn read_lower_half(f: &BlockingFile, base: &[u8], seed: u64, ops: usize) -> io::Result<()> {
+    read_checked(f, &base[..base.len() / 2], 20_000, seed, ops)
 }
 
 common::backend_test!(async_tasks_and_blocking_threads_share_pages);
@@ -221,7 +232,7 @@ fn async_tasks_and_blocking_threads_share_pages(backend: Backend) {
             .map(|t| {
                 let bf = bf.clone();
                 let data = data.clone();
-                s.spawn(move || read_all_over(&bf, &data, t, 300))
+                s.spawn(move || read_checked(&bf, &data, 12_000, t, 300))
             })
             .collect();
         rt.block_on(async {
@@ -251,19 +262,6 @@ fn async_tasks_and_blocking_threads_share_pages(backend: Backend) {
         }
     });
     cache.shutdown_blocking().unwrap();
-}
-
-/// `ops` random reads anywhere in the file, each checked against `data`.
-fn read_all_over(f: &BlockingFile, data: &[u8], seed: u64, ops: usize) -> io::Result<()> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    for op in 0..ops {
-        let at = rng.gen_range(0..data.len());
-        let n = rng.gen_range(1..=12_000).min(data.len() - at);
-        let mut buf = vec![0u8; n];
-        f.read_exact_at(&mut buf, at as u64)?;
-        assert_bytes(&buf, &data[at..at + n], &format!("thread {seed} op {op}"));
-    }
-    Ok(())
 }
 
 common::backend_test!(shutdown_while_blocking_threads_are_busy);
