@@ -7,8 +7,9 @@
 //! this test binary run again with only that test (`--exact`) and [`CHILD_ENV`] set, where no
 //! other test allocates meanwhile. The parent only checks that the child passed.
 
+mod common;
+
 use std::io;
-use std::process::Command;
 
 use uringcache::{Backend, Cache, OpenOptions};
 
@@ -36,28 +37,9 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-/// Runs `test` (this binary's test of that name) in a child process with [`CHILD_ENV`] =
-/// `backend`, unless this is that child: then runs `body`.
+/// Runs `test` in a child process with [`CHILD_ENV`] = `backend` ([`common::in_child`]).
 fn in_child(test: &str, backend: &str, body: impl FnOnce()) {
-    if std::env::var(CHILD_ENV).as_deref() == Ok(backend) {
-        body();
-        return;
-    }
-    let out = Command::new(std::env::current_exe().expect("current_exe"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, backend)
-        .output()
-        .expect("run the child test process");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    eprintln!("child {test}:\n{stdout}{stderr}");
-    assert!(out.status.success(), "child {test} failed: {}", out.status);
-    assert!(
-        stdout.contains("1 passed"),
-        "child {test} did not run the test:\n{stdout}"
-    );
+    common::in_child(CHILD_ENV, test, backend, body);
 }
 
 /// Builds a 4 GiB cache on `backend` and reads [`READ`] bytes through it, checking resident

@@ -310,3 +310,82 @@ fn shutdown_while_blocking_threads_are_busy(backend: Backend) {
         "the cache is shut down"
     );
 }
+
+/// Set in the child process of [`a_thread_whose_ring_cannot_be_made_uses_the_shared_ring`].
+const NOFILE_CHILD_ENV: &str = "URINGCACHE_THREAD_RING_NOFILE_CHILD";
+
+common::backend_test!(a_thread_whose_ring_cannot_be_made_uses_the_shared_ring);
+/// A thread that cannot get a ring (here: no file descriptor left for it, `RLIMIT_NOFILE`
+/// lowered to the descriptors already open, the free ones below it taken) still does all its blocking calls right, through
+/// the shared ring; nothing fails, and no ring is counted for it. In a child process, since
+/// the limit is process-wide.
+fn a_thread_whose_ring_cannot_be_made_uses_the_shared_ring(backend: Backend) {
+    let name = match backend {
+        Backend::IoUring => "io_uring",
+        _ => "threads",
+    };
+    common::in_child(
+        NOFILE_CHILD_ENV,
+        &format!("a_thread_whose_ring_cannot_be_made_uses_the_shared_ring::{name}"),
+        name,
+        || {
+            let dir = scratch_dir();
+            let (path, data) = make_file(dir.path(), "f", 128 << 10, 21);
+            let cache = cache(backend, 8, 64);
+            let f = cache.open_blocking(&path, &rw()).unwrap();
+            let before = cache.stats();
+            // The highest descriptor open now, plus one, as the soft limit: no new one.
+            let highest = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap();
+            let mut old = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: plain system calls on this process's own limit.
+            unsafe {
+                assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+                let low = libc::rlimit {
+                    rlim_cur: highest + 1,
+                    rlim_max: old.rlim_max,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+            }
+            // Fill the free descriptors below the limit, so that none is left.
+            let mut fillers = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                fillers.push(f);
+            }
+            let worker = {
+                let f = f.clone();
+                let data = data.clone();
+                std::thread::spawn(move || -> io::Result<()> {
+                    read_checked(&f, &data, 20_000, 3, 200)?;
+                    f.write_all_at(b"still durable", 5000)?;
+                    f.sync_data()
+                })
+            };
+            let result = worker.join().expect("the worker panicked");
+            drop(fillers);
+            // SAFETY: restores the limit read above.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+            result.unwrap();
+            let after = cache.stats();
+            assert_eq!(after.thread_rings, before.thread_rings, "{after:?}");
+            match backend {
+                // Its requests went through the shared ring: none completed on a thread ring.
+                Backend::IoUring => assert_eq!(
+                    after.caller_completions, before.caller_completions,
+                    "the worker had no ring of its own: {before:?} -> {after:?}"
+                ),
+                // The pool needs no descriptor: the worker ran its lone requests itself.
+                _ => assert!(after.caller_completions > before.caller_completions),
+            }
+            let disk = common::read_disk(&path).unwrap();
+            assert_eq!(&disk[5000..5013], b"still durable");
+            cache.shutdown_blocking().unwrap();
+        },
+    );
+}

@@ -138,6 +138,32 @@ macro_rules! backend_test {
 #[allow(unused_imports)]
 pub(crate) use backend_test;
 
+/// Runs `test` (this test binary's test of that name) in a child process with the
+/// environment variable `env` = `value`, unless this is that child: then runs `body`. For
+/// checks of process-wide state (resident memory, resource limits) that other tests running
+/// at the same time would disturb. The parent checks that the child ran the test and passed.
+pub fn in_child(env: &str, test: &str, value: &str, body: impl FnOnce()) {
+    if std::env::var(env).as_deref() == Ok(value) {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, value)
+        .output()
+        .expect("run the child test process");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("child {test}:\n{stdout}{stderr}");
+    assert!(out.status.success(), "child {test} failed: {}", out.status);
+    assert!(
+        stdout.contains("1 passed"),
+        "child {test} did not run the test:\n{stdout}"
+    );
+}
+
 /// Read-only open options.
 pub fn ro() -> uringcache::OpenOptions {
     let mut o = uringcache::OpenOptions::new();
