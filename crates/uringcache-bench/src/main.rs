@@ -126,6 +126,7 @@
 //! the ratios per case beside it (`FILE` with the extension `.svg`).
 
 mod args;
+mod cgroup;
 mod contenders;
 mod data;
 mod measure;
@@ -153,6 +154,10 @@ fn main() {
             std::process::exit(1);
         }
         return;
+    }
+    // First, before any thread starts: Ctrl-C removes the cgroups the run made.
+    if let Err(e) = cgroup::install_interrupt_cleanup() {
+        eprintln!("uringcache-bench: {e} (Ctrl-C will leave its cgroups behind)");
     }
     let cfg = match args::parse(std::env::args().skip(1)) {
         Ok(cfg) => cfg,

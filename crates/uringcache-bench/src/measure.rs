@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 /// A cache's write and sync counters over a timed section (uringcache's `Stats`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WriteCounts {
     /// `sync_*` calls.
     pub syncs: u64,
@@ -24,7 +24,7 @@ pub struct WriteCounts {
 }
 
 /// What one timed turn of one contender produced.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     /// Reads (or writes) completed in the timed section.
     pub ops: u64,
@@ -74,7 +74,7 @@ impl Sample {
 
 /// Latency quantiles of one turn's operations (a read, or a write with its sync), in
 /// microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50_us: f64,
@@ -158,7 +158,7 @@ impl Drop for Recorder {
 }
 
 /// Why a contender produced no sample.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "status", content = "reason", rename_all = "kebab-case")]
 pub enum Miss {
     /// The workload means nothing for this contender (the reason says why).
