@@ -16,8 +16,8 @@ FLAGS:
   --quick              small files and few operations (about a minute; CI smoke run,
                        asserts nothing about speed)
   --workload NAME      run only these workloads (repeatable, or a comma list):
-                       hit, hit-page, seq-cold, rand-cold, zipf, scan, seq-write,
-                       rand-write-sync, all
+                       hit, hit-page, seq-cold, rand-cold, rand-large, zipf, scan,
+                       mixed, seq-write, rand-write-sync, all
   --contender NAME     run only contenders whose id or name contains NAME (repeatable,
                        or a comma list); the kernel pread baseline always runs
   --size BYTES         the cold file of seq-cold and rand-cold (default 2G, quick 128M)
@@ -25,9 +25,10 @@ FLAGS:
   --write-size BYTES   the new file seq-write writes (default 1G, quick 64M)
   --sync-size BYTES    the preallocated file rand-write-sync overwrites (default 256M,
                        quick 32M)
-  --budget BYTES       uringcache's memory budget for seq-cold, rand-cold, zipf, scan and
-                       the write workloads (default 64M); zipf's file is 4x and scan's
-                       file 2x this budget
+  --budget BYTES       uringcache's memory budget for seq-cold, rand-cold, rand-large, zipf,
+                       scan, mixed and the write workloads, and the kernel's in the
+                       `@ budget` rows (default 64M, quick 32M); rand-large's file is 8x,
+                       zipf's and mixed's 4x, scan's 2x this budget
   --rounds N           rounds of each workload, contenders alternated in each (default 3,
                        quick 2)
   --seed N             seed of every random offset and trace (default 1)
@@ -246,7 +247,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         "--hit-size",
         hit_size.unwrap_or(if quick { 32 * MIB } else { 256 * MIB }),
     )?;
-    let budget = round_mib("--budget", budget.unwrap_or(64 * MIB))?;
+    // Quick: half the budget, so that the files of the workloads where it matters (8x, 4x,
+    // 2x it) and the warm-ups that fill it stay small.
+    let budget = round_mib(
+        "--budget",
+        budget.unwrap_or(if quick { 32 * MIB } else { 64 * MIB }),
+    )?;
     let write_size = round_mib(
         "--write-size",
         write_size.unwrap_or(if quick { 64 * MIB } else { 1 << 30 }),

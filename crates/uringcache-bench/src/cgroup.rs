@@ -304,7 +304,8 @@ impl MemCgroup {
         out.map_err(io::Error::other)
     }
 
-    /// Bytes charged now (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    /// Bytes charged now (used by the tests; the rows show the peak) (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    #[allow(dead_code)]
     pub fn usage(&self) -> io::Result<u64> {
         self.read(match self.version {
             Version::V1 => "memory.usage_in_bytes",
@@ -332,7 +333,9 @@ impl MemCgroup {
             .map_err(ctx(format!("reset {}/{file}", self.path.display())))
     }
 
-    /// Removes it now (what dropping it does), reporting a failure.
+    /// Removes it now (what dropping it does), reporting a failure (used by the tests; the
+    /// run's cgroup is shared, and dropped at the end).
+    #[allow(dead_code)]
     pub fn remove(mut self) -> io::Result<()> {
         self.remove_now()
     }

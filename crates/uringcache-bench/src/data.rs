@@ -472,8 +472,14 @@ pub fn zipf_offsets(seed: u64, file_len: u64, s: f64, count: usize) -> Vec<u64> 
         .collect()
 }
 
+/// `count` fair coin flips from `seed` (the mixed workload's read / update choice).
+pub fn coin_flips(seed: u64, count: usize) -> Vec<bool> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count).map(|_| rng.gen_bool(0.5)).collect()
+}
+
 /// The phase of a scan trace an access belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Phase {
     /// Fills the hot set; not counted.
     Warm,
@@ -486,7 +492,7 @@ pub enum Phase {
 }
 
 /// One step of a scan trace.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// A 4 KiB read of hot-set block `block`.
     Hot {

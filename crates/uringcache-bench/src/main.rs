@@ -36,6 +36,16 @@
 //!   the backend completes it; a fresh `Cache` every turn. Queue-depth-1 rows only
 //!   (`rand-cold, 1 in flight`, `rand-write-sync, 1 writer`): the synchronous caller's view.
 //! * **LRU model** — a simulated LRU of the budget's size, the floor of the `scan` workload.
+//! * **… @ budget** — the kernel-cache contenders (`pread`, `RWF_DONTCACHE`, `mmap`,
+//!   `tokio::fs`, tokio-uring buffered) again, held to uringcache's budget: each turn runs in
+//!   a child process (this program again) placed in a child memory cgroup of the run's own
+//!   whose limit is the budget (`cgroup.rs`; v1 `memory.limit_in_bytes`, v2 `memory.max`),
+//!   made at the start and removed at exit, on error and on Ctrl-C. Their rows show the limit
+//!   and the peak usage the cgroup measured (which also counts the child's own few MiB of
+//!   stacks and buffers); where no cgroup can be made the row says why and the ratios fall
+//!   back to the unbounded kernel. Only in the workloads where the budget matters
+//!   (`rand-large`, `zipf`, `scan`, `mixed`), whose ratios are taken against
+//!   `kernel pread @ budget`.
 //!
 //! ## Method
 //!
@@ -98,12 +108,20 @@
 //!   latency.
 //! * `zipf` — Zipf(0.99) 4 KiB reads over a file 4x the budget, hot blocks scattered over the
 //!   file, one reader: as many untimed warm-up reads as timed ones, from cold. ops/s, and the
-//!   hit ratio where the contender can tell (uringcache's `Stats`; the kernel's cache is not
-//!   bounded by the budget and takes the whole file).
+//!   hit ratio where the contender can tell (uringcache's `Stats`). Target 1.0x the kernel at
+//!   the same budget (the unbounded kernel takes the whole file).
+//! * `rand-large` — uniform 4 KiB random reads over a file 8x the budget, 1 and 32 in
+//!   flight, after an untimed warm-up of budget / 4 KiB reads that fills the cache (about
+//!   94 % of them distinct): every miss evicts. Target 1.0x the kernel at the same budget.
 //! * `scan` — scan resistance: the hit ratio of a hot set (10 % of the budget, uniform reads)
 //!   before, during and after one sequential scan of a file 2x the budget, with one hot read
-//!   per 256 KiB scanned. uringcache observes hits with `try_read_at`; a plain LRU of the same
-//!   size replays the same trace as the floor. The kernel has no budget here: its row is n/a.
+//!   per 256 KiB scanned. uringcache observes hits with `try_read_at`; the kernel `pread`
+//!   rows (unbounded and at the budget) with `mincore` on a mapping of the hot file before
+//!   each hot read; a plain LRU of the same size replays the same trace as the floor.
+//! * `mixed` — YCSB-A-like: one client, Zipf(0.99) 4 KiB records over a file 4x the budget,
+//!   50 % reads (checked) and 50 % updates (stamped), a data sync every 64 updates and one at
+//!   the end, after as many untimed warm-up reads; the updates are read back after the turn.
+//!   Target 1.0x the kernel at the same budget.
 //! * `seq-write` — 64 KiB sequential writes of a new file (`--write-size`, 1 GiB; quick
 //!   64 MiB), then one durable sync (`fsync`, `sync_all`; glommio `fdatasync`), MB/s including
 //!   the sync. uringcache: budget `--budget` (64 MiB), and right after `sync_all` the file's
@@ -118,6 +136,9 @@
 //!   every contender's p50 / p99 latency of a write with its sync. uringcache's rows give its
 //!   `Stats`: syncs against the flushes they took, pages written back and in how many
 //!   requests.
+//!
+//! Each uringcache row also gives the process's peak resident set (`VmHWM`, the whole run's
+//! high-water mark so far) and how long `Cache::build` took.
 //!
 //! ## Output
 //!
@@ -148,6 +169,14 @@ use crate::report::Row;
 use crate::workloads::{human, Case, Files, Prep, Task, Workload};
 
 fn main() {
+    if cgroup::is_child() {
+        // A kernel contender's turn at the same budget, in its memory cgroup.
+        if let Err(e) = cgroup::serve_child(contenders::run_child_turn) {
+            eprintln!("uringcache-bench cgroup child: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Ok(spec) = std::env::var(startup::CHILD_ENV) {
         if let Err(e) = startup::child(&spec) {
             eprintln!("uringcache-bench start-up child: {e}");
@@ -220,11 +249,26 @@ impl Progress {
 fn run(cfg: &Config) -> io::Result<()> {
     let started = Instant::now();
     let load_start = load_average();
-    let all = contenders::all();
+    let mut setup: Vec<String> = Vec::new();
+    let mut all = contenders::all();
+    if cfg.workloads.iter().any(|w| w.budget_matters()) {
+        let cg = cgroup::MemCgroup::create("budget", cfg.budget);
+        setup.push(match &cg {
+            Ok(cg) => format!(
+                "memory cgroup {} ({:?}) with a limit of {}: the kernel contenders \"@ budget\" run their turns in a child process placed in it",
+                cg.path().display(),
+                cg.version(),
+                human(cg.limit())
+            ),
+            Err(e) => format!("no memory cgroup for the same-budget rows: {e}"),
+        });
+        all = contenders::with_budget(all, Arc::new(cg.map_err(|e| e.to_string())));
+    }
     let chosen: Vec<Arc<dyn Contender>> = all
         .into_iter()
         .filter(|c| {
             c.id() == contenders::BASELINE
+                || c.id() == contenders::BUDGET_BASELINE
                 || cfg.contenders.is_empty()
                 || cfg.contenders.iter().any(|f| {
                     c.id().contains(f.as_str())
@@ -245,7 +289,6 @@ fn run(cfg: &Config) -> io::Result<()> {
         );
         return Ok(());
     }
-    let mut setup: Vec<String> = Vec::new();
     let uses = |w: Workload| cfg.workloads.contains(&w);
     let mut files = Files::default();
     let mut cold_files: Vec<PathBuf> = Vec::new();
@@ -270,6 +313,12 @@ fn run(cfg: &Config) -> io::Result<()> {
     }
     if uses(Workload::Zipf) {
         files.zipf = make("zipf.dat", workloads::zipf_len(cfg), true, &mut setup)?;
+    }
+    if uses(Workload::RandLarge) {
+        files.large = make("large.dat", workloads::large_len(cfg), true, &mut setup)?;
+    }
+    if uses(Workload::Mixed) {
+        files.mixed = make("mixed.dat", workloads::mixed_len(cfg), true, &mut setup)?;
     }
     if uses(Workload::Scan) {
         files.hot = make("scan-hot.dat", workloads::hot_len(cfg), true, &mut setup)?;
@@ -298,7 +347,7 @@ fn run(cfg: &Config) -> io::Result<()> {
             cfg.rounds
                 * chosen
                     .iter()
-                    .filter(|k| k.applies_to_depth(c.workload, c.depth))
+                    .filter(|k| runs_in(cfg, k.as_ref(), c))
                     .count()
         })
         .sum();
@@ -309,17 +358,18 @@ fn run(cfg: &Config) -> io::Result<()> {
     for case in &cases {
         let who: Vec<&Arc<dyn Contender>> = chosen
             .iter()
-            .filter(|k| k.applies_to_depth(case.workload, case.depth))
+            .filter(|k| runs_in(cfg, k.as_ref(), case))
             .collect();
         let first = rows.len();
         for k in &who {
-            rows.push(Row::new(
+            rows.push(Row::with_baseline(
                 case.workload,
                 &case.name,
                 case.unit,
                 case.target,
                 k.id(),
                 k.name_in(case.workload),
+                case.baseline,
             ));
         }
         for round in 0..cfg.rounds {
@@ -414,7 +464,7 @@ fn run(cfg: &Config) -> io::Result<()> {
     text.push('\n');
     text.push_str(&report::table(&rows));
     text.push_str(&format!(
-        "\nratio: median over the median of the kernel baseline (pread; pwrite for writes) of the same case; CPU s/GiB: user + system CPU of the whole process in the timed section per GiB read or written. Run took {:.0} s.\n",
+        "\nratio: median over the median of the kernel baseline of the same case: `kernel pread @ budget` where the budget matters (rand-large, zipf, scan, mixed), the unbounded kernel pread (pwrite for writes) elsewhere; CPU s/GiB: user + system CPU of the whole process in the timed section per GiB read or written. Run took {:.0} s.\n",
         started.elapsed().as_secs_f64()
     ));
     progress.out(&text);
@@ -443,6 +493,22 @@ fn run(cfg: &Config) -> io::Result<()> {
         eprintln!("wrote {} and {}", json.display(), svg.display());
     }
     Ok(())
+}
+
+/// Contenders of the workloads where the budget matters in a `--quick` run (CI time): the
+/// kernel unbounded and at the budget, one more kernel contender at the budget, uringcache.
+const QUICK_BUDGET: [&str; 5] = [
+    contenders::BASELINE,
+    contenders::BUDGET_BASELINE,
+    "mmap@budget",
+    "uringcache-uring",
+    "lru-model",
+];
+
+/// Whether contender `k` has a row in `case`.
+fn runs_in(cfg: &Config, k: &dyn Contender, case: &Case) -> bool {
+    k.applies_to_depth(case.workload, case.depth)
+        && !(cfg.quick && case.workload.budget_matters() && !QUICK_BUDGET.contains(&k.id()))
 }
 
 /// Sets the kernel cache state of `case`'s files before a turn of a contender (filled for a
@@ -517,6 +583,7 @@ fn run_turn(k: &Arc<dyn Contender>, task: &Task, timeout: Duration) -> Outcome {
                 Task::Pages(j) => k2.page_reads(j),
                 Task::Scan(s) => k2.scan(s),
                 Task::Writes(j) => k2.writes(j),
+                Task::Mixed(j) => k2.mixed(j),
             }));
             let _ = tx.send(r.unwrap_or_else(|p| Err(Miss::Failed(panic_message(&*p)))));
         });

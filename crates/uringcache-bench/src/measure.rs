@@ -42,6 +42,11 @@ pub struct Sample {
     pub writes: Option<WriteCounts>,
     /// Per-operation latency quantiles, on the rows that record them (queue depth 1).
     pub latency: Option<Latency>,
+    /// The memory cgroup's limit and peak usage, on the rows run at the same budget.
+    pub memory: Option<MemUse>,
+    /// The process's peak resident memory (`VmHWM`) and the cache's build time, on the
+    /// uringcache rows.
+    pub process: Option<ProcessUse>,
     /// Anything a reader of the table should know about this turn.
     pub note: Option<String>,
 }
@@ -70,6 +75,37 @@ impl Sample {
         self.latency = lat.summary();
         self
     }
+}
+
+/// What a memory cgroup measured over one turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemUse {
+    /// Its limit, bytes.
+    pub limit: u64,
+    /// The most bytes charged at once during the turn.
+    pub peak: u64,
+}
+
+/// A uringcache turn's process figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessUse {
+    /// The process's peak resident set (`VmHWM` of `/proc/self/status`) after the turn,
+    /// bytes. It is the whole process's high-water mark so far, not this turn's alone.
+    pub peak_rss: u64,
+    /// Seconds `Cache::build` took.
+    pub build_secs: f64,
+}
+
+/// The process's peak resident set so far (`VmHWM`), bytes; 0 if it cannot be read.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Latency quantiles of one turn's operations (a read, or a write with its sync), in

@@ -5,7 +5,8 @@
 use std::io;
 use std::path::Path;
 
-use crate::measure::{Latency, Miss, Sample, WriteCounts};
+use crate::measure::{Latency, MemUse, Miss, ProcessUse, Sample, WriteCounts};
+use crate::workloads::human;
 use crate::workloads::{Unit, Workload};
 
 /// Every round's result of one contender in one case.
@@ -49,6 +50,15 @@ pub struct Row {
     /// Median per-operation latency quantiles (each its own median over rounds), on the rows
     /// that record them.
     pub latency: Option<Latency>,
+    /// The id of the row its ratio is taken against.
+    pub baseline: &'static str,
+    /// Whether the ratio fell back to the unbounded kernel because the baseline at the same
+    /// budget has no figure (no cgroup).
+    pub ratio_unbounded: bool,
+    /// Median cgroup peak (and its limit), on the rows run at the same budget.
+    pub memory: Option<MemUse>,
+    /// Largest peak RSS and median cache build time, on the uringcache rows.
+    pub process: Option<ProcessUse>,
     /// `ok`, `partial` (some rounds failed), `n/a`, `unsupported`, `not-yet`, `failed`.
     pub status: &'static str,
     /// The notes column.
@@ -56,7 +66,8 @@ pub struct Row {
 }
 
 impl Row {
-    /// An empty row.
+    /// An empty row whose ratio is taken against the unbounded kernel (used by the tests).
+    #[allow(dead_code)]
     pub fn new(
         workload: Workload,
         case: &str,
@@ -64,6 +75,27 @@ impl Row {
         target: Option<f64>,
         id: &'static str,
         name: &'static str,
+    ) -> Row {
+        Row::with_baseline(
+            workload,
+            case,
+            unit,
+            target,
+            id,
+            name,
+            crate::contenders::BASELINE,
+        )
+    }
+
+    /// An empty row whose ratio is taken against `baseline`'s row of the same case.
+    pub fn with_baseline(
+        workload: Workload,
+        case: &str,
+        unit: Unit,
+        target: Option<f64>,
+        id: &'static str,
+        name: &'static str,
+        baseline: &'static str,
     ) -> Row {
         Row {
             workload,
@@ -84,6 +116,10 @@ impl Row {
             phases: None,
             writes: None,
             latency: None,
+            baseline,
+            ratio_unbounded: false,
+            memory: None,
+            process: None,
             status: "failed",
             notes: String::new(),
         }
@@ -148,6 +184,20 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
             let m = |i: usize| median(phases.iter().map(|p| p[i]).collect()).unwrap_or(0.0);
             r.phases = Some([m(0), m(1), m(2)]);
         }
+        let mems: Vec<MemUse> = r.samples.iter().filter_map(|s| s.memory).collect();
+        if let Some(first) = mems.first() {
+            r.memory = Some(MemUse {
+                limit: first.limit,
+                peak: median(mems.iter().map(|m| m.peak as f64).collect()).unwrap_or(0.0) as u64,
+            });
+        }
+        let procs: Vec<ProcessUse> = r.samples.iter().filter_map(|s| s.process).collect();
+        if !procs.is_empty() {
+            r.process = Some(ProcessUse {
+                peak_rss: procs.iter().map(|p| p.peak_rss).max().unwrap_or(0),
+                build_secs: median(procs.iter().map(|p| p.build_secs).collect()).unwrap_or(0.0),
+            });
+        }
         let lats: Vec<Latency> = r.samples.iter().filter_map(|s| s.latency).collect();
         if !lats.is_empty() {
             let m = |f: fn(&Latency) -> f64| median(lats.iter().map(f).collect()).unwrap_or(0.0);
@@ -171,20 +221,27 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
             });
         }
     }
-    // Ratios against the baseline of the same case.
-    let bases: Vec<(String, Option<f64>)> = rows
+    // Ratios against the row's baseline in the same case; where that has no figure (no
+    // cgroup for the same budget), against the unbounded kernel, and the row says so.
+    let bases: Vec<(String, &'static str, Option<f64>)> = rows
         .iter()
-        .filter(|r| r.contender_id == baseline)
-        .map(|r| (r.case.clone(), r.median))
+        .map(|r| (r.case.clone(), r.contender_id, r.median))
         .collect();
+    let base_of = |case: &str, id: &str| {
+        bases
+            .iter()
+            .find(|(c, i, _)| c == case && *i == id)
+            .and_then(|(_, _, m)| *m)
+    };
     for r in rows.iter_mut() {
         if r.unit == Unit::HitRatio {
             continue;
         }
-        let base = bases
-            .iter()
-            .find(|(c, _)| *c == r.case)
-            .and_then(|(_, m)| *m);
+        let mut base = base_of(&r.case, r.baseline);
+        if base.is_none() && r.baseline != baseline {
+            base = base_of(&r.case, baseline);
+            r.ratio_unbounded = base.is_some();
+        }
         if let (Some(m), Some(b)) = (r.median, base) {
             if b > 0.0 {
                 r.ratio = Some(m / b);
@@ -225,6 +282,23 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
         }
         if let Some(l) = r.latency {
             notes.push(latency_text(&l));
+        }
+        if let Some(mu) = r.memory {
+            notes.push(format!(
+                "cgroup limit {}, peak {}",
+                human(mu.limit),
+                human(mu.peak)
+            ));
+        }
+        if let Some(p) = r.process {
+            notes.push(format!(
+                "peak RSS {}, cache built in {:.1} ms",
+                human(p.peak_rss),
+                p.build_secs * 1e3
+            ));
+        }
+        if r.ratio_unbounded {
+            notes.push("ratio vs the unbounded kernel (no figure at the same budget)".into());
         }
         if let Some(h) = r.hit_ratio {
             notes.push(format!("hit ratio {:.1} %", h * 100.0));

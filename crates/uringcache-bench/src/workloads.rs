@@ -24,10 +24,16 @@ pub enum Workload {
     SeqCold,
     /// 4 KiB random reads of a cold file, 1 and 32 in flight.
     RandCold,
+    /// Uniform 4 KiB random reads over a file 8x the budget, 1 and 32 in flight, after a
+    /// warm-up that fills the cache: steady-state eviction.
+    RandLarge,
     /// Zipf(0.99) 4 KiB reads over a file 4x the budget.
     Zipf,
     /// Hot-set hit ratio before, during and after a scan of 2x the budget.
     Scan,
+    /// YCSB-A-like: 50 % reads, 50 % updates of 4 KiB records under Zipf(0.99), a data sync
+    /// every 64 updates, over a file 4x the budget.
+    Mixed,
     /// 64 KiB sequential writes of a new file, then one `fsync`.
     SeqWrite,
     /// 4 KiB random overwrites, each followed by `fdatasync`, 1 and 16 writers.
@@ -36,13 +42,15 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order a run runs them.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 10] = [
         Workload::Hit,
         Workload::HitPage,
         Workload::SeqCold,
         Workload::RandCold,
+        Workload::RandLarge,
         Workload::Zipf,
         Workload::Scan,
+        Workload::Mixed,
         Workload::SeqWrite,
         Workload::RandWriteSync,
     ];
@@ -54,8 +62,10 @@ impl Workload {
             Workload::HitPage => "hit-page",
             Workload::SeqCold => "seq-cold",
             Workload::RandCold => "rand-cold",
+            Workload::RandLarge => "rand-large",
             Workload::Zipf => "zipf",
             Workload::Scan => "scan",
+            Workload::Mixed => "mixed",
             Workload::SeqWrite => "seq-write",
             Workload::RandWriteSync => "rand-write-sync",
         }
@@ -64,6 +74,15 @@ impl Workload {
     /// Whether it writes (its tasks are [`Task::Writes`]).
     pub fn is_write(self) -> bool {
         matches!(self, Workload::SeqWrite | Workload::RandWriteSync)
+    }
+
+    /// Whether its data is larger than the budget, so that the kernel contenders also run at
+    /// the same budget (in a memory cgroup) and its ratios are taken against that.
+    pub fn budget_matters(self) -> bool {
+        matches!(
+            self,
+            Workload::RandLarge | Workload::Zipf | Workload::Scan | Workload::Mixed
+        )
     }
 
     /// The workload called `name`.
@@ -102,7 +121,7 @@ pub enum Prep {
 
 /// How a job's reads are laid out, as a hint contenders may pass on (`posix_fadvise`,
 /// `madvise`, [`uringcache::Advice`], a stream reader).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Access {
     /// From start to end.
     Sequential,
@@ -110,8 +129,29 @@ pub enum Access {
     Random,
 }
 
+/// Serde for the `Arc<Vec<T>>` fields of the jobs (serde's `rc` feature is not enabled), so
+/// that a job can be sent to a child process in a cgroup.
+mod arc_vec {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        v: &Arc<Vec<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_slice().serialize(s)
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<Vec<T>>, D::Error> {
+        Vec::<T>::deserialize(d).map(Arc::new)
+    }
+}
+
 /// One turn's reads: every contender gets the same job in a round.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// The file.
     pub path: PathBuf,
@@ -120,9 +160,11 @@ pub struct Job {
     /// Bytes per read.
     pub size: usize,
     /// Timed reads, in order; task `i` of `n` takes every `n`-th from `i`.
+    #[serde(with = "arc_vec")]
     pub offsets: Arc<Vec<u64>>,
     /// Untimed reads made before the timed ones (fill the caches); contenders without a cache
     /// skip them.
+    #[serde(with = "arc_vec")]
     pub warmup: Arc<Vec<u64>>,
     /// Reads in flight: threads or tasks.
     pub tasks: usize,
@@ -139,7 +181,7 @@ pub struct Job {
 }
 
 /// When a write job makes its bytes durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Durability {
     /// Each writer makes one full sync (`fsync`, `sync_all`) after its last write.
     AtEnd,
@@ -148,7 +190,7 @@ pub enum Durability {
 }
 
 /// One turn's writes: every contender gets the same job in a round (with its own stamp).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct WriteJob {
     /// The file.
     pub path: PathBuf,
@@ -160,6 +202,7 @@ pub struct WriteJob {
     /// Bytes per write (a multiple of 4 KiB, at 4 KiB-aligned offsets).
     pub size: usize,
     /// The writes, in order; writer `i` of `n` takes every `n`-th from `i`.
+    #[serde(with = "arc_vec")]
     pub offsets: Arc<Vec<u64>>,
     /// Writers: threads or tasks.
     pub tasks: usize,
@@ -178,7 +221,7 @@ pub struct WriteJob {
 }
 
 /// One turn of the scan-resistance workload.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ScanJob {
     /// The hot-set file (10 % of the budget).
     pub hot_path: PathBuf,
@@ -189,7 +232,45 @@ pub struct ScanJob {
     /// uringcache's memory budget (and the LRU model's capacity).
     pub budget: usize,
     /// The accesses, in order.
+    #[serde(with = "arc_vec")]
     pub trace: Arc<Vec<Step>>,
+}
+
+/// One turn of the mixed workload: reads and updates of 4 KiB records in one trace.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MixedJob {
+    /// The file (existing, `file_len` bytes, overwritten in place).
+    pub path: PathBuf,
+    /// Its length.
+    pub file_len: u64,
+    /// The records, in order (byte offsets of 4 KiB blocks).
+    #[serde(with = "arc_vec")]
+    pub offsets: Arc<Vec<u64>>,
+    /// Whether each record of `offsets` is updated (written, stamped) rather than read.
+    #[serde(with = "arc_vec")]
+    pub updates: Arc<Vec<bool>>,
+    /// Untimed reads made before the timed trace (fill the caches).
+    #[serde(with = "arc_vec")]
+    pub warmup: Arc<Vec<u64>>,
+    /// A data sync (`fdatasync`, `sync_data`) after every this many updates, and one at the
+    /// end (timed).
+    pub sync_every: usize,
+    /// uringcache's memory budget.
+    pub budget: usize,
+    /// This turn's stamp, written into every updated block and checked by the read-back.
+    pub stamp: u64,
+}
+
+impl MixedJob {
+    /// The offsets the trace updates.
+    pub fn updated(&self) -> Vec<u64> {
+        self.offsets
+            .iter()
+            .zip(self.updates.iter())
+            .filter(|(_, &u)| u)
+            .map(|(&o, _)| o)
+            .collect()
+    }
 }
 
 /// What one turn runs.
@@ -203,6 +284,8 @@ pub enum Task {
     Scan(Arc<ScanJob>),
     /// Writes (and syncs), checked on read-back after the turn.
     Writes(Arc<WriteJob>),
+    /// Reads and updates in one trace, the updates checked on read-back after the turn.
+    Mixed(Arc<MixedJob>),
 }
 
 /// High bits of every turn's stamp (the low bits count turns).
@@ -218,6 +301,10 @@ impl Task {
                 stamp: STAMP_BASE | turn,
                 ..(**j).clone()
             })),
+            Task::Mixed(j) => Task::Mixed(Arc::new(MixedJob {
+                stamp: STAMP_BASE | turn,
+                ..(**j).clone()
+            })),
             other => other.clone(),
         }
     }
@@ -227,6 +314,9 @@ impl Task {
         match self {
             Task::Writes(j) => {
                 data::check_written(&j.path, j.file_len, j.size, &j.offsets, j.stamp)
+            }
+            Task::Mixed(j) => {
+                data::check_written(&j.path, j.file_len, BLOCK, &j.updated(), j.stamp)
             }
             _ => Ok(()),
         }
@@ -249,6 +339,9 @@ pub struct Case {
     pub files: Vec<PathBuf>,
     /// Reads (or writers) in flight: threads or tasks.
     pub depth: usize,
+    /// The id of the contender its ratios are taken against (the kernel at the same budget
+    /// where the budget matters, the unbounded kernel otherwise).
+    pub baseline: &'static str,
     /// What the case measures, one line for the report.
     pub about: String,
     /// Makes round `r`'s task (offsets seeded by the run's seed, the case and the round).
@@ -272,6 +365,20 @@ pub struct Files {
     pub seq_write: Option<PathBuf>,
     /// The preallocated file rand-write-sync overwrites.
     pub sync: Option<PathBuf>,
+    /// The rand-large file (8x budget).
+    pub large: Option<PathBuf>,
+    /// The mixed workload's file (4x budget).
+    pub mixed: Option<PathBuf>,
+}
+
+/// Size of the rand-large file.
+pub fn large_len(cfg: &Config) -> u64 {
+    cfg.budget * 8
+}
+
+/// Size of the mixed workload's file.
+pub fn mixed_len(cfg: &Config) -> u64 {
+    cfg.budget * 4
 }
 
 /// Size of the zipf file.
@@ -301,6 +408,8 @@ pub const ZIPF_S: f64 = 0.99;
 pub const SEQ_WRITE: usize = 64 << 10;
 /// Writers of `rand-write-sync`.
 pub const SYNC_WRITERS: [usize; 2] = [1, 16];
+/// Updates between two data syncs in `mixed`.
+pub const MIXED_SYNC_EVERY: usize = 64;
 
 fn seed_of(cfg: &Config, case: &str, round: u64) -> u64 {
     // FNV-1a of the case name: stable across runs and platforms.
@@ -309,6 +418,15 @@ fn seed_of(cfg: &Config, case: &str, round: u64) -> u64 {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
     }
     h ^ cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ round
+}
+
+/// The baseline of `w`'s cases (see [`Case::baseline`]).
+pub fn baseline(w: Workload) -> &'static str {
+    if w.budget_matters() {
+        crate::contenders::BUDGET_BASELINE
+    } else {
+        crate::contenders::BASELINE
+    }
 }
 
 /// The cases of the chosen workloads over `files`.
@@ -332,6 +450,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                         target: (w == Workload::Hit).then_some(3.0),
                         prep: Prep::Warm,
                         depth: n,
+                        baseline: baseline(w),
                         files: vec![path.clone()],
                         about: if w == Workload::Hit {
                             format!(
@@ -383,6 +502,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     target: Some(1.0),
                     prep: Prep::Cold,
                     depth: 1,
+                    baseline: baseline(w),
                     files: vec![path.clone()],
                     about: format!(
                         "128 KiB sequential reads of a cold {} file, one reader; uringcache budget {}",
@@ -418,6 +538,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                         target: (n == 32).then_some(1.0),
                         prep: Prep::Cold,
                         depth: n,
+                        baseline: baseline(w),
                         files: vec![path.clone()],
                         about: format!(
                             "{} random 4 KiB reads of a cold {} file, {n} in flight (kernel: {n} thread(s)); random-access hints for all",
@@ -448,6 +569,97 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     });
                 }
             }
+            Workload::RandLarge => {
+                let path = files.large.clone().expect("the rand-large file");
+                let len = large_len(cfg);
+                for &n in &RAND_DEPTHS {
+                    let name = format!("{}, {n} in flight", w.name());
+                    let (cfg2, name2, path2) = (cfg.clone(), name.clone(), path.clone());
+                    // Enough reads to fill the budget: uniform over 8x the budget, about 94 %
+                    // of them land on distinct blocks.
+                    let warm = cfg.budget as usize / BLOCK;
+                    out.push(Case {
+                        workload: w,
+                        unit: Unit::OpsPerSec,
+                        target: Some(1.0),
+                        prep: Prep::Cold,
+                        files: vec![path.clone()],
+                        depth: n,
+                        baseline: baseline(w),
+                        about: format!(
+                            "uniform 4 KiB random reads over a {} file (8x the {} budget), {n} in flight: {warm} untimed warm-up reads fill the cache, then {} timed (steady-state eviction)",
+                            human(len),
+                            human(cfg.budget),
+                            cfg.rand_ops
+                        ),
+                        make: Box::new(move |r| {
+                            let seed = seed_of(&cfg2, &name2, r);
+                            Task::Reads(Arc::new(Job {
+                                path: path2.clone(),
+                                file_len: len,
+                                size: BLOCK,
+                                offsets: Arc::new(data::uniform_offsets(
+                                    seed,
+                                    len,
+                                    BLOCK,
+                                    cfg2.rand_ops,
+                                )),
+                                warmup: Arc::new(data::uniform_offsets(
+                                    seed ^ 0x77a2,
+                                    len,
+                                    BLOCK,
+                                    warm,
+                                )),
+                                tasks: n,
+                                access: Access::Random,
+                                warm: false,
+                                budget,
+                                deadline: None,
+                                latency: n == 1,
+                            }))
+                        }),
+                        name,
+                    });
+                }
+            }
+            Workload::Mixed => {
+                let path = files.mixed.clone().expect("the mixed file");
+                let len = mixed_len(cfg);
+                let (cfg2, path2) = (cfg.clone(), path.clone());
+                out.push(Case {
+                    workload: w,
+                    name: w.name().to_string(),
+                    unit: Unit::OpsPerSec,
+                    target: Some(1.0),
+                    prep: Prep::Cold,
+                    files: vec![path.clone()],
+                    depth: 1,
+                    baseline: baseline(w),
+                    about: format!(
+                        "YCSB-A-like over a {} file (4x the {} budget), one client: Zipf({ZIPF_S}) 4 KiB records, 50 % reads / 50 % updates, a data sync (fdatasync, sync_data) every {MIXED_SYNC_EVERY} updates and at the end; {} warm-up reads, then {} timed operations; updates read back after each turn",
+                        human(len),
+                        human(cfg.budget),
+                        cfg.zipf_ops,
+                        cfg.zipf_ops
+                    ),
+                    make: Box::new(move |r| {
+                        let seed = seed_of(&cfg2, "mixed", r);
+                        let mut all = data::zipf_offsets(seed, len, ZIPF_S, cfg2.zipf_ops * 2);
+                        let timed = all.split_off(cfg2.zipf_ops);
+                        let updates = data::coin_flips(seed ^ 0x5a, timed.len());
+                        Task::Mixed(Arc::new(MixedJob {
+                            path: path2.clone(),
+                            file_len: len,
+                            offsets: Arc::new(timed),
+                            updates: Arc::new(updates),
+                            warmup: Arc::new(all),
+                            sync_every: MIXED_SYNC_EVERY,
+                            budget,
+                            stamp: STAMP_BASE,
+                        }))
+                    }),
+                });
+            }
             Workload::Zipf => {
                 let path = files.zipf.clone().expect("the zipf file");
                 let len = zipf_len(cfg);
@@ -456,9 +668,10 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     workload: w,
                     name: w.name().to_string(),
                     unit: Unit::OpsPerSec,
-                    target: None,
+                    target: Some(1.0),
                     prep: Prep::Cold,
                     depth: 1,
+                    baseline: baseline(w),
                     files: vec![path.clone()],
                     about: format!(
                         "Zipf({ZIPF_S}) 4 KiB reads over a {} file (4x the {} budget), one reader: {} warm-up reads, then {} timed (at most {:.1} s)",
@@ -505,6 +718,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     target: None,
                     prep: Prep::Cold,
                     depth: 1,
+                    baseline: baseline(w),
                     files: vec![hot.clone(), scan.clone()],
                     about: format!(
                         "hot-set hit ratio (uniform 4 KiB reads of a {} hot file, 10 % of the budget) before / during / after one 128 KiB sequential scan of a {} file (2x the budget), one hot read per {} KiB scanned",
@@ -539,6 +753,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     target: Some(1.2),
                     prep: Prep::Fresh,
                     depth: 1,
+                    baseline: baseline(w),
                     files: vec![path.clone()],
                     about: format!(
                         "64 KiB sequential writes of a new {} file, then one fsync (sync_all), timed together; uringcache budget {}, a fresh cache each turn; length and a sample of blocks read back after each turn",
@@ -574,6 +789,7 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                         target: Some(if n == 1 { 1.0 } else { 3.0 }),
                         prep: Prep::Cold,
                         depth: n,
+                        baseline: baseline(w),
                         files: vec![path.clone()],
                         about: format!(
                             "{} random 4 KiB overwrites of a preallocated, synced {} file, each followed by fdatasync (sync_data), {n} writer(s) (kernel: {n} thread(s); uringcache: {n} task(s) on one cache, whose concurrent syncs share flushes); uringcache budget {}",

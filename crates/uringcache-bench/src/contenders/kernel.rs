@@ -12,9 +12,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use super::Contender;
-use crate::data::{check, fadvise, stamp, write_buffer};
-use crate::measure::{run_gated, strided, Deadline, Latencies, Miss, Outcome, Sample};
-use crate::workloads::{Access, Durability, Job, ScanJob, Workload, WriteJob};
+use crate::data::{check, fadvise, stamp, write_buffer, PhaseCounts, Step, BLOCK};
+use crate::measure::{run_gated, strided, Deadline, Latencies, Meter, Miss, Outcome, Sample};
+use crate::workloads::{Access, Durability, Job, MixedJob, ScanJob, Workload, WriteJob};
 
 /// `std::fs::File::read_at` (`pread`) through the kernel's page cache.
 pub struct Pread;
@@ -217,14 +217,110 @@ impl Contender for Pread {
         thread_writes(job, How::Pread).map(|s| s.with_note(sync_note(job, "pwrite")))
     }
 
-    fn scan(&self, _: &ScanJob) -> Outcome {
-        Err(Miss::NotApplicable(
-            "the kernel's cache has no budget: it takes any free memory (GiBs here), so a \
-             scan of 2x the budget evicts nothing, and its per-read hits cannot be observed \
-             without mincore"
-                .into(),
-        ))
+    fn scan(&self, job: &ScanJob) -> Outcome {
+        scan_mincore(job)
     }
+
+    fn mixed(&self, job: &MixedJob) -> Outcome {
+        mixed_pread(job)
+    }
+}
+
+/// The scan trace through `pread`, each hot read's hit observed first with `mincore` on a
+/// mapping of the hot file (never touched through the mapping, so it faults nothing in):
+/// resident is a hit.
+fn scan_mincore(job: &ScanJob) -> Outcome {
+    let hot = File::open(&job.hot_path)?;
+    // A hot read that misses reads its page only, as uringcache's `Advice::Random` does.
+    fadvise(&hot, libc::POSIX_FADV_RANDOM)?;
+    let scan = File::open(&job.scan_path)?;
+    // SAFETY: the scratch file is not truncated or written while mapped; the mapping is only
+    // passed to mincore, never read.
+    let map = unsafe { memmap2::Mmap::map(&hot)? };
+    let resident = |off: u64| -> io::Result<bool> {
+        let mut vec = [0u8; 1];
+        // SAFETY: one page inside a live mapping; `vec` has room for its one entry.
+        let r = unsafe {
+            libc::mincore(
+                map.as_ptr().add(off as usize) as *mut libc::c_void,
+                BLOCK,
+                vec.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(vec[0] & 1 == 1)
+    };
+    let meter = Meter::start();
+    let mut counts = PhaseCounts::default();
+    let mut small = vec![0u8; BLOCK];
+    let mut big = vec![0u8; job.scan_read];
+    let (mut ops, mut bytes) = (0u64, 0u64);
+    for step in job.trace.iter() {
+        match *step {
+            Step::Hot { block, phase } => {
+                let off = block * BLOCK as u64;
+                let hit = resident(off)?;
+                read_full(&hot, &mut small, off, How::Pread)?;
+                check(&small, off)?;
+                counts.record(phase, hit);
+                bytes += BLOCK as u64;
+            }
+            Step::Scan { offset } => {
+                read_full(&scan, &mut big, offset, How::Pread)?;
+                check(&big, offset)?;
+                bytes += job.scan_read as u64;
+            }
+        }
+        ops += 1;
+    }
+    let m = meter.stop();
+    Ok(Sample {
+        ops,
+        bytes,
+        secs: m.secs,
+        cpu_secs: m.cpu_secs,
+        phases: Some(counts.ratios()),
+        note: Some("hot hits observed with mincore on a mapping of the hot file".into()),
+        ..Sample::default()
+    })
+}
+
+/// The mixed trace through `pread` / `pwrite` + `fdatasync`, one thread.
+fn mixed_pread(job: &MixedJob) -> Outcome {
+    let f = OpenOptions::new().read(true).write(true).open(&job.path)?;
+    fadvise(&f, libc::POSIX_FADV_RANDOM)?;
+    let (ops, m) = run_gated(1, |_, gate| {
+        let mut buf = vec![0u8; BLOCK];
+        for &off in job.warmup.iter() {
+            read_full(&f, &mut buf, off, How::Pread)?;
+        }
+        let mut wbuf = write_buffer(BLOCK);
+        gate.ready();
+        let mut since_sync = 0;
+        for (&off, &update) in job.offsets.iter().zip(job.updates.iter()) {
+            if update {
+                stamp(&mut wbuf, off, job.stamp);
+                write_full(&f, &wbuf, off, How::Pread)?;
+                since_sync += 1;
+                if since_sync == job.sync_every {
+                    f.sync_data()?;
+                    since_sync = 0;
+                }
+            } else {
+                read_full(&f, &mut buf, off, How::Pread)?;
+                check(&buf, off)?;
+            }
+        }
+        f.sync_data()?;
+        gate.done();
+        Ok(job.offsets.len() as u64)
+    })?;
+    Ok(Sample::reads(ops.iter().sum(), BLOCK, m).with_note(format!(
+        "pread / pwrite, fdatasync every {} updates",
+        job.sync_every
+    )))
 }
 
 impl Contender for DontCache {

@@ -80,7 +80,7 @@ impl Contender for Mmap {
     }
 
     fn applies_to(&self, w: Workload) -> bool {
-        w != Workload::Scan && !w.is_write()
+        !matches!(w, Workload::Scan | Workload::Mixed) && !w.is_write()
     }
 
     fn reads(&self, job: &Job) -> Outcome {

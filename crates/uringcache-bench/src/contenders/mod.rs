@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
+use crate::cgroup::MemCgroup;
 use crate::measure::{Miss, Outcome};
-use crate::workloads::{Job, ScanJob, Workload, WriteJob};
+use crate::workloads::{Job, MixedJob, ScanJob, Workload, WriteJob};
 
 mod blocking;
+mod budget;
 mod glommio;
 mod kernel;
 mod lru;
@@ -39,7 +41,7 @@ pub trait Contender: Send + Sync {
 
     /// Whether it has a row in `w`'s table (a "n/a" row still counts as a row).
     fn applies_to(&self, w: Workload) -> bool {
-        !matches!(w, Workload::Scan | Workload::HitPage)
+        !matches!(w, Workload::Scan | Workload::HitPage | Workload::Mixed)
     }
 
     /// Whether it has a row in a case of `w` with `depth` reads (or writers) in flight; by
@@ -61,6 +63,14 @@ pub trait Contender: Send + Sync {
     /// the writes and the syncs.
     fn writes(&self, _job: &WriteJob) -> Outcome {
         Err(Miss::NotApplicable("no write path".into()))
+    }
+
+    /// Runs the mixed trace: reads (checked) and stamped updates, one at a time, a data sync
+    /// every `job.sync_every` updates and one at the end; the clock covers all of it.
+    fn mixed(&self, _job: &MixedJob) -> Outcome {
+        Err(Miss::NotApplicable(
+            "no mixed read / update path here".into(),
+        ))
     }
 
     /// Replays the scan-resistance trace and reports hot-set hit ratios.
@@ -92,8 +102,44 @@ pub fn all() -> Vec<Arc<dyn Contender>> {
     ]
 }
 
-/// The id of the baseline every ratio is taken against.
+/// The id of the baseline the ratios are taken against where the budget does not matter.
 pub const BASELINE: &str = "kernel-pread";
+
+/// The id of the baseline where it does: the kernel's `pread` held to the budget.
+pub const BUDGET_BASELINE: &str = "kernel-pread@budget";
+
+/// The kernel-cache contenders that also run at the same budget.
+const AT_BUDGET: [&str; 5] = [
+    "kernel-pread",
+    "kernel-dontcache",
+    "mmap",
+    "tokio-fs",
+    "tokio-uring",
+];
+
+/// `all` with, after the kernel baseline, each kernel-cache contender again at the same
+/// budget (held there by `cgroup`, or saying why it cannot be).
+pub fn with_budget(
+    all: Vec<Arc<dyn Contender>>,
+    cgroup: Arc<Result<MemCgroup, String>>,
+) -> Vec<Arc<dyn Contender>> {
+    let budgeted: Vec<Arc<dyn Contender>> = all
+        .iter()
+        .filter(|c| AT_BUDGET.contains(&c.id()))
+        .map(|c| Arc::new(budget::AtBudget::new(c.clone(), cgroup.clone())) as Arc<dyn Contender>)
+        .collect();
+    let mut out = Vec::new();
+    for c in all {
+        let first = c.id() == BASELINE;
+        out.push(c);
+        if first {
+            out.extend(budgeted.iter().cloned());
+        }
+    }
+    out
+}
+
+pub use budget::run_child_turn;
 
 /// Threads a thread-per-core runtime (tokio-uring, glommio) uses for `tasks` reads in flight:
 /// one per core at most, the tasks dealt out between them (thread `t` runs tasks `t`,

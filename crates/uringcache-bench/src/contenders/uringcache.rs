@@ -12,10 +12,11 @@ use uringcache::{Advice, Backend, Cache, File, OpenOptions, Stats};
 
 use super::Contender;
 use crate::data::{check, stamp, write_buffer, PhaseCounts, Step, BLOCK};
+use crate::measure::{peak_rss, ProcessUse};
 use crate::measure::{
     strided, Deadline, Latencies, Meter, Miss, Outcome, Recorder, Sample, WriteCounts,
 };
-use crate::workloads::{Access, Durability, Job, ScanJob, Workload, WriteJob};
+use crate::workloads::{Access, Durability, Job, MixedJob, ScanJob, Workload, WriteJob};
 
 /// uringcache on one backend.
 pub struct UringCache {
@@ -31,12 +32,75 @@ impl UringCache {
             .build()
     }
 
-    fn cache(&self, budget: usize) -> io::Result<Cache> {
-        Cache::builder()
+    /// A fresh cache of `budget` bytes, and the seconds its build took.
+    fn cache(&self, budget: usize) -> io::Result<(Cache, f64)> {
+        let t = std::time::Instant::now();
+        let cache = Cache::builder()
             .memory_limit(budget)
             .page_size(BLOCK)
             .backend(self.backend)
             .build()
+            .map_err(|e| io::Error::new(e.kind(), format!("Cache::build ({budget} bytes): {e}")))?;
+        Ok((cache, t.elapsed().as_secs_f64()))
+    }
+}
+
+/// The process figures of a uringcache row, taken after the turn.
+fn process_use(build_secs: f64) -> Option<ProcessUse> {
+    Some(ProcessUse {
+        peak_rss: peak_rss(),
+        build_secs,
+    })
+}
+
+impl UringCache {
+    /// The mixed trace on one task: `read_exact_at` (checked) or a stamped `write_all_at`,
+    /// `sync_data` every `sync_every` updates and at the end.
+    fn mixed_job(&self, job: &MixedJob) -> Outcome {
+        let rt = Self::runtime()?;
+        let (cache, build) = self.cache(job.budget)?;
+        let f = rt.block_on(async {
+            let f = cache
+                .open(&job.path, OpenOptions::new().read(true).write(true))
+                .await?;
+            f.advise(Advice::Random);
+            let mut buf = vec![0u8; BLOCK];
+            for &off in job.warmup.iter() {
+                f.read_exact_at(&mut buf, off).await?;
+            }
+            io::Result::Ok(f)
+        })?;
+        let before = cache.stats();
+        let meter = Meter::start();
+        let r = rt.block_on(async {
+            let mut buf = vec![0u8; BLOCK];
+            let mut wbuf = write_buffer(BLOCK);
+            let mut since_sync = 0;
+            for (&off, &update) in job.offsets.iter().zip(job.updates.iter()) {
+                if update {
+                    stamp(&mut wbuf, off, job.stamp);
+                    f.write_all_at(&wbuf, off).await?;
+                    since_sync += 1;
+                    if since_sync == job.sync_every {
+                        f.sync_data().await?;
+                        since_sync = 0;
+                    }
+                } else {
+                    f.read_exact_at(&mut buf, off).await?;
+                    check(&buf, off)?;
+                }
+            }
+            f.sync_data().await
+        });
+        let m = meter.stop();
+        let after = cache.stats();
+        rt.block_on(cache.shutdown())?;
+        r?;
+        let mut s = Sample::reads(job.offsets.len() as u64, BLOCK, m);
+        s.hit_ratio = hit_ratio(&before, &after);
+        s.writes = Some(write_counts(&before, &after));
+        s.process = process_use(build);
+        Ok(s.with_note(format!("backend {}", after.backend)))
     }
 }
 
@@ -144,7 +208,7 @@ impl UringCache {
             )));
         }
         let rt = Self::runtime()?;
-        let cache = self.cache(job.budget)?;
+        let (cache, build) = self.cache(job.budget)?;
         let mut notes = Vec::new();
         let files = rt.block_on(async {
             let mut files = Vec::new();
@@ -166,9 +230,24 @@ impl UringCache {
                     ));
                 }
             }
-            let mut buf = vec![0u8; job.size];
-            for &off in job.warmup.iter() {
-                files[0].read_exact_at(&mut buf, off).await?;
+            // The warm-up at the job's depth too (untimed), each task its share.
+            let n = files.len();
+            let warm: Vec<_> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let (f, warmup, size) = (f.clone(), job.warmup.clone(), job.size);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; size];
+                        for off in strided(&warmup, i, n) {
+                            f.read_exact_at(&mut buf, off).await?;
+                        }
+                        io::Result::Ok(())
+                    })
+                })
+                .collect();
+            for h in warm {
+                h.await.map_err(io::Error::other)??;
             }
             io::Result::Ok(files)
         })?;
@@ -209,6 +288,7 @@ impl UringCache {
         let ops = ops?;
         let mut s = Sample::reads(ops, job.size, m).with_latency(&lat);
         s.hit_ratio = hit_ratio(&before, &after);
+        s.process = process_use(build);
         if pages {
             notes.push("File::page: pinned, checked in place, no copy".into());
         }
@@ -248,9 +328,13 @@ impl Contender for UringCache {
         self.read_job(job, true)
     }
 
+    fn mixed(&self, job: &MixedJob) -> Outcome {
+        self.mixed_job(job)
+    }
+
     fn writes(&self, job: &WriteJob) -> Outcome {
         let rt = Self::runtime()?;
-        let cache = self.cache(job.budget)?;
+        let (cache, build) = self.cache(job.budget)?;
         let files = rt.block_on(async {
             let mut opts = OpenOptions::new();
             opts.read(true).write(true).create(job.new_file);
@@ -297,12 +381,13 @@ impl Contender for UringCache {
         shutdown?;
         let mut s = Sample::reads(ops, job.size, m).with_latency(&lat);
         s.writes = Some(write_counts(&before, &after));
+        s.process = process_use(build);
         Ok(s.with_note(format!("backend {}", after.backend)))
     }
 
     fn scan(&self, job: &ScanJob) -> Outcome {
         let rt = Self::runtime()?;
-        let cache = self.cache(job.budget)?;
+        let (cache, build) = self.cache(job.budget)?;
         let (hot, scan) = rt.block_on(async {
             let hot = cache
                 .open(&job.hot_path, OpenOptions::new().read(true))
@@ -361,6 +446,7 @@ impl Contender for UringCache {
             secs: m.secs,
             cpu_secs: m.cpu_secs,
             phases: Some(counts.ratios()),
+            process: process_use(build),
             note: Some("hot hits observed with try_read_at".into()),
             ..Sample::default()
         })
