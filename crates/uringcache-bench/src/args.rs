@@ -12,9 +12,18 @@ uringcache-bench: uringcache against the kernel page cache and peer libraries
 
 USAGE: cargo run --release -p uringcache-bench -- [FLAGS]
 
+With no flag: the main run (about 3 minutes on a 2-core machine, ~1.5 GiB of scratch
+files): every workload, the kernel unbounded and at uringcache's budget, one or two peers
+per kind, uringcache; it ends with a summary table (one row per case) and writes the full
+table (markdown), JSON and an SVG chart under target/uringcache-bench/.
+
 FLAGS:
-  --quick              small files and few operations (about a minute; CI smoke run,
-                       asserts nothing about speed)
+  --quick              small files and few operations (CI smoke run, asserts nothing about
+                       speed)
+  --full               the complete run: every contender, big files (2G cold file), 3
+                       rounds (about 10 minutes, ~5 GiB of scratch files)
+  --out DIR            where the results go (default target/uringcache-bench/ of the
+                       target directory this binary was built in)
   --workload NAME      run only these workloads (repeatable, or a comma list):
                        hit, hit-page, seq-cold, rand-cold, rand-large, zipf, scan,
                        mixed, seq-write, rand-write-sync, all
@@ -34,7 +43,7 @@ FLAGS:
   --seed N             seed of every random offset and trace (default 1)
   --dir PATH           scratch directory (default: a fresh directory under /tmp, removed at
                        exit); the harness's own files in it are removed at exit
-  --json FILE          write machine-readable results to FILE and an SVG chart of the
+  --json FILE          also write the JSON results to FILE and an SVG chart of the
                        ratios beside it (FILE with the extension .svg)
   --startup BUDGETS    instead of the workloads: time Cache::build (and the first miss,
                        and shutdown) for each budget of the comma list on both backends,
@@ -50,6 +59,10 @@ BYTES accept the suffixes K, M, G, T (powers of 1024), e.g. 2G, 128M, 65536.
 pub struct Config {
     /// `--quick` was given.
     pub quick: bool,
+    /// `--full` was given.
+    pub full: bool,
+    /// Where the results (markdown, JSON, SVG) are written.
+    pub out: PathBuf,
     /// Workloads to run, in the order they run.
     pub workloads: Vec<Workload>,
     /// Contender filters (substrings); empty: all.
@@ -144,6 +157,8 @@ const MIB: u64 = 1 << 20;
 /// Parses the process's arguments. `Err` carries the message to print (usage on `--help`).
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
     let mut quick = false;
+    let mut full = false;
+    let mut out = None;
     let mut workloads: Vec<String> = Vec::new();
     let mut contenders: Vec<String> = Vec::new();
     let mut size = None;
@@ -172,6 +187,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         match flag.as_str() {
             "-h" | "--help" => return Err(USAGE.to_string()),
             "--quick" => quick = true,
+            "--full" => full = true,
+            "--out" => out = Some(PathBuf::from(value(&flag)?)),
             "--workload" | "--workloads" => parse_list(&value(&flag)?, &mut workloads),
             "--contender" | "--contenders" => parse_list(&value(&flag)?, &mut contenders),
             "--size" => size = Some(parse_bytes(&value(&flag)?)?),
@@ -210,6 +227,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
             other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
         }
     }
+    if quick && full {
+        return Err("--quick and --full exclude each other".into());
+    }
+    // Sizes and counts: quick (CI), the main run, full.
+    let pick = |q: u64, main: u64, f: u64| {
+        if quick {
+            q
+        } else if full {
+            f
+        } else {
+            main
+        }
+    };
     let workloads = if workloads.is_empty() || workloads.iter().any(|w| w == "all") {
         Workload::ALL.to_vec()
     } else {
@@ -241,11 +271,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
     };
     let size = round_mib(
         "--size",
-        size.unwrap_or(if quick { 128 * MIB } else { 2 << 30 }),
+        size.unwrap_or(pick(128 * MIB, 512 * MIB, 2 << 30)),
     )?;
     let hit_size = round_mib(
         "--hit-size",
-        hit_size.unwrap_or(if quick { 32 * MIB } else { 256 * MIB }),
+        hit_size.unwrap_or(pick(32 * MIB, 64 * MIB, 256 * MIB)),
     )?;
     // Quick: half the budget, so that the files of the workloads where it matters (8x, 4x,
     // 2x it) and the warm-ups that fill it stay small.
@@ -255,14 +285,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
     )?;
     let write_size = round_mib(
         "--write-size",
-        write_size.unwrap_or(if quick { 64 * MIB } else { 1 << 30 }),
+        write_size.unwrap_or(pick(64 * MIB, 256 * MIB, 1 << 30)),
     )?;
     let sync_size = round_mib(
         "--sync-size",
-        sync_size.unwrap_or(if quick { 32 * MIB } else { 256 * MIB }),
+        sync_size.unwrap_or(pick(32 * MIB, 64 * MIB, 256 * MIB)),
     )?;
+    let ms = |q, main, f| Duration::from_millis(pick(q, main, f));
     Ok(Config {
         quick,
+        full,
+        out: out.unwrap_or_else(default_out),
         workloads,
         contenders,
         size,
@@ -270,19 +303,33 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         write_size,
         sync_size,
         budget,
-        rounds: rounds.unwrap_or(if quick { 2 } else { 3 }),
+        rounds: rounds.unwrap_or(if full { 3 } else { 2 }),
         seed,
         dir,
         json,
         startup,
-        hit_ops: if quick { 500_000 } else { 2_000_000 },
-        rand_ops: if quick { 4_000 } else { 20_000 },
-        zipf_ops: if quick { 10_000 } else { 50_000 },
-        sync_ops: if quick { 800 } else { 4_000 },
-        hit_time: Duration::from_millis(if quick { 250 } else { 1500 }),
-        zipf_time: Duration::from_millis(if quick { 1000 } else { 3000 }),
-        turn_timeout: Duration::from_secs(if quick { 60 } else { 180 }),
+        hit_ops: pick(500_000, 1_000_000, 2_000_000) as usize,
+        rand_ops: pick(4_000, 8_000, 20_000) as usize,
+        zipf_ops: pick(10_000, 20_000, 50_000) as usize,
+        sync_ops: pick(800, 1_600, 4_000) as usize,
+        hit_time: ms(250, 500, 1500),
+        zipf_time: ms(1000, 1500, 3000),
+        turn_timeout: Duration::from_secs(pick(60, 120, 180)),
     })
+}
+
+/// `target/uringcache-bench/` of the target directory this binary was built in
+/// (`target/release/uringcache-bench` → `target/`), else of the current directory.
+fn default_out() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let profile = exe.parent()?;
+            let target = profile.parent()?;
+            (target.file_name()? == "target" || target.join("CACHEDIR.TAG").exists())
+                .then(|| target.join("uringcache-bench"))
+        })
+        .unwrap_or_else(|| PathBuf::from("target/uringcache-bench"))
 }
 
 #[cfg(test)]

@@ -431,7 +431,13 @@ fn run(cfg: &Config) -> io::Result<()> {
     let mut text = String::new();
     text.push_str(&format!(
         "# uringcache-bench{}\n\n",
-        if cfg.quick { " (--quick)" } else { "" }
+        if cfg.quick {
+            " (--quick)"
+        } else if cfg.full {
+            " (--full)"
+        } else {
+            ""
+        }
     ));
     text.push_str(&format!(
         "- machine: Linux {}, {} CPUs; load average {load_start} at the start, {} at the end (other processes share the CPUs); {} round(s) per case, contenders alternated; seed {}\n",
@@ -461,37 +467,67 @@ fn run(cfg: &Config) -> io::Result<()> {
             "- WARNING: {timeouts} turn(s) timed out; their threads were left running and may have disturbed later turns\n"
         ));
     }
-    text.push('\n');
-    text.push_str(&report::table(&rows));
-    text.push_str(&format!(
+    let footer = format!(
         "\nratio: median over the median of the kernel baseline of the same case: `kernel pread @ budget` where the budget matters (rand-large, zipf, scan, mixed), the unbounded kernel pread (pwrite for writes) elsewhere; CPU s/GiB: user + system CPU of the whole process in the timed section per GiB read or written. Run took {:.0} s.\n",
         started.elapsed().as_secs_f64()
-    ));
-    progress.out(&text);
+    );
+    let summary = report::summary(&rows, &cases);
+    text.push_str("\n## Summary\n\n");
+    text.push_str(&summary);
+    text.push_str("\n## Every row\n\n");
+    text.push_str(&report::table(&rows));
+    text.push_str(&footer);
 
-    if let Some(json) = &cfg.json {
-        let doc = serde_json::json!({
-            "config": cfg,
-            "kernel": kernel_release(),
-            "load_average": { "start": load_start, "end": load_average() },
-            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            "setup": setup,
-            "cases": cases.iter().map(|c| serde_json::json!({
-                "workload": c.workload,
-                "case": c.name,
-                "unit": c.unit,
-                "target": c.target,
-                "prep": c.prep,
-                "about": c.about,
-            })).collect::<Vec<_>>(),
-            "rows": rows,
-            "seconds": started.elapsed().as_secs_f64(),
-        });
+    let doc = serde_json::json!({
+        "config": cfg,
+        "kernel": kernel_release(),
+        "load_average": { "start": load_start, "end": load_average() },
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "setup": setup,
+        "cases": cases.iter().map(|c| serde_json::json!({
+            "workload": c.workload,
+            "case": c.name,
+            "unit": c.unit,
+            "target": c.target,
+            "prep": c.prep,
+            "baseline": c.baseline,
+            "about": c.about,
+        })).collect::<Vec<_>>(),
+        "rows": rows,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let mut written = Vec::new();
+    let mut write_all = |json: &Path| -> io::Result<()> {
         report::write_json(json, &doc)?;
         let svg = json.with_extension("svg");
         report::write_svg(&svg, &rows)?;
-        eprintln!("wrote {} and {}", json.display(), svg.display());
+        written.push(json.to_path_buf());
+        written.push(svg);
+        Ok(())
+    };
+    std::fs::create_dir_all(&cfg.out)
+        .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", cfg.out.display())))?;
+    let md = cfg.out.join("results.md");
+    std::fs::write(&md, &text)
+        .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", md.display())))?;
+    write_all(&cfg.out.join("results.json"))?;
+    if let Some(json) = &cfg.json {
+        write_all(json)?;
     }
+    // On stdout: the header, the summary, where the rest went.
+    // (The title and the machine line; the setup and what each case measures are in the file.)
+    let mut shown: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
+    shown.push_str("\n## Summary\n\n");
+    shown.push_str(&summary);
+    shown.push_str(&footer);
+    shown.push_str(&format!(
+        "\nEvery row (the full table, with notes): {}\n",
+        md.display()
+    ));
+    for p in &written {
+        shown.push_str(&format!("Written: {}\n", p.display()));
+    }
+    progress.out(&shown);
     Ok(())
 }
 
@@ -505,10 +541,27 @@ const QUICK_BUDGET: [&str; 5] = [
     "lru-model",
 ];
 
+/// Contenders of the main run (neither `--quick` nor `--full`, no `--contender`): the kernel
+/// unbounded and at the budget, the fastest peers of each kind in earlier full runs
+/// (`mmap`, tokio-uring `O_DIRECT`, glommio), and uringcache.
+const MAIN: [&str; 9] = [
+    contenders::BASELINE,
+    contenders::BUDGET_BASELINE,
+    "mmap",
+    "mmap@budget",
+    "tokio-uring-direct",
+    "glommio",
+    "uringcache-uring",
+    "uringcache-blocking",
+    "lru-model",
+];
+
 /// Whether contender `k` has a row in `case`.
 fn runs_in(cfg: &Config, k: &dyn Contender, case: &Case) -> bool {
+    let main_run = !cfg.quick && !cfg.full && cfg.contenders.is_empty();
     k.applies_to_depth(case.workload, case.depth)
         && !(cfg.quick && case.workload.budget_matters() && !QUICK_BUDGET.contains(&k.id()))
+        && !(main_run && !MAIN.contains(&k.id()))
 }
 
 /// Sets the kernel cache state of `case`'s files before a turn of a contender (filled for a

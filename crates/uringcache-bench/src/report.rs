@@ -459,6 +459,111 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Contenders that are not peers in the summary: the baselines, uringcache itself, the model.
+fn is_peer(id: &str) -> bool {
+    !(id == crate::contenders::BASELINE
+        || id == crate::contenders::BUDGET_BASELINE
+        || id.starts_with("uringcache")
+        || id == "lru-model")
+}
+
+/// A row's headline figure: its median, or for the scan the hot set's hit ratio during it.
+fn headline(r: &Row) -> Option<f64> {
+    if r.unit == Unit::HitRatio {
+        r.phases.map(|p| p[1])
+    } else {
+        r.median
+    }
+}
+
+/// The summary: one row per case with uringcache (io_uring), the kernel at the same budget
+/// (where the budget matters), the kernel unbounded, the best peer, and uringcache's ratios to
+/// each. The scan's figures are hit ratios during the scan (its "ratios" are differences in
+/// points).
+pub fn summary(rows: &[Row], cases: &[crate::workloads::Case]) -> String {
+    let mut out = String::from(
+        "| case | uringcache | kernel @ budget | kernel | best peer | vs kernel @ budget | vs kernel | vs best peer | target |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for c in cases {
+        let in_case: Vec<&Row> = rows.iter().filter(|r| r.case == c.name).collect();
+        let find = |id: &str| in_case.iter().find(|r| r.contender_id == id).copied();
+        let uc = find("uringcache-uring");
+        let kb = c
+            .workload
+            .budget_matters()
+            .then(|| find(crate::contenders::BUDGET_BASELINE))
+            .flatten();
+        let ku = find(crate::contenders::BASELINE);
+        let peer = in_case
+            .iter()
+            .filter(|r| is_peer(r.contender_id))
+            .filter_map(|r| headline(r).map(|v| (*r, v)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let fig = |r: Option<&Row>| match r {
+            Some(r) => match headline(r) {
+                Some(v) => fmt_value(c.unit, v),
+                None => format!("({})", r.status),
+            },
+            None => "—".to_string(),
+        };
+        let ratio = |other: Option<f64>| match (uc.and_then(headline), other) {
+            (Some(u), Some(o)) if c.unit == Unit::HitRatio => {
+                format!("{:+.1} pts", (u - o) * 100.0)
+            }
+            (Some(u), Some(o)) if o > 0.0 => format!("{:.2}x", u / o),
+            _ => "—".to_string(),
+        };
+        let kb_cell = if c.workload.budget_matters() {
+            fig(kb)
+        } else {
+            "n/a".to_string()
+        };
+        let peer_cell = match peer {
+            Some((r, v)) => format!("{} ({})", fmt_value(c.unit, v), r.contender),
+            None => "—".to_string(),
+        };
+        let target = match c.target {
+            Some(t) => {
+                let base = if c.workload.budget_matters() { kb } else { ku };
+                let met = match (uc.and_then(headline), base.and_then(headline)) {
+                    (Some(u), Some(b)) if b > 0.0 => {
+                        if u / b >= t {
+                            " met"
+                        } else {
+                            " missed"
+                        }
+                    }
+                    _ => "",
+                };
+                format!(">= {t:.1}x{met}")
+            }
+            None if c.unit == Unit::HitRatio => match uc.and_then(headline) {
+                Some(u) if u >= 0.95 => ">= 95 % during met".to_string(),
+                Some(_) => ">= 95 % during missed".to_string(),
+                None => ">= 95 % during".to_string(),
+            },
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(&c.name),
+            fig(uc),
+            kb_cell,
+            fig(ku),
+            cell(&peer_cell),
+            if c.workload.budget_matters() {
+                ratio(kb.and_then(headline))
+            } else {
+                "n/a".to_string()
+            },
+            ratio(ku.and_then(headline)),
+            ratio(peer.map(|p| p.1)),
+            target
+        ));
+    }
+    out
+}
+
 /// Writes the JSON report.
 pub fn write_json(path: &Path, doc: &serde_json::Value) -> io::Result<()> {
     let text = serde_json::to_string_pretty(doc).map_err(io::Error::other)?;
