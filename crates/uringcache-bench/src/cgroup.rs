@@ -408,9 +408,9 @@ fn remove_all_live() {
 /// Makes Ctrl-C (and SIGTERM, SIGHUP) remove the cgroups before the process ends: blocks those
 /// signals in the calling thread — call it first in `main`, before any thread starts, so that
 /// every thread inherits the mask — and starts a thread that waits for one, removes every live
-/// cgroup, and exits with 128 + the signal's number (the scratch directory of a run that
-/// ended so is removed by the next run, as after a kill).
-pub fn install_interrupt_cleanup() -> io::Result<()> {
+/// cgroup, runs `also` (the harness's other clean-up: its scratch files), and exits with
+/// 128 + the signal's number.
+pub fn install_interrupt_cleanup(also: fn()) -> io::Result<()> {
     // SAFETY: plain signal-set manipulation on a local set; pthread_sigmask on this thread.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -430,8 +430,11 @@ pub fn install_interrupt_cleanup() -> io::Result<()> {
             let mut sig: libc::c_int = 0;
             // SAFETY: `set` is a valid signal set; sigwait writes the signal into `sig`.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                eprintln!("\nuringcache-bench: interrupted; removing its cgroups");
+                eprintln!(
+                    "\nuringcache-bench: interrupted; removing its cgroups and scratch files"
+                );
                 remove_all_live();
+                also();
                 std::process::exit(128 + sig);
             }
         })

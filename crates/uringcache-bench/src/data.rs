@@ -38,7 +38,29 @@ pub fn check(buf: &[u8], offset: u64) -> io::Result<()> {
     }
 }
 
-/// The scratch directory and the files in it; removes what it created when dropped.
+/// What the live [`Scratch`] would remove (its directory if it made it, and its files), for
+/// [`remove_scratch_now`].
+static LIVE_SCRATCH: std::sync::Mutex<Option<(Option<PathBuf>, Vec<PathBuf>)>> =
+    std::sync::Mutex::new(None);
+
+/// Removes what the live [`Scratch`] made, now (the Ctrl-C path, where no destructor runs).
+pub fn remove_scratch_now() {
+    let live = LIVE_SCRATCH
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some((dir, files)) = live {
+        for f in &files {
+            let _ = fs::remove_file(f);
+        }
+        if let Some(d) = dir {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// The scratch directory and the files in it; removes what it created when dropped (and on
+/// Ctrl-C, through [`remove_scratch_now`]).
 pub struct Scratch {
     /// The directory.
     pub dir: PathBuf,
@@ -71,11 +93,13 @@ impl Scratch {
                 ));
                 fs::create_dir(&d)?;
                 fs::write(d.join(MARKER), std::process::id().to_string())?;
-                Ok(Scratch {
+                let s = Scratch {
                     dir: d,
                     remove_dir: true,
                     files: Vec::new(),
-                })
+                };
+                s.publish();
+                Ok(s)
             }
         }
     }
@@ -85,6 +109,7 @@ impl Scratch {
     pub fn create(&mut self, name: &str, size: u64) -> io::Result<(PathBuf, f64)> {
         let path = self.dir.join(name);
         self.files.push(path.clone());
+        self.publish();
         let t = Instant::now();
         write_tagged(&path, size)?;
         Ok((path, size as f64 / t.elapsed().as_secs_f64() / 1e6))
@@ -97,12 +122,27 @@ impl Scratch {
     pub fn reserve(&mut self, name: &str) -> PathBuf {
         let path = self.dir.join(name);
         self.files.push(path.clone());
+        self.publish();
         path
+    }
+}
+
+impl Scratch {
+    /// Tells [`remove_scratch_now`] what to remove.
+    fn publish(&self) {
+        *LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+            self.remove_dir.then(|| self.dir.clone()),
+            self.files.clone(),
+        ));
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        LIVE_SCRATCH
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         for f in &self.files {
             let _ = fs::remove_file(f);
         }

@@ -184,9 +184,9 @@ fn main() {
         }
         return;
     }
-    // First, before any thread starts: Ctrl-C removes the cgroups the run made.
-    if let Err(e) = cgroup::install_interrupt_cleanup() {
-        eprintln!("uringcache-bench: {e} (Ctrl-C will leave its cgroups behind)");
+    // First, before any thread starts: Ctrl-C removes the cgroups and scratch files.
+    if let Err(e) = cgroup::install_interrupt_cleanup(data::remove_scratch_now) {
+        eprintln!("uringcache-bench: {e} (Ctrl-C will leave its cgroups and scratch files behind)");
     }
     let cfg = match args::parse(std::env::args().skip(1)) {
         Ok(cfg) => cfg,
