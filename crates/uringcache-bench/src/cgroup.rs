@@ -177,6 +177,23 @@ impl MemCgroup {
     /// a reason fit for a row ("permission denied", no hierarchy, …) where none can be made.
     pub fn create(tag: &str, limit: u64) -> io::Result<MemCgroup> {
         let (parent, version) = own_memory_cgroup()?;
+        if version == Version::V2 {
+            // A child gets memory.max only if the parent hands the controller down, which a
+            // cgroup that has processes of its own cannot ("no internal processes").
+            let sub = parent.join("cgroup.subtree_control");
+            let on = fs::read_to_string(&sub).unwrap_or_default();
+            if !on.split_whitespace().any(|c| c == "memory") {
+                fs::write(&sub, "+memory").map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cgroup v2: {} does not hand the memory controller to its children and cannot be made to ({e}; a cgroup with processes of its own cannot)",
+                            parent.display()
+                        ),
+                    )
+                })?;
+            }
+        }
         remove_stale(&parent);
         let path = parent.join(format!("{PREFIX}{}-{tag}", std::process::id()));
         match fs::create_dir(&path) {

@@ -762,6 +762,135 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_has_one_row_per_case_with_its_ratios() {
+        use crate::workloads::{Case, Prep, Task};
+        let case = |w: Workload, name: &str, unit: Unit, target: Option<f64>| Case {
+            workload: w,
+            name: name.to_string(),
+            unit,
+            target,
+            prep: Prep::Cold,
+            files: Vec::new(),
+            depth: 1,
+            baseline: crate::workloads::baseline(w),
+            about: String::new(),
+            make: Box::new(|_| -> Task { unreachable!() }),
+        };
+        let cases = vec![
+            case(Workload::Zipf, "zipf", Unit::OpsPerSec, Some(1.0)),
+            case(Workload::SeqCold, "seq-cold", Unit::MBps, Some(1.0)),
+            case(Workload::Scan, "scan", Unit::HitRatio, None),
+        ];
+        let s = |ops| Sample {
+            ops,
+            bytes: ops * 4096,
+            secs: 1.0,
+            ..Sample::default()
+        };
+        let row = |c: &Case, id: &'static str, name: &'static str, sample: Sample| {
+            let mut r =
+                Row::with_baseline(c.workload, &c.name, c.unit, c.target, id, name, c.baseline);
+            r.samples = vec![sample];
+            r
+        };
+        let scan = |during| Sample {
+            phases: Some([1.0, during, 1.0]),
+            ..s(1)
+        };
+        let mut rows = vec![
+            row(&cases[0], "kernel-pread", "kernel pread", s(300)),
+            row(
+                &cases[0],
+                "kernel-pread@budget",
+                "kernel pread @ budget",
+                s(100),
+            ),
+            row(&cases[0], "mmap@budget", "mmap @ budget", s(150)),
+            row(
+                &cases[0],
+                "uringcache-uring",
+                "uringcache (io_uring)",
+                s(120),
+            ),
+            // 1 op of 4096 bytes in 1 s: 0.004096 MB/s; uringcache twice that.
+            row(&cases[1], "kernel-pread", "kernel pread", s(1)),
+            row(&cases[1], "uringcache-uring", "uringcache (io_uring)", s(2)),
+            row(
+                &cases[2],
+                "kernel-pread@budget",
+                "kernel pread @ budget",
+                scan(0.9),
+            ),
+            row(
+                &cases[2],
+                "uringcache-uring",
+                "uringcache (io_uring)",
+                scan(0.99),
+            ),
+        ];
+        finish(&mut rows, "kernel-pread");
+        // Where the budget matters the ratio is against the kernel at the budget.
+        assert!((rows[3].ratio.unwrap() - 1.2).abs() < 1e-9);
+        let t = summary(&rows, &cases);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + 3, "{t}");
+        assert!(lines[2].starts_with("| zipf | 120 ops/s | 100 ops/s | 300 ops/s | 150 ops/s (mmap @ budget) | 1.20x | 0.40x | 0.80x | >= 1.0x met |"), "{}", lines[2]);
+        assert!(lines[3].contains("| n/a | 2.00x |"), "{}", lines[3]);
+        assert!(lines[3].ends_with(">= 1.0x met |"), "{}", lines[3]);
+        assert!(lines[4].contains("+9.0 pts"), "{}", lines[4]);
+        assert!(lines[4].contains(">= 95 % during met"), "{}", lines[4]);
+    }
+
+    #[test]
+    fn without_a_figure_at_the_budget_the_ratio_falls_back_and_says_so() {
+        let s = |ops| Sample {
+            ops,
+            bytes: ops * 4096,
+            secs: 1.0,
+            ..Sample::default()
+        };
+        let b = crate::contenders::BUDGET_BASELINE;
+        let mut k = Row::with_baseline(
+            Workload::Zipf,
+            "zipf",
+            Unit::OpsPerSec,
+            None,
+            "kernel-pread",
+            "k",
+            b,
+        );
+        k.samples = vec![s(100)];
+        let mut kb = Row::with_baseline(Workload::Zipf, "zipf", Unit::OpsPerSec, None, b, "kb", b);
+        kb.misses = vec![Miss::Unsupported(
+            "no memory cgroup: permission denied".into(),
+        )];
+        let mut u = Row::with_baseline(
+            Workload::Zipf,
+            "zipf",
+            Unit::OpsPerSec,
+            None,
+            "uringcache-uring",
+            "u",
+            b,
+        );
+        u.samples = vec![s(50)];
+        let mut rows = vec![k, kb, u];
+        finish(&mut rows, "kernel-pread");
+        assert_eq!(rows[2].ratio, Some(0.5));
+        assert!(rows[2].ratio_unbounded);
+        assert!(
+            rows[2].notes.contains("ratio vs the unbounded kernel"),
+            "{}",
+            rows[2].notes
+        );
+        assert!(
+            rows[1].notes.contains("permission denied"),
+            "{}",
+            rows[1].notes
+        );
+    }
+
+    #[test]
     fn latency_reaches_the_notes() {
         let s = |p50, p99| Sample {
             ops: 100,
