@@ -560,8 +560,8 @@ const MAIN: [&str; 9] = [
 fn runs_in(cfg: &Config, k: &dyn Contender, case: &Case) -> bool {
     let main_run = !cfg.quick && !cfg.full && cfg.contenders.is_empty();
     k.applies_to_depth(case.workload, case.depth)
-        && !(cfg.quick && case.workload.budget_matters() && !QUICK_BUDGET.contains(&k.id()))
-        && !(main_run && !MAIN.contains(&k.id()))
+        && (!cfg.quick || !case.workload.budget_matters() || QUICK_BUDGET.contains(&k.id()))
+        && (!main_run || MAIN.contains(&k.id()))
 }
 
 /// Sets the kernel cache state of `case`'s files before a turn of a contender (filled for a
