@@ -28,18 +28,19 @@ FLAGS:
                        hit, hit-page, seq-cold, rand-cold, rand-large, zipf, scan,
                        mixed, seq-write, rand-write-sync, all
   --contender NAME     run only contenders whose id or name contains NAME (repeatable,
-                       or a comma list); the kernel pread baseline always runs
-  --size BYTES         the cold file of seq-cold and rand-cold (default 2G, quick 128M)
-  --hit-size BYTES     the cached file of hit and hit-page (default 256M, quick 32M)
-  --write-size BYTES   the new file seq-write writes (default 1G, quick 64M)
-  --sync-size BYTES    the preallocated file rand-write-sync overwrites (default 256M,
-                       quick 32M)
+                       or a comma list); the kernel pread baselines (unbounded and at
+                       the budget) always run; without it the main run has its own
+                       short list (--full and --quick run every contender)
+Defaults below are main run / --quick / --full:
+  --size BYTES         the cold file of seq-cold and rand-cold (512M / 128M / 2G)
+  --hit-size BYTES     the cached file of hit and hit-page (64M / 32M / 256M)
+  --write-size BYTES   the new file seq-write writes (256M / 64M / 1G)
+  --sync-size BYTES    the preallocated file rand-write-sync overwrites (64M / 32M / 256M)
   --budget BYTES       uringcache's memory budget for seq-cold, rand-cold, rand-large, zipf,
                        scan, mixed and the write workloads, and the kernel's in the
-                       `@ budget` rows (default 64M, quick 32M); rand-large's file is 8x,
+                       `@ budget` rows (64M / 16M / 64M); rand-large's file is 8x,
                        zipf's and mixed's 4x, scan's 2x this budget
-  --rounds N           rounds of each workload, contenders alternated in each (default 3,
-                       quick 2)
+  --rounds N           rounds of each workload, contenders alternated in each (2 / 2 / 3)
   --seed N             seed of every random offset and trace (default 1)
   --dir PATH           scratch directory (default: a fresh directory under /tmp, removed at
                        exit); the harness's own files in it are removed at exit
@@ -277,11 +278,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         "--hit-size",
         hit_size.unwrap_or(pick(32 * MIB, 64 * MIB, 256 * MIB)),
     )?;
-    // Quick: half the budget, so that the files of the workloads where it matters (8x, 4x,
+    // Quick: a quarter of the budget, so that the files of the workloads where it matters (8x, 4x,
     // 2x it) and the warm-ups that fill it stay small.
     let budget = round_mib(
         "--budget",
-        budget.unwrap_or(if quick { 32 * MIB } else { 64 * MIB }),
+        budget.unwrap_or(if quick { 16 * MIB } else { 64 * MIB }),
     )?;
     let write_size = round_mib(
         "--write-size",

@@ -1,12 +1,17 @@
 //! # uringcache-bench: uringcache against the kernel page cache and its peers
 //!
-//! `cargo run --release -p uringcache-bench [-- --quick] [-- --json FILE]` writes its own
-//! scratch files, runs every workload against every contender in one process, and prints a
-//! markdown table: workload | contender | median | min–max | ratio vs kernel | CPU s/GiB | notes.
-//! `--help` lists the flags; `--workload seq-write,rand-write-sync` runs only those. `--quick`
-//! (small files, 2 rounds) takes about a minute. `--startup 64M,1G,4G` instead times
-//! `Cache::build` for those budgets on both backends, with the resident memory each build
-//! leaves (`startup.rs`).
+//! `cargo run --release -p uringcache-bench [-- --quick | --full]` writes its own scratch
+//! files, runs every workload against its contenders in one process, and ends with a summary
+//! on stdout: one row per case with uringcache, the kernel at the same budget, the kernel
+//! unbounded, the best peer and the ratios. The full table (workload | contender | median |
+//! min–max | ratio vs kernel | CPU s/GiB | notes), the JSON of every sample and an SVG chart
+//! of the ratios are written under `target/uringcache-bench/` (`--out DIR`), their paths
+//! printed. Three sizes of run: the main run (no flag: about 2.5 minutes here, ~1.5 GiB of
+//! scratch, the short list of contenders in `MAIN`), `--quick` (the CI smoke run: small
+//! files, 16 MiB budget) and `--full` (every contender, the big files, 3 rounds). The sizes
+//! below are `--full`'s; `--help` gives all three. `--workload seq-write,rand-write-sync` runs
+//! only those. `--startup 64M,1G,4G` instead times `Cache::build` for those budgets on both
+//! backends, with the resident memory each build leaves (`startup.rs`).
 //!
 //! ## Contenders
 //!
@@ -142,9 +147,11 @@
 //!
 //! ## Output
 //!
-//! The table on stdout; a progress bar on stderr when it is a terminal (a line per turn
-//! otherwise). With `--json FILE`: every sample of every round as JSON, and an SVG chart of
-//! the ratios per case beside it (`FILE` with the extension `.svg`).
+//! The summary on stdout; `results.md` (the setup, the summary and every row),
+//! `results.json` (every sample of every round) and `results.svg` (the ratios per case) under
+//! `--out` (default `target/uringcache-bench/`); a progress bar on stderr when it is a
+//! terminal (a line per turn otherwise). `--json FILE` writes a copy of the JSON to `FILE`
+//! and of the chart beside it (`FILE` with the extension `.svg`).
 
 mod args;
 mod cgroup;
