@@ -277,8 +277,9 @@ impl MemCgroup {
         use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
 
-        let exe = std::env::current_exe().map_err(ctx("find this program"))?;
-        let mut cmd = Command::new(&exe);
+        // This very program, even if its file was replaced (rebuilt) since it started.
+        let exe = Path::new("/proc/self/exe");
+        let mut cmd = Command::new(exe);
         cmd.args(args)
             .env(CHILD_ENV, "1")
             .stdin(Stdio::piped())
