@@ -142,8 +142,9 @@
 //!   `Stats`: syncs against the flushes they took, pages written back and in how many
 //!   requests.
 //!
-//! Each uringcache row also gives the process's peak resident set (`VmHWM`, the whole run's
-//! high-water mark so far) and how long `Cache::build` took.
+//! Each uringcache row also gives the process's peak resident set over its turns (`VmHWM`,
+//! reset through `/proc/self/clear_refs` before each cache is built; the largest of the
+//! rounds) and how long `Cache::build` took (the median).
 //!
 //! ## Output
 //!

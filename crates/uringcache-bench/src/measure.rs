@@ -89,14 +89,27 @@ pub struct MemUse {
 /// A uringcache turn's process figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessUse {
-    /// The process's peak resident set (`VmHWM` of `/proc/self/status`) after the turn,
-    /// bytes. It is the whole process's high-water mark so far, not this turn's alone.
+    /// The process's peak resident set (`VmHWM` of `/proc/self/status`) over the turn,
+    /// from the cache's build to its shutdown, bytes: the harness's own memory (the offsets
+    /// of every workload, a few MiB) and everything the cache and its runtime touched,
+    /// including the frames of the budget.
     pub peak_rss: u64,
+    /// Whether the peak could be reset before the turn; if not, `peak_rss` is the run's
+    /// high-water mark so far (which an earlier `mmap` turn may have set).
+    pub rss_reset: bool,
     /// Seconds `Cache::build` took.
     pub build_secs: f64,
 }
 
-/// The process's peak resident set so far (`VmHWM`), bytes; 0 if it cannot be read.
+/// Starts the process's peak resident set over from its resident set now (writes `5` to
+/// `/proc/self/clear_refs`), so that the next [`peak_rss`] is this turn's; `false` if the
+/// kernel refused (then `peak_rss` is the run's high-water mark so far).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The process's peak resident set (`VmHWM`) since the last [`reset_peak_rss`] (or the
+/// start), bytes; 0 if it cannot be read.
 pub fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -195,6 +195,7 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
         if !procs.is_empty() {
             r.process = Some(ProcessUse {
                 peak_rss: procs.iter().map(|p| p.peak_rss).max().unwrap_or(0),
+                rss_reset: procs.iter().all(|p| p.rss_reset),
                 build_secs: median(procs.iter().map(|p| p.build_secs).collect()).unwrap_or(0.0),
             });
         }
@@ -292,8 +293,13 @@ pub fn finish(rows: &mut [Row], baseline: &str) {
         }
         if let Some(p) = r.process {
             notes.push(format!(
-                "peak RSS {}, cache built in {:.1} ms",
+                "peak RSS {}{}, cache built in {:.1} ms",
                 human(p.peak_rss),
+                if p.rss_reset {
+                    ""
+                } else {
+                    " (the run's so far: it could not be reset)"
+                },
                 p.build_secs * 1e3
             ));
         }

@@ -12,7 +12,7 @@ use uringcache::{Advice, Backend, Cache, File, OpenOptions, Stats};
 
 use super::Contender;
 use crate::data::{check, stamp, write_buffer, PhaseCounts, Step, BLOCK};
-use crate::measure::{peak_rss, ProcessUse};
+use crate::measure::{peak_rss, reset_peak_rss, ProcessUse};
 use crate::measure::{
     strided, Deadline, Latencies, Meter, Miss, Outcome, Recorder, Sample, WriteCounts,
 };
@@ -32,8 +32,10 @@ impl UringCache {
             .build()
     }
 
-    /// A fresh cache of `budget` bytes, and the seconds its build took.
-    fn cache(&self, budget: usize) -> io::Result<(Cache, f64)> {
+    /// A fresh cache of `budget` bytes, and the seconds its build took and whether the
+    /// process's peak RSS was reset just before it (see [`process_use`]).
+    fn cache(&self, budget: usize) -> io::Result<(Cache, (f64, bool))> {
+        let reset = reset_peak_rss();
         let t = std::time::Instant::now();
         let cache = Cache::builder()
             .memory_limit(budget)
@@ -41,15 +43,17 @@ impl UringCache {
             .backend(self.backend)
             .build()
             .map_err(|e| io::Error::new(e.kind(), format!("Cache::build ({budget} bytes): {e}")))?;
-        Ok((cache, t.elapsed().as_secs_f64()))
+        Ok((cache, (t.elapsed().as_secs_f64(), reset)))
     }
 }
 
-/// The process figures of a uringcache row, taken after the turn.
-fn process_use(build_secs: f64) -> Option<ProcessUse> {
+/// The process figures of a uringcache row, taken after the turn: `build` is the build's
+/// seconds and whether the peak RSS was reset before it.
+fn process_use(build: (f64, bool)) -> Option<ProcessUse> {
     Some(ProcessUse {
         peak_rss: peak_rss(),
-        build_secs,
+        rss_reset: build.1,
+        build_secs: build.0,
     })
 }
 
