@@ -12,7 +12,7 @@ uringcache-bench: uringcache against the kernel page cache and peer libraries
 
 USAGE: cargo run --release -p uringcache-bench -- [FLAGS]
 
-With no flag: the main run (about 3 minutes on a 2-core machine, ~1.5 GiB of scratch
+With no flag: the main run (about 2.5 minutes on a 2-core machine, ~2 GiB of scratch
 files): every workload, the kernel unbounded and at uringcache's budget, one or two peers
 per kind, uringcache; it ends with a summary table (one row per case) and writes the full
 table (markdown), JSON and an SVG chart under target/uringcache-bench/.
@@ -21,7 +21,7 @@ FLAGS:
   --quick              small files and few operations (CI smoke run, asserts nothing about
                        speed)
   --full               the complete run: every contender, big files (2G cold file), 3
-                       rounds (about 10 minutes, ~5 GiB of scratch files)
+                       rounds (about 15 minutes, ~4.6 GiB of scratch files)
   --out DIR            where the results go (default target/uringcache-bench/ of the
                        target directory this binary was built in)
   --workload NAME      run only these workloads (repeatable, or a comma list):

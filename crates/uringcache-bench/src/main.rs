@@ -6,7 +6,7 @@
 //! unbounded, the best peer and the ratios. The full table (workload | contender | median |
 //! min–max | ratio vs kernel | CPU s/GiB | notes), the JSON of every sample and an SVG chart
 //! of the ratios are written under `target/uringcache-bench/` (`--out DIR`), their paths
-//! printed. Three sizes of run: the main run (no flag: about 2.5 minutes here, ~1.5 GiB of
+//! printed. Three sizes of run: the main run (no flag: about 2.5 minutes here, ~2 GiB of
 //! scratch, the short list of contenders in `MAIN`), `--quick` (the CI smoke run: small
 //! files, 16 MiB budget) and `--full` (every contender, the big files, 3 rounds). The sizes
 //! below are `--full`'s; `--help` gives all three. `--workload seq-write,rand-write-sync` runs
