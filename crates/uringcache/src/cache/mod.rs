@@ -202,6 +202,9 @@ impl Cache {
         }
         inner.shut_down.store(true, Ordering::Release);
         inner.shutdown_done.notify_all();
+        // Allocations and throttled writers waiting for writeback see the shutdown and stop
+        // waiting (the flusher is stopped next).
+        inner.frame_event.notify_all();
         inner.writeback.stop_thread();
         inner.backend.shutdown();
         // Nothing will be written any more: the references to files held for writeback or
@@ -485,6 +488,12 @@ impl CacheInner {
                         self.pool.frames()
                     ),
                 ));
+            }
+            // Once the cache is shut down, nothing writes back any more: waiting for a dirty
+            // frame to become free could last forever.
+            if let Err(e) = self.check_open() {
+                self.alloc_waiters.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
             }
             self.counters.add(Counter::AllocWaits, 1);
             tracing::debug!(

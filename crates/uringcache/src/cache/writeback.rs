@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ pub(crate) struct WritebackState {
     /// sees a pass end having submitted nothing (every dirty page locked, say by its own
     /// `PageMut`s) goes on past the limit instead of waiting for writeback that cannot come.
     passes: AtomicU64,
+    /// The flusher has been stopped (the cache shut down): throttled writers stop waiting.
+    stopped: AtomicBool,
     last_pass_pages: AtomicUsize,
     /// Writeback passes in a row, with no user handle left, that ended with pages still dirty.
     orphan_failed_passes: AtomicU32,
@@ -77,6 +79,7 @@ impl WritebackState {
             dirty_inodes: Mutex::new(HashMap::new()),
             thread: WritebackThread::new(interval),
             passes: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             last_pass_pages: AtomicUsize::new(0),
             orphan_failed_passes: AtomicU32::new(0),
             dirty_expire_ms: dirty_expire.as_millis() as u64,
@@ -147,6 +150,11 @@ impl WritebackState {
                 }
                 Throttle::Wait => {
                     let ticket = self.dirty_event.listen();
+                    if self.stopped.load(Ordering::Acquire) {
+                        // The cache is shut down: no writeback will come. The write itself
+                        // goes on (and fails if it needs the device).
+                        return;
+                    }
                     let passes = self.passes.load(Ordering::Acquire);
                     self.thread.kick(true);
                     if self.limits.throttle(self.nr_dirty()) != Throttle::Wait {
@@ -190,9 +198,12 @@ impl WritebackState {
         self.thread.kick(all);
     }
 
-    /// Stops the flusher after its current pass.
+    /// Stops the flusher after its current pass, and releases the writers throttled at the
+    /// dirty limit: no pass will come to free them.
     pub(super) fn stop_thread(&self) {
+        self.stopped.store(true, Ordering::Release);
         self.thread.stop();
+        self.dirty_event.notify_all();
     }
 
     /// Puts `inode` in the list of inodes with work for the flusher (the list half of
