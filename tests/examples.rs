@@ -19,7 +19,15 @@ use std::sync::OnceLock;
 use common::{make_file, scratch_dir};
 use uringcache::Backend;
 
-const EXAMPLES: &[&str] = &["cat", "copy", "tokio_uring", "kv", "blocking", "readme"];
+const EXAMPLES: &[&str] = &[
+    "cat",
+    "copy",
+    "tokio_uring",
+    "kv",
+    "blocking",
+    "readme",
+    "redb",
+];
 
 /// `target/<profile>`, from this test binary's path `target/<profile>/deps/examples-<hash>`.
 fn profile_dir() -> PathBuf {
@@ -304,4 +312,33 @@ fn blocking_creates_its_file_and_refuses_an_existing_one(backend: Backend) {
     let out = run_fails(backend, "blocking", &[&path]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("records"), "{}", stderr(&out));
+}
+
+common::backend_test!(redb_serves_reads_scans_and_batched_commits);
+/// `examples/redb.rs`: redb on the cache loads, reads, scans and updates a few thousand
+/// records, checks every value and the database's integrity, and prints the cache's stats.
+fn redb_serves_reads_scans_and_batched_commits(backend: Backend) {
+    let dir = scratch_dir();
+    let out = run_ok(backend, "redb", &[Path::new("3000"), dir.path()]);
+    let text = stdout(&out);
+    assert!(text.contains("load    3000 records in 3 commits"), "{text}");
+    assert!(text.contains("read    3000 random records"), "{text}");
+    assert!(
+        text.contains("update  1500 records in 15 commits"),
+        "{text}"
+    );
+    assert!(
+        text.contains("verified 3000 records, integrity ok"),
+        "{text}"
+    );
+    assert!(text.contains(stats_line(backend)), "stats missing: {text}");
+    // The database is there, whole, for redb on its own file backend too.
+    let path = dir.path().join("service.redb");
+    let mut db = redb::Database::open(&path).expect("redb opens the example's database");
+    assert!(db.check_integrity().expect("check_integrity"));
+    drop(db);
+    // A second run refuses to overwrite it.
+    let out = run_fails(backend, "redb", &[Path::new("10"), dir.path()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("service.redb"), "{}", stderr(&out));
 }
