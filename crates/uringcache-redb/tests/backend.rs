@@ -57,7 +57,8 @@ both!(
     a_locked_file_is_refused_with_a_clear_error,
     redb_file_backend_and_ours_exclude_each_other,
     several_databases_share_one_cache,
-    a_database_moves_between_backends
+    a_database_moves_between_backends,
+    a_read_only_open_reads_what_was_committed
 );
 
 fn trait_methods_are_the_files(backend: Backend) {
@@ -236,4 +237,32 @@ fn a_database_moves_between_backends(backend: Backend) {
     let mut db = open_db(&cache, &path).unwrap();
     assert_eq!(count(&db), 800);
     assert!(db.check_integrity().unwrap());
+}
+
+fn a_read_only_open_reads_what_was_committed(backend: Backend) {
+    let Some(cache) = cache(backend, 1 << 20) else {
+        return;
+    };
+    let dir = scratch();
+    let path = dir.path().join("db");
+    let db = open_db(&cache, &path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(T)
+        .unwrap()
+        .insert(7, b"seven".as_slice())
+        .unwrap();
+    tx.commit().unwrap();
+    drop(db);
+    let b = UringcacheBackend::with_cache(&cache, &path).unwrap();
+    let ro = Database::builder().open_read_only_with_backend(b).unwrap();
+    let rx = ro.begin_read().unwrap();
+    assert_eq!(
+        rx.open_table(T).unwrap().get(7).unwrap().unwrap().value(),
+        b"seven"
+    );
+    // It holds the lock too: no writer meanwhile.
+    assert!(UringcacheBackend::with_cache(&cache, &path).is_err());
+    drop(rx);
+    drop(ro);
+    assert!(UringcacheBackend::with_cache(&cache, &path).is_ok());
 }
