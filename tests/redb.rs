@@ -111,7 +111,7 @@ impl fmt::Debug for Op {
 #[derive(PartialEq)]
 enum Out {
     Value(Option<Vec<u8>>),
-    Entries(Vec<(u64, Vec<u8>)>),
+    Entries(Entries),
     Len(u64),
     Unit,
 }
@@ -228,8 +228,11 @@ fn random_op(rng: &mut StdRng, next_value: &mut u64) -> Op {
     }
 }
 
+/// A table's entries, in key order.
+type Entries = Vec<(u64, Vec<u8>)>;
+
 /// Every table's contents, or `None` where the table does not exist.
-fn contents(db: &Database) -> Vec<Option<Vec<(u64, Vec<u8>)>>> {
+fn contents(db: &Database) -> Vec<Option<Entries>> {
     let rx = db.begin_read().expect("begin_read");
     let mut names: Vec<String> = rx
         .list_tables()

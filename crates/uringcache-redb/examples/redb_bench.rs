@@ -87,7 +87,10 @@ fn open(c: Contender, cfg: &Config, path: &Path) -> Db {
     b.set_cache_size(cfg.redb_cache);
     match c {
         Contender::Uringcache => {
-            let cache = Cache::builder().memory_limit(cfg.budget).build().expect("cache");
+            let cache = Cache::builder()
+                .memory_limit(cfg.budget)
+                .build()
+                .expect("cache");
             let backend = UringcacheBackend::with_cache(&cache, path).expect("backend");
             Db {
                 db: b.create_with_backend(backend).expect("open"),
@@ -110,9 +113,14 @@ fn drop_kernel_cache(path: &Path) {
     }
 }
 
-/// One run of every phase; returns (phase, operations, seconds).
-fn run(c: Contender, cfg: &Config, round: usize) -> Vec<(&'static str, u64, f64)> {
-    let path = cfg.dir.join(format!("bench-{}-{round}.redb", c.name().replace(' ', "-")));
+/// One phase of one run: its name, operations, seconds.
+type Phase = (&'static str, u64, f64);
+
+/// One run of every phase.
+fn run(c: Contender, cfg: &Config, round: usize) -> Vec<Phase> {
+    let path = cfg
+        .dir
+        .join(format!("bench-{}-{round}.redb", c.name().replace(' ', "-")));
     let _ = fs::remove_file(&path);
     let mut out = Vec::new();
     let mut phase = |name, ops, start: Instant| {
@@ -138,7 +146,10 @@ fn run(c: Contender, cfg: &Config, round: usize) -> Vec<(&'static str, u64, f64)
     for i in 0..cfg.individual {
         let n = cfg.records + i;
         let tx = d.db.begin_write().unwrap();
-        tx.open_table(TABLE).unwrap().insert(key(n), value(n).as_slice()).unwrap();
+        tx.open_table(TABLE)
+            .unwrap()
+            .insert(key(n), value(n).as_slice())
+            .unwrap();
         tx.commit().unwrap();
     }
     phase("individual writes", cfg.individual, start);
@@ -247,7 +258,11 @@ fn run(c: Contender, cfg: &Config, round: usize) -> Vec<(&'static str, u64, f64)
         drop(d.db);
         cache.shutdown_blocking().unwrap();
     } else {
-        eprintln!("  [{} round {round}: file {:.1} MiB]", c.name(), file_len as f64 / (1 << 20) as f64);
+        eprintln!(
+            "  [{} round {round}: file {:.1} MiB]",
+            c.name(),
+            file_len as f64 / (1 << 20) as f64
+        );
         drop(d.db);
     }
     let _ = fs::remove_file(&path);
@@ -300,7 +315,7 @@ fn main() {
         cfg.redb_cache >> 20,
         cfg.rounds
     );
-    let mut results: Vec<(Contender, Vec<(&'static str, u64, f64)>)> = Vec::new();
+    let mut results: Vec<(Contender, Vec<Phase>)> = Vec::new();
     for round in 0..cfg.rounds {
         for c in [Contender::Uringcache, Contender::File] {
             results.push((c, run(c, &cfg, round)));
@@ -308,7 +323,10 @@ fn main() {
     }
     // Per phase: each contender's best run (ops/s), and the ratio.
     let phases: Vec<&str> = results[0].1.iter().map(|p| p.0).collect();
-    println!("{:<26} {:>16} {:>16} {:>8}", "phase", "uringcache", "redb file", "ratio");
+    println!(
+        "{:<26} {:>16} {:>16} {:>8}",
+        "phase", "uringcache", "redb file", "ratio"
+    );
     for (i, phase) in phases.iter().enumerate() {
         let best = |c: Contender| {
             results
