@@ -58,7 +58,8 @@ both!(
     redb_file_backend_and_ours_exclude_each_other,
     several_databases_share_one_cache,
     a_database_moves_between_backends,
-    a_read_only_open_reads_what_was_committed
+    a_read_only_open_reads_what_was_committed,
+    concurrent_databases_on_a_four_page_budget
 );
 
 fn trait_methods_are_the_files(backend: Backend) {
@@ -265,4 +266,67 @@ fn a_read_only_open_reads_what_was_committed(backend: Backend) {
     drop(rx);
     drop(ro);
     assert!(UringcacheBackend::with_cache(&cache, &path).is_ok());
+}
+
+/// Three databases on a cache of four pages, each with a writer and a reader thread at once:
+/// every commit lands, every read sees whole values.
+fn concurrent_databases_on_a_four_page_budget(backend: Backend) {
+    let budget = 16 << 10;
+    let Some(cache) = cache(backend, budget) else {
+        return;
+    };
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let dbs: Vec<Database> = (0..3)
+        .map(|i| {
+            let b = UringcacheBackend::with_cache(&cache, dir.path().join(format!("{i}"))).unwrap();
+            Database::builder()
+                .set_cache_size(0)
+                .create_with_backend(b)
+                .unwrap()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, db) in dbs.iter().enumerate() {
+            s.spawn(move || {
+                for c in 0..12u64 {
+                    let tx = db.begin_write().unwrap();
+                    {
+                        let mut t = tx.open_table(T).unwrap();
+                        for k in 0..20u64 {
+                            t.insert(
+                                c * 100 + k,
+                                vec![(i as u8) ^ (k as u8); 3000 + (k as usize * 97)].as_slice(),
+                            )
+                            .unwrap();
+                        }
+                    }
+                    tx.commit().unwrap();
+                }
+            });
+            s.spawn(move || {
+                for _ in 0..10 {
+                    let rx = db.begin_read().unwrap();
+                    if let Ok(t) = rx.open_table(T) {
+                        for kv in t.iter().unwrap() {
+                            let (k, v) = kv.unwrap();
+                            let k = k.value() % 100;
+                            assert!(v.value().iter().all(|&b| b == (i as u8) ^ (k as u8)));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    for db in &dbs {
+        assert_eq!(
+            db.begin_read()
+                .unwrap()
+                .open_table(T)
+                .unwrap()
+                .len()
+                .unwrap(),
+            240
+        );
+    }
+    assert!(cache.stats().evictions > 0);
 }
