@@ -17,7 +17,6 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use uringcache::Cache;
 use uringcache_redb::UringcacheBackend;
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
@@ -83,7 +82,7 @@ fn run(path: &Path, records: u64) -> Result<(), Box<dyn std::error::Error>> {
             io::Error::new(io::ErrorKind::AlreadyExists, "exists; give a new directory").into(),
         );
     }
-    let cache = Cache::builder().memory_limit(BUDGET).build()?;
+    let cache = UringcacheBackend::cache_builder(BUDGET).build()?;
     let backend = UringcacheBackend::with_cache(&cache, path)?;
     let mut db = Database::builder()
         .set_cache_size(UringcacheBackend::REDB_CACHE_SIZE)

@@ -5,7 +5,8 @@
 //! same on both sides (`--redb-cache`, default 4 MiB).
 //!
 //! ```text
-//! cargo run --release -p uringcache-redb --example redb_bench -- [--records N] [--budget MIB] [--rounds R] [--quick]
+//! cargo run --release -p uringcache-redb --example redb_bench -- [--records N] [--budget MIB]
+//!     [--redb-cache MIB] [--rounds R] [--dirty BACKGROUND,RATIO] [--quick]
 //! ```
 //!
 //! Keys are random `u64`, values 150 bytes (redb's benchmark: 24-byte keys, 150-byte values).
@@ -13,6 +14,8 @@
 //! backend reopens it after `posix_fadvise(DONTNEED)` on the file (the kernel then reads it
 //! again; it is *not* held to the budget: what the kernel caches after that is unbounded).
 //! The backend of the cache: `URINGCACHE_BACKEND=uring|threads` (default: io_uring if it can).
+//! `REDB_BENCH_STATS=1` prints the cache's whole `Stats` after each uringcache run (of the
+//! cache opened for the read phases).
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -38,6 +41,8 @@ struct Config {
     reads: u64,
     ranges: u64,
     dir: PathBuf,
+    /// The cache's (dirty_background_ratio, dirty_ratio); `None`: `cache_builder`'s.
+    dirty: Option<(f64, f64)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -87,10 +92,11 @@ fn open(c: Contender, cfg: &Config, path: &Path) -> Db {
     b.set_cache_size(cfg.redb_cache);
     match c {
         Contender::Uringcache => {
-            let cache = Cache::builder()
-                .memory_limit(cfg.budget)
-                .build()
-                .expect("cache");
+            let mut cb = UringcacheBackend::cache_builder(cfg.budget);
+            if let Some((background, ratio)) = cfg.dirty {
+                cb.dirty_background_ratio(background).dirty_ratio(ratio);
+            }
+            let cache = cb.build().expect("cache");
             let backend = UringcacheBackend::with_cache(&cache, path).expect("backend");
             Db {
                 db: b.create_with_backend(backend).expect("open"),
@@ -182,6 +188,9 @@ fn run(c: Contender, cfg: &Config, round: usize) -> Vec<Phase> {
         drop_kernel_cache(&path);
     }
     d = open(c, cfg, &path);
+    if let (Some(cache), Some(_)) = (&d.cache, std::env::var_os("REDB_BENCH_STATS")) {
+        eprintln!("after the reopen:\n{}", cache.stats());
+    }
     let reads = |d: &Db, seed: u64, n: u64| {
         let rx = d.db.begin_read().unwrap();
         let t = rx.open_table(TABLE).unwrap();
@@ -231,6 +240,13 @@ fn run(c: Contender, cfg: &Config, round: usize) -> Vec<Phase> {
     phase("range reads (10 each)", cfg.ranges, start);
 
     // Removals: half the records, one transaction.
+    if let (Some(cache), Some(_)) = (&d.cache, std::env::var_os("REDB_BENCH_STATS")) {
+        let s = cache.stats();
+        eprintln!(
+            "before the removals: pages written {}, write requests {}",
+            s.pages_written, s.write_requests
+        );
+    }
     let start = Instant::now();
     let tx = d.db.begin_write().unwrap();
     {
@@ -238,6 +254,13 @@ fn run(c: Contender, cfg: &Config, round: usize) -> Vec<Phase> {
         for i in (0..total).step_by(2) {
             t.remove(key(i)).unwrap();
         }
+    }
+    if let (Some(cache), Some(_)) = (&d.cache, std::env::var_os("REDB_BENCH_STATS")) {
+        let s = cache.stats();
+        eprintln!(
+            "before the removals' commit: pages written {}, write requests {}, syncs {}, dirty {}",
+            s.pages_written, s.write_requests, s.syncs, s.dirty_pages
+        );
     }
     tx.commit().unwrap();
     phase("removals", total.div_ceil(2), start);
@@ -255,6 +278,9 @@ fn run(c: Contender, cfg: &Config, round: usize) -> Vec<Phase> {
             s.syncs,
             s.flushes
         );
+        if std::env::var_os("REDB_BENCH_STATS").is_some() {
+            eprintln!("{s}");
+        }
         drop(d.db);
         cache.shutdown_blocking().unwrap();
     } else {
@@ -282,6 +308,7 @@ fn main() {
         reads: 200_000,
         ranges: 50_000,
         dir: std::env::temp_dir(),
+        dirty: None,
     };
     while let Some(a) = args.next() {
         let mut num = || -> u64 {
@@ -296,6 +323,11 @@ fn main() {
             "--rounds" => cfg.rounds = num() as usize,
             "--reads" => cfg.reads = num(),
             "--individual" => cfg.individual = num(),
+            "--dirty" => {
+                let v = args.next().expect("--dirty needs BACKGROUND,RATIO");
+                let (a, b) = v.split_once(',').expect("--dirty BACKGROUND,RATIO");
+                cfg.dirty = Some((a.parse().expect("ratio"), b.parse().expect("ratio")));
+            }
             "--dir" => cfg.dir = PathBuf::from(args.next().expect("--dir needs a path")),
             "--quick" => {
                 cfg.records = 20_000;

@@ -47,8 +47,9 @@
 //! every page written goes to our cache at once). Give the memory to the uringcache budget
 //! instead: it is bounded, scan resistant, shared by every database on the same
 //! [`Cache`](uringcache::Cache) ([`UringcacheBackend::with_cache`]), and its pages survive
-//! redb's cache invalidations. The process then holds about `budget + REDB_CACHE_SIZE` per
-//! database, and the page cache of the kernel holds none of it (`O_DIRECT`).
+//! redb's cache invalidations. The process then holds about the budget, plus
+//! `REDB_CACHE_SIZE` per open database, and the kernel's page cache holds none of it
+//! (`O_DIRECT`).
 //!
 //! ## Locking and sharing
 //!
@@ -125,17 +126,50 @@ impl UringcacheBackend {
     /// budget. See the crate docs, "Sizing redb's cache against the budget".
     pub const REDB_CACHE_SIZE: usize = 4 << 20;
 
+    /// The fraction of the budget dirty above which the cache of
+    /// [`cache_builder`](Self::cache_builder) starts background writeback (0.5; the cache's
+    /// default is 0.10).
+    pub const DIRTY_BACKGROUND_RATIO: f64 = 0.5;
+
+    /// The fraction of the budget dirty above which writers wait for writeback, in the cache of
+    /// [`cache_builder`](Self::cache_builder) (0.8; the cache's default is 0.20).
+    pub const DIRTY_RATIO: f64 = 0.8;
+
     /// Opens (creating it if missing) the database file `path` in a cache of its own of
-    /// `budget` bytes of page frames (4 KiB pages, [`uringcache::Backend::Auto`], every other
-    /// setting the default), and locks it.
+    /// `budget` bytes of page frames ([`cache_builder`](Self::cache_builder): 4 KiB pages,
+    /// dirty limits suited to redb, [`uringcache::Backend::Auto`], every other setting the
+    /// default), and locks it.
     ///
     /// Errors: the cache's build errors (a budget under four pages is `InvalidInput`), its
     /// open errors (`NotFound` for a missing directory, `Unsupported` where the filesystem
     /// refuses `O_DIRECT`, each with the path and the errno), and `WouldBlock` if the file is
     /// locked (see [`with_cache`](Self::with_cache)).
     pub fn new(path: impl AsRef<Path>, budget: usize) -> io::Result<UringcacheBackend> {
-        let cache = Cache::builder().memory_limit(budget).build()?;
+        let cache = UringcacheBackend::cache_builder(budget).build()?;
         UringcacheBackend::with_cache(&cache, path)
+    }
+
+    /// The settings of the cache [`new`](Self::new) makes, to build one yourself (another
+    /// backend, more settings) or to share: `budget` bytes of 4 KiB pages, and dirty limits
+    /// suited to redb, [`DIRTY_BACKGROUND_RATIO`](Self::DIRTY_BACKGROUND_RATIO) and
+    /// [`DIRTY_RATIO`](Self::DIRTY_RATIO).
+    ///
+    /// Why: a large redb transaction over a small redb cache writes the same pages to the
+    /// backend many times (redb's write buffer is half its cache; a page it evicts is written
+    /// to the backend and read back when changed again). With the cache's default background
+    /// threshold (a tenth of the budget dirty), the writeback thread writes those pages to the
+    /// device each time they are dirtied, and each rewrite then waits for the write in flight
+    /// (stable pages): a bulk load of 200 000 records in one transaction wrote 78 000 pages for
+    /// 28 000 changed, a removal of half of them 71 000 for 11 000. redb syncs at every durable
+    /// commit anyway, so a higher background threshold loses nothing: the same two
+    /// transactions then wrote 28 000 and 17 000 pages, in half the time.
+    pub fn cache_builder(budget: usize) -> uringcache::CacheBuilder {
+        let mut b = Cache::builder();
+        b.memory_limit(budget)
+            .page_size(4096)
+            .dirty_background_ratio(UringcacheBackend::DIRTY_BACKGROUND_RATIO)
+            .dirty_ratio(UringcacheBackend::DIRTY_RATIO);
+        b
     }
 
     /// Opens (creating it if missing) the database file `path` in `cache`, and locks it.
