@@ -51,6 +51,12 @@
 //! `REDB_CACHE_SIZE` per open database, and the kernel's page cache holds none of it
 //! (`O_DIRECT`).
 //!
+//! A cache you build yourself for redb should start from
+//! [`UringcacheBackend::cache_builder`]: it raises the dirty limits (background writeback at
+//! half the budget dirty, writers wait at 0.8), because redb syncs at every durable commit and
+//! a large transaction rewrites its pages many times; at the cache's default limits each
+//! rewrite would go to the device.
+//!
 //! ## Locking and sharing
 //!
 //! A backend holds an exclusive `flock` on its file from its construction to
