@@ -2,7 +2,7 @@
 //!
 //! [`UringcacheBackend`] implements [`redb::StorageBackend`] over a
 //! [`uringcache::BlockingFile`], so a [`redb::Database`] keeps its file in a uringcache
-//! [`Cache`](uringcache::Cache): its page reads are hits (a lookup and a copy, no system call)
+//! [`Cache`]: its page reads are hits (a lookup and a copy, no system call)
 //! while its pages fit the budget, misses go out through `io_uring` (on the calling thread's own
 //! ring) or the thread pool, and its commits are the cache's syncs.
 //!
@@ -46,7 +46,7 @@
 //! roots of the B-trees); 0 also works (every page read is then a copy out of our cache,
 //! every page written goes to our cache at once). Give the memory to the uringcache budget
 //! instead: it is bounded, scan resistant, shared by every database on the same
-//! [`Cache`](uringcache::Cache) ([`UringcacheBackend::with_cache`]), and its pages survive
+//! [`Cache`] ([`UringcacheBackend::with_cache`]), and its pages survive
 //! redb's cache invalidations. The process then holds about the budget, plus
 //! `REDB_CACHE_SIZE` per open database, and the kernel's page cache holds none of it
 //! (`O_DIRECT`).
