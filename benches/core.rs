@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use uringcache_core::evict::Verdict;
-use uringcache_core::mapping::Mapping;
+use uringcache_core::mapping::{Mapping, Speculative};
 use uringcache_core::pool::FramePool;
 use uringcache_core::readahead::State;
 
@@ -80,6 +80,24 @@ fn lookup(c: &mut Criterion) {
             pool.put(f);
         })
     });
+    c.bench_function("lock-free lookup + pin + unpin", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 4096;
+            let Speculative::Pinned(f) = m.lookup_speculative(black_box(i), pool.pages()) else {
+                panic!("every page is hinted");
+            };
+            pool.pages().get(f).mark_accessed();
+            pool.put(f);
+        })
+    });
+    c.bench_function("optimistic peek + validate (no pin, no copy)", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 4096;
+            let p = m.peek(black_box(i), pool.pages()).unwrap();
+            let d = pool.pages().get(p.frame);
+            assert!(p.flags.is_uptodate() && d.unchanged_since(p.generation));
+        })
+    });
 }
 
 fn readahead(c: &mut Criterion) {
@@ -107,8 +125,7 @@ fn eviction(c: &mut Criterion) {
     let mut next = 0u64;
     let evict = |f| {
         let d = pool.pages().get(f);
-        if m.remove_if(d.index(), f, pool.pages(), |d| d.pins() == 1) {
-            d.unpin();
+        if m.remove_if(d.index(), f, pool.pages(), |d| d.freeze_if_reclaimable()) {
             Verdict::Evicted
         } else {
             Verdict::Busy

@@ -151,3 +151,112 @@ fn readers_never_see_a_fresh_page_before_its_overwrite_is_copied_in(backend: Bac
         }
     });
 }
+
+common::backend_test!(readers_copy_while_a_tiny_budget_churns_every_frame);
+/// The lock-free hit path against frame reuse: two files of 96 pages each through a budget of
+/// 16 frames, so that nearly every read evicts a page and its frame comes back holding another
+/// page — often the same index of the other file (the case a lookup that checked only the
+/// index would get wrong). Four reader tasks mix `read_at` (spanning pages), `try_read_at`,
+/// `page` and `read_bytes`, a fifth invalidates ranges, and every byte each returns is checked
+/// against the page it asked for. `STRESS_CHURN_OPS` sets the operations per reader (default
+/// 1500).
+fn readers_copy_while_a_tiny_budget_churns_every_frame(backend: Backend) {
+    let ops: usize = std::env::var("STRESS_CHURN_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    common::multi_thread().block_on(async {
+        let dir = common::scratch_dir();
+        let cache = common::cache_on(backend, 16);
+        let len = 96 * 4096;
+        let mut files = Vec::new();
+        for (name, seed) in [("a", 11), ("b", 12)] {
+            let (path, data) = common::make_file(dir.path(), name, len, seed);
+            let file = cache.open(&path, &common::ro()).await.unwrap();
+            files.push((file, Arc::new(data)));
+        }
+        let files = Arc::new(files);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let invalidator = {
+            let (files, stop) = (files.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (file, _) = &files[rng.gen_range(0..2)];
+                    let off = rng.gen_range(0..len as u64);
+                    file.invalidate(off, rng.gen_range(1..40_000))
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let readers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let files = files.clone();
+                tokio::spawn(async move {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                    let mut buf = vec![0u8; 12_000];
+                    for step in 0..ops {
+                        let f = rng.gen_range(0..2);
+                        let (file, data) = &files[f];
+                        let what = format!("reader {t} step {step} file {f}");
+                        match rng.gen_range(0..4) {
+                            0 => {
+                                let off = rng.gen_range(0..len as u64 + 100);
+                                let n = rng.gen_range(1..buf.len());
+                                let got = file.read_at(&mut buf[..n], off).await.unwrap();
+                                let o = (off as usize).min(len);
+                                let want = &data[o..(o + n).min(len)];
+                                assert_eq!(got, want.len(), "{what}");
+                                common::assert_bytes(&buf[..got], want, &what);
+                            }
+                            1 => {
+                                let off = rng.gen_range(0..len as u64);
+                                let n = rng.gen_range(1..buf.len());
+                                match file.try_read_at(&mut buf[..n], off) {
+                                    Ok(got) => {
+                                        let o = off as usize;
+                                        assert!(got >= 1 && o + got <= len, "{what}");
+                                        common::assert_bytes(&buf[..got], &data[o..o + got], &what);
+                                    }
+                                    Err(e) => {
+                                        assert_eq!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock,
+                                            "{what}"
+                                        )
+                                    }
+                                }
+                            }
+                            2 => {
+                                let index = rng.gen_range(0..96u64);
+                                let page = file.page(index).await.unwrap();
+                                let o = index as usize * 4096;
+                                common::assert_bytes(&page, &data[o..o + 4096], &what);
+                            }
+                            _ => {
+                                let off = rng.gen_range(0..len as u64);
+                                let n = rng.gen_range(1..6000);
+                                let got = file.read_bytes(off, n).await.unwrap();
+                                let o = off as usize;
+                                common::assert_bytes(&got, &data[o..(o + n).min(len)], &what);
+                            }
+                        }
+                        if step % 16 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.await.unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        invalidator.await.unwrap();
+        let stats = cache.stats();
+        assert!(stats.evictions > 1000, "the budget churned: {stats}");
+        cache.shutdown().await.unwrap();
+    });
+}

@@ -122,6 +122,22 @@ impl FrameArena {
         std::slice::from_raw_parts(self.ptr(frame), self.page_size)
     }
 
+    /// Copies `dst.len()` bytes of `frame` from byte `offset` into `dst`, for an optimistic
+    /// read (core `mapping`: a hit copies without a pin, then validates with
+    /// `PageDesc::unchanged_since`). The copy holds no reference into the frame across it.
+    ///
+    /// # Safety
+    /// `offset + dst.len()` is at most the page size. The frame may be written meanwhile (its
+    /// reuse, a writer): the bytes copied may then be torn, and the caller must not use them
+    /// unless it validates afterwards that the frame was not reused — the seqlock reader's
+    /// discipline. (Rust has no atomic memory copy; like every seqlock, the racing loads are
+    /// plain loads of memory that stays mapped, and their result is discarded.)
+    #[inline]
+    pub unsafe fn copy_optimistic(&self, frame: FrameId, offset: usize, dst: &mut [u8]) {
+        debug_assert!(offset + dst.len() <= self.page_size);
+        std::ptr::copy_nonoverlapping(self.ptr(frame).add(offset), dst.as_mut_ptr(), dst.len());
+    }
+
     /// The frame's bytes, exclusive.
     ///
     /// # Safety

@@ -6,12 +6,12 @@
 //! RUSTFLAGS="--cfg loom" cargo test -p uringcache-core --release --lib loom
 //! ```
 
-use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
 use crate::errseq::ErrSeq;
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, Speculative};
 use crate::page::{PageDesc, PageTable, NO_OWNER};
 use crate::wait::{Event, WaitTable};
 
@@ -88,8 +88,8 @@ fn loom_pin_and_evict_exclude_each_other() {
                 d.unpin();
             }
         });
-        if mapping.remove_if(0, 0, &pages, |d| d.is_reclaimable()) {
-            assert_eq!(pages.get(0).unpin(), 0, "nobody else pins an evicted page");
+        if mapping.remove_if(0, 0, &pages, |d| d.freeze_if_reclaimable()) {
+            assert_eq!(pages.get(0).pins(), 0, "nobody else pins an evicted page");
             pages.get(0).release();
             assert_eq!(pages.get(0).owner(), NO_OWNER);
         }
@@ -219,7 +219,7 @@ fn loom_end_writeback_accounts_before_waiters_see_it() {
     });
 }
 
-/// Eviction's test (`is_reclaimable`, under the shard's write lock) racing a writer that
+/// Eviction's test (`freeze_if_reclaimable`, under the shard's write lock) racing a writer that
 /// pins the page by lookup, locks it and dirties it: if the page is evicted, the writer never
 /// had it, so no dirty page (nor one a task holds) is ever reclaimed.
 #[test]
@@ -239,10 +239,10 @@ fn loom_reclaim_test_races_a_pin() {
             d.unpin();
             true
         });
-        let evicted = mapping.remove_if(0, 0, &pages, |d| d.is_reclaimable());
+        let evicted = mapping.remove_if(0, 0, &pages, |d| d.freeze_if_reclaimable());
         if evicted {
             assert!(!pages.get(0).flags().is_dirty());
-            assert_eq!(pages.get(0).unpin(), 0, "nobody else pins an evicted page");
+            assert_eq!(pages.get(0).pins(), 0, "nobody else pins an evicted page");
         }
         let wrote = writer.join().unwrap();
         assert!(!(evicted && wrote), "a page a writer held was evicted");
@@ -327,4 +327,195 @@ fn loom_ring_wake_arming_on_entry_loses_no_wake() {
 #[test]
 fn loom_ring_wake_armed_earlier_loses_no_wake() {
     loom::model(|| ring_wake_round(true));
+}
+
+// ---- The lock-free read protocol (core `mapping`: hints, speculative pins, optimistic
+// copies). The frame's bytes are modelled by one atomic word per frame (`content`), written
+// with relaxed stores as plain memory would be, so that loom checks the generation's ordering
+// rather than the atomic's.
+
+/// Frame 0 holding page 0 of mapping 1, up to date, with bytes `PAGE_A`; a second mapping (2)
+/// to reuse the frame in.
+fn cached_page_and_reuse_target() -> (Arc<PageTable>, Arc<Mapping>, Arc<Mapping>, Arc<AtomicU64>) {
+    let pages = Arc::new(PageTable::new(1));
+    let mapping = Arc::new(Mapping::new(1, 0));
+    let content = Arc::new(AtomicU64::new(PAGE_A));
+    mapping.insert(0, 0, &pages).unwrap();
+    pages.get(0).fill_for_test(false);
+    (pages, mapping, Arc::new(Mapping::new(2, 0)), content)
+}
+
+/// The bytes of page 0 of mapping 1, and of the page that reuses its frame.
+const PAGE_A: u64 = 0xA;
+const PAGE_B: u64 = 0xB;
+
+/// Reuses frame 0 (out of its mapping, unpinned) for page 0 of mapping `other`, as the pool and
+/// a read would: release (new generation), allocation's pin and lock, insertion, new bytes,
+/// read completed.
+fn reuse_frame(pages: &PageTable, other: &Mapping, content: &AtomicU64) {
+    let d = pages.get(0);
+    d.release();
+    d.pin();
+    d.init_locked();
+    other.insert(0, 0, pages).unwrap();
+    content.store(PAGE_B, Ordering::Relaxed);
+    assert!(!d.finish_read(Ok(())));
+}
+
+/// How the page leaves its mapping in [`loom_optimistic_read_never_keeps_a_reused_frame`].
+#[derive(Clone, Copy, Debug)]
+enum Removal {
+    /// Eviction or `invalidate`: frozen under the shard lock, the frame owned outright.
+    Freeze,
+    /// Truncation (and `drop_all_pages`): removed whatever the pins, the mapping's pin dropped;
+    /// the frame is reused only if that was the last.
+    Truncate,
+}
+
+/// A reader copying optimistically (`Mapping::peek`, copy, `unchanged_since`) while the page
+/// is evicted, invalidated or truncated and its frame reused for another page with other
+/// bytes: a copy the reader keeps is always the bytes of the page it asked for.
+#[test]
+fn loom_optimistic_read_never_keeps_a_reused_frame() {
+    for removal in [Removal::Freeze, Removal::Truncate] {
+        loom::model(move || {
+            let (pages, mapping, other, content) = cached_page_and_reuse_target();
+            let (p2, m2, c2) = (pages.clone(), mapping.clone(), content.clone());
+            let reader = thread::spawn(move || {
+                let Some(peek) = m2.peek(0, &p2) else {
+                    return;
+                };
+                if !peek.flags.is_uptodate() {
+                    return;
+                }
+                let copied = c2.load(Ordering::Relaxed);
+                if p2.get(peek.frame).unchanged_since(peek.generation) {
+                    assert_eq!(copied, PAGE_A, "kept bytes of a reused frame");
+                }
+            });
+            let freed = match removal {
+                Removal::Freeze => mapping.remove_if(0, 0, &pages, |d| d.freeze_if_reclaimable()),
+                Removal::Truncate => {
+                    let d = pages.get(0);
+                    assert!(d.try_lock());
+                    assert!(mapping.remove_if(0, 0, &pages, |_| true));
+                    let _ = d.unlock();
+                    d.unpin() == 0
+                }
+            };
+            if freed {
+                reuse_frame(&pages, &other, &content);
+            }
+            reader.join().unwrap();
+        });
+    }
+}
+
+/// A lock-free lookup (`Mapping::lookup_speculative`) racing eviction and reuse of the frame:
+/// a page it returns pinned is page 0 of mapping 1 with its bytes, and stays so while pinned
+/// (the eviction's freeze fails); a stray pin on the reused frame is dropped and may be the
+/// last.
+#[test]
+fn loom_speculative_pin_races_eviction_and_reuse() {
+    loom::model(|| {
+        let (pages, mapping, other, content) = cached_page_and_reuse_target();
+        let (p2, m2, c2) = (pages.clone(), mapping.clone(), content.clone());
+        let reader = thread::spawn(move || match m2.lookup_speculative(0, &p2) {
+            Speculative::Pinned(f) => {
+                let d = p2.get(f);
+                assert!(d.is_mapped_at(1, 0));
+                assert_eq!(c2.load(Ordering::Relaxed), PAGE_A);
+                assert!(d.unpin() >= 1, "the mapping's pin outlives ours");
+                true
+            }
+            Speculative::Stray(f) => {
+                p2.get(f).unpin();
+                false
+            }
+            Speculative::Miss => false,
+        });
+        let evicted = mapping.remove_if(0, 0, &pages, |d| d.freeze_if_reclaimable());
+        if evicted {
+            reuse_frame(&pages, &other, &content);
+        }
+        let pinned = reader.join().unwrap();
+        assert!(evicted || mapping.contains(0));
+        if !evicted {
+            assert_eq!(
+                pages.get(0).pins(),
+                1,
+                "every pin but the mapping's dropped"
+            );
+        }
+        let _ = pinned;
+    });
+}
+
+/// An optimistic reader racing the read that fills a fresh page: it keeps a copy only of an
+/// up-to-date page, and then the copy has the bytes the read stored before `finish_read`.
+#[test]
+fn loom_optimistic_read_races_a_fill() {
+    loom::model(|| {
+        let pages = Arc::new(PageTable::new(1));
+        let mapping = Arc::new(Mapping::new(1, 0));
+        let content = Arc::new(AtomicU64::new(0));
+        let d = pages.get(0);
+        d.pin(); // the allocation's
+        d.init_locked();
+        mapping.insert(0, 0, &pages).unwrap();
+        let (p2, m2, c2) = (pages.clone(), mapping.clone(), content.clone());
+        let reader = thread::spawn(move || {
+            let Some(peek) = m2.peek(0, &p2) else {
+                return;
+            };
+            if !peek.flags.is_uptodate() {
+                return;
+            }
+            let copied = c2.load(Ordering::Relaxed);
+            if p2.get(peek.frame).unchanged_since(peek.generation) {
+                assert_eq!(copied, PAGE_A, "an up-to-date page without its bytes");
+            }
+        });
+        content.store(PAGE_A, Ordering::Relaxed);
+        assert!(!d.finish_read(Ok(())));
+        reader.join().unwrap();
+    });
+}
+
+/// A lock-free lookup racing truncation of the page: a reader that gets the page pinned sees it
+/// either still mapped or orphaned, never reused; the frame is freed by whoever drops the last
+/// pin, exactly once.
+#[test]
+fn loom_speculative_pin_races_truncation() {
+    loom::model(|| {
+        let (pages, mapping, _other, _content) = cached_page_and_reuse_target();
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (p2, m2, f2) = (pages.clone(), mapping.clone(), freed.clone());
+        let reader = thread::spawn(move || {
+            let f = match m2.lookup_speculative(0, &p2) {
+                Speculative::Pinned(f) | Speculative::Stray(f) => f,
+                Speculative::Miss => return,
+            };
+            let d = p2.get(f);
+            assert_eq!(
+                (d.owner(), d.index()),
+                (1, 0),
+                "a pinned frame is not reused"
+            );
+            if d.unpin() == 0 {
+                f2.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let d = pages.get(0);
+        assert!(d.try_lock());
+        assert!(mapping.remove_if(0, 0, &pages, |_| true));
+        assert!(d.flags().is_orphan());
+        let _ = d.unlock();
+        if d.unpin() == 0 {
+            freed.fetch_add(1, Ordering::SeqCst);
+        }
+        reader.join().unwrap();
+        assert_eq!(freed.load(Ordering::SeqCst), 1, "freed exactly once");
+        assert!(!mapping.contains(0));
+    });
 }

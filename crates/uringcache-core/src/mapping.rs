@@ -4,24 +4,50 @@
 //! A [`Mapping`] maps a page index (file offset / page size) to the frame that caches it, and
 //! holds the file's logical size (`i_size`) and its dirty set (the dirty tag of the xarray).
 //!
-//! # Concurrency: why sharded reader-writer locks
+//! # Concurrency: a lock-free hit in front of sharded reader-writer locks
 //!
 //! The index is split into [`SHARDS`] shards, each a small hash map behind its own
-//! reader-writer lock; neighbouring pages fall into different shards. A hit takes the *read*
-//! side of one shard of one file — no lock shared by all files or all pages, and readers of one
-//! shard do not exclude each other — and pins the page *while holding it*. Removal (eviction,
-//! truncation) takes the *write* side of the same shard and removes a page only when its pin
-//! count is zero. The shard lock therefore orders "pin under lookup" before or after "check
-//! pins, remove", which is the whole correctness argument for never evicting a pinned page.
-//! The kernel gets the same guarantee lock-free from RCU plus `page_ref_freeze`; a read lock is
-//! one uncontended atomic on a cache line private to a shard, well inside the hit budget, and
-//! keeps the code free of `unsafe` reclamation.
+//! reader-writer lock; neighbouring pages fall into different shards. Insertion and removal
+//! (eviction, truncation, invalidation) take the *write* side of one shard; range walks and
+//! the authoritative lookup ([`Mapping::lookup`]) the read side.
+//!
+//! A hit takes no lock at all. [`Mapping::lookup_speculative`] and [`Mapping::peek`] find the
+//! frame through the cache-wide [`Hints`](crate::page::Hints) (one line read, nothing written)
+//! and trust only the frame's descriptor: `lookup_speculative` pins with
+//! [`try_pin`](PageDesc::try_pin) (the kernel's `folio_try_get` under RCU) and then checks the
+//! pinned page's identity ([`is_mapped_at`](PageDesc::is_mapped_at)); `peek` pins nothing and
+//! hands back the frame's generation for an optimistic copy, validated after it
+//! ([`unchanged_since`](PageDesc::unchanged_since), vmcache's optimistic latch). Either falls
+//! back to the locked lookup when the hint is missing or names another page.
+//!
+//! What makes this safe against removal and reuse:
+//!
+//! * Eviction and invalidation remove a page only after
+//!   [`freeze_if_reclaimable`](PageDesc::freeze_if_reclaimable) took its pin count from 1 (the
+//!   mapping's) to 0, under the shard's write lock: a speculative pin either came first (the
+//!   freeze fails) or is refused (zero is never pinned). The lookup under the read lock pins
+//!   with a plain increment: under the shard lock a page in the map is never frozen.
+//! * Every removal ([`Mapping::remove_if`]) sets `ORPHAN` on the page before its entry goes,
+//!   under the write lock, and a frame's identity changes only after it was freed, which bumps
+//!   its generation first ([`PageDesc::release`]). So a pinned page whose descriptor still names
+//!   (this mapping, `index`) and is not orphaned is the page at `index` (or was, when the
+//!   caller's lookup began); a later insertion at `index` happens after the old page was
+//!   orphaned, and whoever saw the insertion sees the orphan too.
+//! * An optimistic copy that overlapped a reuse of the frame sees the generation moved (the
+//!   reuse bumps it before anybody writes the frame) and is thrown away.
+//!
+//! Measured (`cargo bench --bench core`, BENCHMARKS.md "Hits"): the read lock cost one
+//! uncontended atomic per hit on a line every reader of the shard writes, which is what kept
+//! two tasks below twice one; the lossy table was chosen over a lock-free map with epoch
+//! reclamation because it needs no reclamation at all (fixed size, validated entries) and its
+//! hit reads one line of hints and the descriptor.
 //!
 //! # Invariants
 //!
 //! * An entry `index → frame` exists only while `frame`'s descriptor names this mapping and
 //!   `index` (`set_identity` is called under the shard's write lock before the entry is
-//!   published).
+//!   published) and is not `ORPHAN` (set by [`Mapping::remove_if`] before the entry goes).
+//! * A page in the map is never frozen (pin count 0) outside the shard's write lock.
 //! * A frame is in at most one mapping at one index.
 //! * `size` only changes through [`Mapping::set_size`] / [`Mapping::extend_size`]; pages wholly
 //!   past it are removed by the caller (truncation) before a shrink is published.
@@ -37,7 +63,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crossbeam_utils::CachePadded;
 
 use crate::errseq::ErrSeq;
-use crate::page::{FrameId, PageDesc, PageTable};
+use crate::page::{FrameId, PageDesc, PageFlags, PageTable};
 use crate::sync::{Mutex, RwLock};
 
 /// Number of shards of a mapping's index (2 under the model checker, to keep it small).
@@ -71,6 +97,30 @@ impl Hasher for IndexHasher {
 }
 
 type Shard = HashMap<u64, FrameId, BuildHasherDefault<IndexHasher>>;
+
+/// What a lock-free lookup ([`Mapping::lookup_speculative`]) found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Speculative {
+    /// The page, pinned for the caller.
+    Pinned(FrameId),
+    /// A frame the hint named was pinned but holds another page by now: the caller drops
+    /// that pin through the pool's `put` (it may be the frame's last) and looks up under the
+    /// lock.
+    Stray(FrameId),
+    /// No usable hint: look up under the lock.
+    Miss,
+}
+
+/// An optimistic look at a page ([`Mapping::peek`]): no pin taken.
+#[derive(Clone, Copy, Debug)]
+pub struct Peek {
+    /// The frame that held the page.
+    pub frame: FrameId,
+    /// Its generation when looked at: [`PageDesc::unchanged_since`] it validates a copy.
+    pub generation: u32,
+    /// The page's state when looked at.
+    pub flags: PageFlags,
+}
 
 /// The page index of one file (`struct address_space`).
 #[derive(Debug)]
@@ -137,13 +187,60 @@ impl Mapping {
         self.pages.load(Ordering::Relaxed)
     }
 
-    /// Finds the page at `index` and pins it (`find_get_page`). The caller unpins.
+    /// Finds the page at `index` and pins it (`find_get_page`), under the shard's read lock:
+    /// the authoritative lookup. The caller unpins. Publishes the page's hint, so that the
+    /// next lock-free lookup finds it.
     #[inline]
     pub fn lookup(&self, index: u64, pages: &PageTable) -> Option<FrameId> {
         let shard = self.shard(index).read();
         let frame = *shard.get(&index)?;
         pages.get(frame).pin();
+        drop(shard);
+        pages.hints().publish(self.id, index, frame);
         Some(frame)
+    }
+
+    /// Finds the page at `index` through the lock-free hints and pins it, taking no lock and
+    /// writing no line but the page's pin word (see the module doc). A [`Speculative::Miss`]
+    /// says nothing about the index: the caller then uses [`lookup`](Self::lookup).
+    #[inline]
+    pub fn lookup_speculative(&self, index: u64, pages: &PageTable) -> Speculative {
+        let mut out = Speculative::Miss;
+        pages.hints().find(self.id, index, |f| {
+            let d = pages.get(f);
+            // A look before the pin, so that a hint naming another page costs no write.
+            if d.owner() != self.id || d.index() != index || !d.try_pin() {
+                return false;
+            }
+            out = if d.is_mapped_at(self.id, index) {
+                Speculative::Pinned(f)
+            } else {
+                Speculative::Stray(f)
+            };
+            true
+        });
+        out
+    }
+
+    /// Looks at the page at `index` through the lock-free hints without pinning it, for an
+    /// optimistic copy: `None` when no hint names a frame holding the page now. The caller
+    /// copies only from a page whose [`Peek::flags`] say up to date, and keeps the copy only
+    /// if [`PageDesc::unchanged_since`] the [`Peek::generation`] holds afterwards.
+    #[inline]
+    pub fn peek(&self, index: u64, pages: &PageTable) -> Option<Peek> {
+        let mut out = None;
+        pages.hints().find(self.id, index, |frame| {
+            let Some((generation, flags)) = pages.get(frame).optimistic_at(self.id, index) else {
+                return false;
+            };
+            out = Some(Peek {
+                frame,
+                generation,
+                flags,
+            });
+            true
+        });
+        out
     }
 
     /// Whether a page is cached at `index`, without pinning it.
@@ -166,14 +263,20 @@ impl Mapping {
         desc.set_identity(self.id, index);
         desc.pin();
         shard.insert(index, frame);
+        drop(shard);
         self.pages.fetch_add(1, Ordering::Relaxed);
+        pages.hints().publish(self.id, index, frame);
         Ok(())
     }
 
     /// Removes the page at `index` if it is still `frame` and `may_remove` agrees, judged under
-    /// the shard's write lock so that no lookup pins it meanwhile
-    /// (`__delete_from_page_cache`). Returns whether it was removed; if so, the mapping's pin
-    /// now belongs to the caller, who drops it (and frees the frame when it was the last).
+    /// the shard's write lock so that no locked lookup pins it meanwhile
+    /// (`__delete_from_page_cache`); the page is marked `ORPHAN` before its entry goes, and its
+    /// hint is forgotten. Returns whether it was removed; if so, the mapping's pin now belongs
+    /// to the caller, who drops it (and frees the frame when it was the last) — unless
+    /// `may_remove` froze the page ([`PageDesc::freeze_if_reclaimable`]), which leaves no pin
+    /// to drop: the caller then owns the frame outright. A lock-free lookup may still pin a
+    /// page that `may_remove` did not freeze; it finds it orphaned.
     pub fn remove_if(
         &self,
         index: u64,
@@ -182,11 +285,15 @@ impl Mapping {
         may_remove: impl FnOnce(&PageDesc) -> bool,
     ) -> bool {
         let mut shard = self.shard(index).write();
-        if shard.get(&index) != Some(&frame) || !may_remove(pages.get(frame)) {
+        let desc = pages.get(frame);
+        if shard.get(&index) != Some(&frame) || !may_remove(desc) {
             return false;
         }
+        desc.mark_orphan();
         shard.remove(&index);
+        drop(shard);
         self.pages.fetch_sub(1, Ordering::Relaxed);
+        pages.hints().forget(self.id, index, frame);
         true
     }
 

@@ -155,15 +155,14 @@ mod tests {
     use crate::mapping::Mapping;
 
     /// An eviction callback over one mapping, judging with the cache's predicate
-    /// ([`PageDesc::is_reclaimable`](crate::page::PageDesc::is_reclaimable)).
+    /// ([`PageDesc::freeze_if_reclaimable`](crate::page::PageDesc::freeze_if_reclaimable)).
     fn evictor<'a>(m: &'a Mapping, pool: &'a FramePool) -> impl FnMut(FrameId) -> Verdict + 'a {
         move |f| {
             let d = pool.pages().get(f);
             if d.owner() != m.id() {
                 return Verdict::Gone;
             }
-            if m.remove_if(d.index(), f, pool.pages(), |d| d.is_reclaimable()) {
-                d.unpin();
+            if m.remove_if(d.index(), f, pool.pages(), |d| d.freeze_if_reclaimable()) {
                 Verdict::Evicted
             } else if d.flags().is_dirty() {
                 Verdict::Dirty

@@ -14,10 +14,11 @@
 //! * A handle owns an `Arc` of its inode, which owns an `Arc` of the cache, so the frame arena
 //!   outlives every handle: handles are `'static`, `Send` and `Sync`, and may outlive the
 //!   [`File`] and the [`Cache`](crate::Cache) they came from.
-//! * Every live handle counts in the cache's `UserPins`, and each frame with at
-//!   least one counts once in `CacheInner::user_pins`: when every frame is held by handles, an
-//!   allocation fails with `OutOfMemory` instead of waiting for an unpin that only the waiting
-//!   program could do.
+//! * A handle's pin is marked as a handle's in the page's own pin word
+//!   (`PageDesc::mark_user_pin`, dropped with the pin by `unpin_user`): one line, the page's,
+//!   written per handle, and no counter of the cache's. When every frame is held by handles, an
+//!   allocation finds it by looking at the descriptors (`PageTable::all_user_pinned`) and fails
+//!   with `OutOfMemory` instead of waiting for an unpin that only the waiting program could do.
 //! * A [`PageMut`] holds the page's `LOCKED` bit from creation to drop, and was handed out only
 //!   after the page's writeback (if any) finished: its bytes change only while the device is not
 //!   reading them (stable pages), and no other writer, filler or writeback touches the page
@@ -36,14 +37,9 @@ use uringcache_core::page::{FrameId, PageDesc};
 use crate::cache::CacheInner;
 use crate::inode::{Inode, LockedPage, Pinned};
 
-/// Counts a new handle pinning `frame` (see the module invariants).
+/// Marks the pin a new handle took over on `frame` as a handle's (see the module invariants).
 fn user_pin(cache: &CacheInner, frame: FrameId) {
-    cache.user_pins().add(frame);
-}
-
-/// Uncounts a handle of `frame`; called before its pin is dropped.
-fn user_unpin(cache: &CacheInner, frame: FrameId) {
-    cache.user_pins().remove(frame);
+    cache.pool().pages().get(frame).mark_user_pin();
 }
 
 /// A pinned, up-to-date page of a file ([`File::page`](crate::File::page)): `Deref<Target = [u8]>` of exactly
@@ -141,9 +137,7 @@ impl std::fmt::Debug for PageRef {
 
 impl Drop for PageRef {
     fn drop(&mut self) {
-        let cache = &self.inode.cache();
-        user_unpin(cache, self.frame);
-        cache.put(self.frame);
+        self.inode.cache().put_user(self.frame);
     }
 }
 
@@ -242,9 +236,8 @@ impl PageMut {
                 .mapping()
                 .extend_size((self.index + 1) << cache.page_shift());
         }
-        user_unpin(cache, self.frame);
         cache.waits().unlock(desc, self.frame);
-        cache.put(self.frame);
+        cache.put_user(self.frame);
     }
 }
 

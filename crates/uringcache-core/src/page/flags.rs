@@ -116,7 +116,7 @@ impl PageFlags {
     }
 
     /// Locked, dirty or under writeback: something other than the mapping's pin that keeps the
-    /// page from being reclaimed (see [`PageDesc::is_reclaimable`](super::PageDesc::is_reclaimable)).
+    /// page from being reclaimed (see [`PageDesc::freeze_if_reclaimable`](super::PageDesc::freeze_if_reclaimable)).
     #[inline]
     pub fn is_busy(self) -> bool {
         self.has(LOCKED | DIRTY | WRITEBACK)

@@ -33,8 +33,8 @@
 //!   [`clear_dirty_for_io`](PageDesc::clear_dirty_for_io) (uncounting), then
 //!   [`mark_orphan`](PageDesc::mark_orphan).
 //! * **reclaim** — under the mapping's shard write lock,
-//!   [`is_reclaimable`](PageDesc::is_reclaimable): only the mapping's pin, not locked, dirty or
-//!   under writeback.
+//!   [`freeze_if_reclaimable`](PageDesc::freeze_if_reclaimable): only the mapping's pin, not
+//!   locked, dirty or under writeback; the count goes to zero, which no lookup pins.
 //!
 //! Transitions that clear `LOCKED` or `WRITEBACK` say whether the page has waiters; the
 //! [`WaitTable`](crate::wait::WaitTable)'s `unlock`, `end_read` and `end_writeback` make the
@@ -53,8 +53,12 @@
 //!   failure of [`end_writeback`]), so a caller that counts each report keeps an exact count.
 //! * A frame is reused only when its page has left its mapping *and* its pin count is zero:
 //!   whoever drops the last pin frees the frame (`put_page`). Eviction removes a page only when
-//!   the mapping's own pin is the only one, judged under the mapping's shard lock, which orders
-//!   it against "pin under lookup" (see `mapping`), so a pinned page is never evicted.
+//!   it froze the count from the mapping's one pin to zero, under the mapping's shard lock: a
+//!   locked lookup pins under the same lock, a lock-free one with [`PageDesc::try_pin`], which
+//!   refuses zero (see `mapping`), so a pinned page is never evicted.
+//! * A frame's generation moves before anything else of a reused frame changes
+//!   ([`PageDesc::release`]), so an optimistic reader that validates it
+//!   ([`PageDesc::unchanged_since`]) never keeps bytes of a reused frame.
 //! * `owner` and `index` are written only while the frame is being inserted into a mapping
 //!   (under the shard's write lock) and are read by the evictor, which re-checks them under the
 //!   same lock before acting.
@@ -64,10 +68,13 @@
 //! [`mark_dirty`]: PageDesc::mark_dirty
 //! [`end_writeback`]: PageDesc::end_writeback
 
-use crate::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 mod flags;
+mod hints;
 mod protocol;
+
+pub use hints::Hints;
 
 use flags::bits;
 use flags::bits::{FREQ_MASK, FREQ_SHIFT};
@@ -80,15 +87,25 @@ pub type FrameId = u32;
 /// No mapping owns the frame (it is free or being allocated).
 pub const NO_OWNER: u32 = u32::MAX;
 
+/// One pin in the pin word (its low half).
+const PIN: u64 = 1;
+/// One page-handle pin in the pin word (its high half; always together with a [`PIN`]).
+const USER_PIN: u64 = 1 << 32;
+/// The low half of the pin word: every pin, the handles' included.
+const PINS_MASK: u64 = u32::MAX as u64;
+
 /// The descriptor of one frame (`struct page`). 40 bytes.
 #[derive(Debug)]
 pub struct PageDesc {
     /// The state word: the bits of [`PageFlags`] and the access frequency.
     state: AtomicU32,
-    pins: AtomicU32,
     owner: AtomicU32,
-    errno: AtomicI32,
+    /// The pin word: every pin in the low half (`page_count`), the pins held by page handles
+    /// in the high half (each also counted in the low half), so that a handle costs one RMW
+    /// on its own page's line and no counter shared by the cache.
+    pins: AtomicU64,
     index: AtomicU64,
+    errno: AtomicI32,
     /// Milliseconds (of the cache's clock) at which the page went from clean to dirty.
     dirtied_at: AtomicU64,
     /// Bumped every time the frame is freed, so that stale references (eviction queue entries)
@@ -100,10 +117,10 @@ impl Default for PageDesc {
     fn default() -> Self {
         PageDesc {
             state: AtomicU32::new(0),
-            pins: AtomicU32::new(0),
             owner: AtomicU32::new(NO_OWNER),
-            errno: AtomicI32::new(0),
+            pins: AtomicU64::new(0),
             index: AtomicU64::new(0),
+            errno: AtomicI32::new(0),
             dirtied_at: AtomicU64::new(0),
             generation: AtomicU32::new(0),
         }
@@ -153,25 +170,106 @@ impl PageDesc {
         self.state.fetch_and(!FREQ_MASK, Ordering::Relaxed);
     }
 
-    /// Current pin count.
+    /// Current pin count (every pin, the page handles' included).
     #[inline]
     pub fn pins(&self) -> u32 {
-        self.pins.load(Ordering::Acquire)
+        (self.pins.load(Ordering::Acquire) & PINS_MASK) as u32
     }
 
-    /// Adds a pin (`folio_get`).
+    /// Pins held by page handles ([`mark_user_pin`](Self::mark_user_pin)).
+    #[inline]
+    pub fn user_pins(&self) -> u32 {
+        (self.pins.load(Ordering::Acquire) >> 32) as u32
+    }
+
+    /// Adds a pin (`folio_get`). The caller holds a pin already, or the shard lock of the
+    /// mapping the page is in (where the page is never frozen).
     #[inline]
     pub fn pin(&self) {
-        let prev = self.pins.fetch_add(1, Ordering::AcqRel);
-        debug_assert!(prev < u32::MAX / 2, "pin count overflow");
+        let prev = self.pins.fetch_add(PIN, Ordering::AcqRel);
+        debug_assert!(prev & PINS_MASK < PINS_MASK / 2, "pin count overflow");
+    }
+
+    /// Adds a pin unless the count is zero (`folio_try_get`): a free frame, or a page frozen
+    /// for eviction ([`freeze_if_reclaimable`](Self::freeze_if_reclaimable)), is never
+    /// pinned. For a lookup that holds no lock: it must then check which page it pinned
+    /// ([`is_mapped_at`](Self::is_mapped_at)) and drop the pin if it is not the one it wanted
+    /// (that drop may be the frame's last, so it goes through the pool's `put`).
+    #[inline]
+    pub fn try_pin(&self) -> bool {
+        let mut cur = self.pins.load(Ordering::Relaxed);
+        loop {
+            if cur & PINS_MASK == 0 {
+                return false;
+            }
+            match self.pins.compare_exchange_weak(
+                cur,
+                cur + PIN,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// Drops a pin (`folio_put`); returns the count left.
     #[inline]
     pub fn unpin(&self) -> u32 {
-        let prev = self.pins.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(prev > 0, "unpin of an unpinned page");
-        prev - 1
+        let prev = self.pins.fetch_sub(PIN, Ordering::AcqRel);
+        debug_assert!(prev & PINS_MASK > 0, "unpin of an unpinned page");
+        debug_assert!(
+            (prev & PINS_MASK) > (prev >> 32),
+            "unpin of a page handle's pin without unpin_user"
+        );
+        ((prev & PINS_MASK) - 1) as u32
+    }
+
+    /// Marks one pin the caller holds as a page handle's (counted in
+    /// [`user_pins`](Self::user_pins) until [`unpin_user`](Self::unpin_user) drops it).
+    #[inline]
+    pub fn mark_user_pin(&self) {
+        let prev = self.pins.fetch_add(USER_PIN, Ordering::AcqRel);
+        debug_assert!(
+            (prev >> 32) < (prev & PINS_MASK),
+            "a user pin without a pin"
+        );
+    }
+
+    /// Drops a page handle's pin (one RMW for both counts); returns the pin count left.
+    #[inline]
+    pub fn unpin_user(&self) -> u32 {
+        let prev = self.pins.fetch_sub(PIN | USER_PIN, Ordering::AcqRel);
+        debug_assert!(prev >> 32 > 0, "unpin_user without a user pin");
+        ((prev & PINS_MASK) - 1) as u32
+    }
+
+    /// Takes the mapping's pin away from a page that may be reclaimed now (the kernel's
+    /// `folio_ref_freeze(folio, 1)` in `__remove_mapping`): if the mapping's pin is the only
+    /// pin, the count drops to zero, so that no lookup can pin the page any more
+    /// ([`try_pin`](Self::try_pin) refuses zero), and then, if the page is locked, dirty or
+    /// under writeback after all, the pin is given back. Returns whether the page is frozen:
+    /// the caller (holding the mapping's shard write lock) removes it and owns the frame,
+    /// with no pin to drop.
+    ///
+    /// The count is taken before the flags are read: with nobody else pinning the page, only
+    /// a read completion (which drops its pin before it unlocks) can still change a busy bit,
+    /// and only to clear it.
+    #[inline]
+    pub fn freeze_if_reclaimable(&self) -> bool {
+        if self
+            .pins
+            .compare_exchange(PIN, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if self.flags().is_busy() {
+            self.pins.fetch_add(PIN, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// The mapping that owns the frame, or [`NO_OWNER`].
@@ -186,10 +284,14 @@ impl PageDesc {
         self.index.load(Ordering::Acquire)
     }
 
-    /// Records the owner and index of a frame being inserted into a mapping.
+    /// Records the owner and index of a frame being inserted into a mapping, then moves the
+    /// generation again: an optimistic reader that saw the generation of the frame's release
+    /// ([`release`](Self::release)) with a stale identity, and then any state of the new page,
+    /// finds the generation moved when it validates (see [`unchanged_since`](Self::unchanged_since)).
     pub fn set_identity(&self, owner: u32, index: u64) {
         self.index.store(index, Ordering::Release);
         self.owner.store(owner, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The errno of the last failed I/O on the page (0 if none failed since the frame was
@@ -216,12 +318,55 @@ impl PageDesc {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Resets the descriptor of a frame going back to the pool and bumps its generation.
+    /// Starts an optimistic read of page `index` of mapping `owner` (vmcache's optimistic
+    /// latch): if the frame holds that page now, not orphaned, returns the frame's generation
+    /// and the page's state. The caller may then copy the frame's bytes without a pin, and
+    /// keeps the copy only if [`unchanged_since`](Self::unchanged_since) that generation says
+    /// the frame was not reused meanwhile.
+    #[inline]
+    pub fn optimistic_at(&self, owner: u32, index: u64) -> Option<(u32, PageFlags)> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.owner.load(Ordering::Acquire) != owner
+            || self.index.load(Ordering::Acquire) != index
+        {
+            return None;
+        }
+        let flags = self.flags();
+        (!flags.is_orphan()).then_some((generation, flags))
+    }
+
+    /// Ends an optimistic read begun by [`optimistic_at`](Self::optimistic_at): whether the
+    /// frame has not been released (and so not reused) since `generation` was read. Every
+    /// reader load of the frame's bytes made before this call is ordered before it (an
+    /// acquire fence, as a seqlock's reader), and every reuse bumps the generation before the
+    /// frame's new owner writes a byte ([`release`](Self::release)), so `true` means the bytes
+    /// copied were this page's.
+    ///
+    /// A reuse moves the generation twice: when the frame is released and when its next page
+    /// takes it ([`set_identity`](Self::set_identity), after the new identity). A reader whose
+    /// first look read the release's generation may have seen the old identity with it (the
+    /// identity is reset after that bump); but the old page was orphaned or reset before the
+    /// release, so the only state it can then accept is the new page's up to date, which it
+    /// sees only after the second bump — and the check here finds the generation moved. The
+    /// loom model `loom_optimistic_read_never_keeps_a_reused_frame` found the one-bump
+    /// version wrong in exactly that interleaving.
+    #[inline]
+    pub fn unchanged_since(&self, generation: u32) -> bool {
+        fence(Ordering::Acquire);
+        self.generation.load(Ordering::Relaxed) == generation
+    }
+
+    /// Resets the descriptor of a frame going back to the pool and bumps its generation. The
+    /// generation moves first, so that an optimistic reader that sees the reset (or any later
+    /// write to the frame) also sees the new generation.
     pub fn release(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Every later write of this thread (the reset below, the frame's new bytes) is ordered
+        // after the new generation: the writer's half of the seqlock (`unchanged_since`).
+        fence(Ordering::Release);
         self.owner.store(NO_OWNER, Ordering::Release);
         self.state.store(0, Ordering::Release);
         self.errno.store(0, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -253,10 +398,12 @@ impl PageDesc {
     }
 }
 
-/// The descriptors of every frame, indexed by [`FrameId`] (the kernel's `mem_map`).
+/// The descriptors of every frame, indexed by [`FrameId`] (the kernel's `mem_map`), and the
+/// lock-free lookup [`Hints`] in front of the mappings' indexes.
 #[derive(Debug)]
 pub struct PageTable {
     descs: Box<[PageDesc]>,
+    hints: Hints,
 }
 
 impl PageTable {
@@ -264,7 +411,26 @@ impl PageTable {
     pub fn new(frames: usize) -> Self {
         PageTable {
             descs: (0..frames).map(|_| PageDesc::default()).collect(),
+            hints: Hints::new(frames),
         }
+    }
+
+    /// The lookup hints: (mapping, index) → frame, lossy and lock-free (see [`Hints`]).
+    #[inline]
+    pub fn hints(&self) -> &Hints {
+        &self.hints
+    }
+
+    /// Every descriptor, in frame order.
+    pub fn iter(&self) -> impl Iterator<Item = &PageDesc> {
+        self.descs.iter()
+    }
+
+    /// Whether every frame is pinned by a page handle (so that no allocation can succeed until
+    /// the program drops one). Stops at the first frame without a handle: one load in the
+    /// common case, a walk of the table only when the budget really is held by handles.
+    pub fn all_user_pinned(&self) -> bool {
+        self.descs.iter().all(|d| d.user_pins() > 0)
     }
 
     /// The descriptor of `frame`.

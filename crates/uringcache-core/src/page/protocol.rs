@@ -26,7 +26,7 @@
 //! | [`start_writeback`](PageDesc::start_writeback) | `LOCKED` | `folio_clear_dirty_for_io` + `folio_start_writeback` |
 //! | [`end_writeback`](PageDesc::end_writeback) | `WRITEBACK` (the write's) | `folio_redirty_for_writepage` on failure, `folio_end_writeback` |
 //! | [`mark_orphan`](PageDesc::mark_orphan) | the page just left its mapping | `page_cache_delete` |
-//! | [`is_reclaimable`](PageDesc::is_reclaimable) | the mapping's shard lock (write) | `mapping_evict_folio`, `__remove_mapping` |
+//! | [`freeze_if_reclaimable`](PageDesc::freeze_if_reclaimable) | the mapping's shard lock (write) | `mapping_evict_folio`, `folio_ref_freeze` in `__remove_mapping` |
 //! | [`is_mapped_at`](PageDesc::is_mapped_at) | `LOCKED` | the `folio->mapping != mapping` check after `folio_lock` |
 //! | [`set_readahead`](PageDesc::set_readahead), [`set_prefetched`](PageDesc::set_prefetched) | `LOCKED` (a fresh page) | `folio_set_readahead` |
 //! | [`test_clear_readahead`](PageDesc::test_clear_readahead), [`test_clear_prefetched`](PageDesc::test_clear_prefetched) | a pin | `folio_test_clear_readahead` |
@@ -225,16 +225,6 @@ impl PageDesc {
     #[inline]
     pub fn mark_orphan(&self) {
         self.state.fetch_or(ORPHAN, Ordering::AcqRel);
-    }
-
-    /// Whether the page may be reclaimed now (`mapping_evict_folio`; the reference count
-    /// `__remove_mapping` freezes): the mapping's pin is its only pin, and it is neither
-    /// locked, dirty nor under writeback. Judged under the mapping's shard write lock
-    /// (`Mapping::remove_if`), which holds off new pins, so a true answer stays true while the
-    /// page is removed.
-    #[inline]
-    pub fn is_reclaimable(&self) -> bool {
-        self.pins() == 1 && !self.flags().is_busy()
     }
 
     /// Whether the page is still page `index` of mapping `owner` (the `folio->mapping !=
@@ -458,25 +448,63 @@ mod tests {
     }
 
     #[test]
-    fn reclaimable_only_with_the_mappings_pin_alone_and_idle() {
+    fn freezes_only_with_the_mappings_pin_alone_and_idle() {
         let d = cached();
-        assert!(d.is_reclaimable());
         d.pin();
-        assert!(!d.is_reclaimable(), "a user's pin");
+        assert!(!d.freeze_if_reclaimable(), "a user's pin");
         d.unpin();
         assert!(d.try_lock());
-        assert!(!d.is_reclaimable(), "locked");
+        assert!(!d.freeze_if_reclaimable(), "locked");
+        assert_eq!(d.pins(), 1, "a refused freeze gives the pin back");
         assert!(d.mark_dirty());
         assert!(!d.unlock());
-        assert!(!d.is_reclaimable(), "dirty");
+        assert!(!d.freeze_if_reclaimable(), "dirty");
         assert!(d.try_lock());
         assert!(d.start_writeback());
         assert!(!d.unlock());
-        assert!(!d.is_reclaimable(), "under writeback");
+        assert!(!d.freeze_if_reclaimable(), "under writeback");
         assert!(!d.end_writeback(None, |_| {}));
-        assert!(d.is_reclaimable());
-        d.unpin();
-        assert!(!d.is_reclaimable(), "not in a mapping (no pin)");
+        assert!(d.freeze_if_reclaimable());
+        assert_eq!(d.pins(), 0, "frozen: the mapping's pin is gone");
+        assert!(!d.try_pin(), "a frozen page is never pinned");
+        assert!(!d.freeze_if_reclaimable(), "not in a mapping (no pin)");
+    }
+
+    #[test]
+    fn user_pins_count_within_the_pins() {
+        let d = cached();
+        d.pin();
+        d.mark_user_pin();
+        assert_eq!((d.pins(), d.user_pins()), (2, 1));
+        assert!(d.try_pin());
+        d.mark_user_pin();
+        assert_eq!((d.pins(), d.user_pins()), (3, 2));
+        assert!(!d.freeze_if_reclaimable());
+        assert_eq!(d.unpin_user(), 2);
+        assert_eq!(d.unpin_user(), 1);
+        assert_eq!(d.user_pins(), 0);
+        assert!(d.freeze_if_reclaimable());
+    }
+
+    #[test]
+    fn optimistic_reads_see_reuse() {
+        let d = cached();
+        let (g, f) = d.optimistic_at(1, 0).unwrap();
+        assert!(f.is_uptodate());
+        assert!(d.optimistic_at(1, 1).is_none() && d.optimistic_at(2, 0).is_none());
+        assert!(d.unchanged_since(g));
+        d.mark_orphan();
+        assert!(
+            d.optimistic_at(1, 0).is_none(),
+            "an orphan is not looked at"
+        );
+        d.release();
+        assert!(
+            !d.unchanged_since(g),
+            "a released frame has a new generation"
+        );
+        d.set_identity(1, 0);
+        assert_ne!(d.optimistic_at(1, 0).unwrap().0, g);
     }
 
     #[test]

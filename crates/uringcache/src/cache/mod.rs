@@ -2,18 +2,18 @@
 //! file handle points to, and the glue between frame allocation and eviction.
 //!
 //! [`CacheInner`] owns the frame arena, the frame pool (descriptors, free list, policy), the
-//! page wait table, the backend, the table of inodes (`inode_table`), the page-handle pin
-//! accounting (`pins`), the cache-wide writeback state (`writeback`: dirty and writeback
+//! page wait table, the backend, the table of inodes (`inode_table`), the cache-wide writeback state (`writeback`: dirty and writeback
 //! counts, thresholds, the dirty-inode list, the thread of `writeback_thread`), the writeback
 //! passes (`writeback_pass`) and the stuck-wait reports (`stuck`). It is shared by every [`Cache`] clone
 //! and every [`File`](crate::File); each inode holds it too (the one back-pointer of the
 //! module graph). Every field is private; each piece is reached through its owner's methods
-//! (`pool()`, `waits()`, `writeback()`, `inodes()`, `user_pins()`, …).
+//! (`pool()`, `waits()`, `writeback()`, `inodes()`, …). Page handles' pins are counted in the
+//! page descriptors themselves (`PageDesc::mark_user_pin`), not here: a handle writes no line
+//! of the cache's.
 //!
 //! | module | owns |
 //! | --- | --- |
 //! | `inode_table` | mapping id → inode, (dev, ino) → inode, the idle list of closed files |
-//! | `pins` | `UserPins`: page handles per frame, frames with one |
 //! | `writeback` | `WritebackState`: the counts, limits and throttling, `b_dirty`, the writeback thread, pass bookkeeping |
 //! | `writeback_pass` | one pass of the writeback thread (`wb_writeback`), pruning clean inodes, giving up on lost pages |
 //! | `writeback_thread` | the writeback thread (the kernel's flusher, `wb_workfn`) and its command word |
@@ -23,11 +23,12 @@
 //!
 //! The inode table's locks and their order are in `inode_table`; the dirty-inode list (in
 //! `writeback`) and the writeback thread's command mutex are leaves. The hit path takes none of them: a `File` holds
-//! its inode directly, and a hit is a shard read lock in the mapping plus page-state atomics.
+//! its inode directly, and a hit is a lock-free lookup in the mapping (core `mapping`: hints,
+//! then a pin or an optimistic copy validated by the frame's generation) plus page-state loads.
 //! Eviction (`try_evict`) runs under the pool's reclaim mutex (core `pool`; not the policy's
 //! own lock, which is taken only to isolate and put back candidates) and takes the inode
-//! table's `inodes` read lock, then the mapping shard's write lock, where it judges the page
-//! with `PageDesc::is_reclaimable`.
+//! table's `inodes` read lock, then the mapping shard's write lock, where it freezes the page
+//! with `PageDesc::freeze_if_reclaimable` (its pin count from the mapping's one to zero).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,7 +44,6 @@ use uringcache_core::wait::{Event, WaitTable};
 use uringcache_core::writeback::DirtyLimits;
 
 mod inode_table;
-mod pins;
 mod stuck;
 mod writeback;
 mod writeback_pass;
@@ -55,7 +55,6 @@ use crate::latency::Timed;
 use crate::stats::{Counter, Counters, Stats};
 use crate::util::block_on;
 use inode_table::InodeTable;
-use pins::UserPins;
 use stuck::StuckWaits;
 pub(crate) use writeback::WritebackState;
 
@@ -95,7 +94,6 @@ impl Cache {
             counters: Counters::default(),
             frame_event: Event::new(),
             alloc_waiters: AtomicUsize::new(0),
-            user_pins: UserPins::new(frames),
             user_handles: AtomicUsize::new(0),
             stuck: StuckWaits::default(),
             shut_down: AtomicBool::new(false),
@@ -258,8 +256,6 @@ pub(crate) struct CacheInner {
     frame_event: Event,
     /// Allocations waiting on `frame_event`.
     alloc_waiters: AtomicUsize,
-    /// Frames pinned by long-lived page handles (they do not unpin by themselves).
-    user_pins: UserPins,
     /// `Cache` and `File` handles alive. When the last goes, the flusher writes everything
     /// back and lets go of the files it holds for writeback, which is what keeps the cache
     /// alive (an inode holds its cache), so that the cache is freed.
@@ -325,12 +321,6 @@ impl CacheInner {
     #[inline]
     pub(crate) fn max_request_pages(&self) -> usize {
         self.max_request_pages
-    }
-
-    /// Frames pinned by page handles.
-    #[inline]
-    pub(crate) fn user_pins(&self) -> &UserPins {
-        &self.user_pins
     }
 
     /// The cache-wide writeback state: dirty and writeback counts, throttling, the list of
@@ -412,7 +402,9 @@ impl CacheInner {
 
     /// The eviction callback (`shrink_folio_list` for one candidate): removes the page in
     /// `frame` from its mapping if it is reclaimable (`PageDesc::is_reclaimable`: only the
-    /// mapping pins it, and it is clean, unlocked and not under writeback).
+    /// mapping pins it, and it is clean, unlocked and not under writeback), freezing its pin
+    /// count at zero (`PageDesc::freeze_if_reclaimable`), so that the frame goes to the
+    /// allocation with no pin anybody could still take.
     fn try_evict(&self, frame: FrameId) -> Verdict {
         let pages = self.pool.pages();
         let desc = pages.get(frame);
@@ -427,12 +419,12 @@ impl CacheInner {
         let mut dirty = false;
         let removed = inode.mapping().remove_if(desc.index(), frame, pages, |d| {
             dirty = d.flags().is_dirty();
-            d.is_reclaimable()
+            d.freeze_if_reclaimable()
         });
         drop(inode);
         if removed {
-            let left = desc.unpin();
-            debug_assert_eq!(left, 0);
+            // Frozen: the mapping's pin is gone with the page, and nobody can pin it again.
+            debug_assert_eq!(desc.pins(), 0);
             self.counters.add(Counter::Evictions, 1);
             Verdict::Evicted
         } else if dirty {
@@ -478,7 +470,7 @@ impl CacheInner {
                 self.alloc_waiters.fetch_sub(1, Ordering::SeqCst);
                 return Ok(f);
             }
-            if self.user_pins.pinned_frames() >= self.pool.frames() {
+            if self.pool.pages().all_user_pinned() {
                 self.alloc_waiters.fetch_sub(1, Ordering::SeqCst);
                 return Err(io::Error::new(
                     io::ErrorKind::OutOfMemory,
@@ -521,14 +513,32 @@ impl CacheInner {
     /// waiting allocations when the page has just become evictable.
     #[inline]
     pub(crate) fn put(&self, frame: FrameId) {
-        match self.pool.pages().get(frame).unpin() {
-            0 => {
-                self.pool.free_frame(frame);
-                self.notify_if_alloc_waiters();
-            }
+        let left = self.pool.pages().get(frame).unpin();
+        self.pin_dropped(frame, left);
+    }
+
+    /// Drops a page handle's pin of `frame` (`PageDesc::unpin_user`), as [`put`](Self::put).
+    #[inline]
+    pub(crate) fn put_user(&self, frame: FrameId) {
+        let left = self.pool.pages().get(frame).unpin_user();
+        self.pin_dropped(frame, left);
+    }
+
+    /// What follows dropping a pin of `frame` that left `left` pins.
+    #[inline]
+    fn pin_dropped(&self, frame: FrameId, left: u32) {
+        match left {
+            0 => self.free_frame(frame),
             1 => self.notify_if_alloc_waiters(),
             _ => {}
         }
+    }
+
+    /// Returns `frame`, unpinned and in no mapping (its last pin dropped, or frozen and
+    /// removed by `invalidate`), to the free list, and tells waiting allocations.
+    pub(crate) fn free_frame(&self, frame: FrameId) {
+        self.pool.free_frame(frame);
+        self.notify_if_alloc_waiters();
     }
 
     pub(crate) fn stats(&self) -> Stats {

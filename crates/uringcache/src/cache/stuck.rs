@@ -103,7 +103,7 @@ impl CacheInner {
         path: &std::path::Path,
         index: u64,
     ) {
-        let held_by_handle = desc.flags().is_locked() && self.user_pins.is_pinned(frame);
+        let held_by_handle = desc.flags().is_locked() && desc.user_pins() > 0;
         let _registered =
             held_by_handle.then(|| self.stuck().register(what, path.to_path_buf(), index));
         self.waits.wait_locked(desc, frame).await;

@@ -8,7 +8,12 @@
 //! # Invariants
 //!
 //! * The readahead state sits behind a mutex that only misses and Readahead marks take; a hit
-//!   touches `prev_pos` (one relaxed store per call) and nothing else of the handle.
+//!   touches `prev_pos` (a relaxed store, only when the position changed) and nothing else of
+//!   the handle.
+//! * A hit of `read_at` / `try_read_at` copies straight from the frame without a pin, lock or
+//!   allocation (`Inode::copy_if_cached`: an optimistic read validated by the frame's
+//!   generation); anything else (a miss, a page being read, a readahead mark) takes the pinned
+//!   path.
 //! * A read copies out page by page and drops each pin before taking the next, so a request of
 //!   any size works with a budget of four frames.
 
@@ -322,8 +327,13 @@ impl File {
     }
 
     /// Records that this handle's last read ended at byte `end` (`prev_pos`, for readahead).
+    /// Written only when it changes: tasks sharing a handle that re-read one place write
+    /// nothing.
+    #[inline]
     pub(crate) fn note_read_end(&self, end: u64) {
-        self.handle.prev_pos.store(end, Ordering::Relaxed);
+        if self.handle.prev_pos.load(Ordering::Relaxed) != end {
+            self.handle.prev_pos.store(end, Ordering::Relaxed);
+        }
     }
 
     /// Whether the handle may read.
@@ -437,17 +447,21 @@ impl File {
         let last = (end - 1) >> shift;
         let prev_pos = self.handle.prev_pos.load(Ordering::Relaxed);
         for span in page_spans(offset, end, shift) {
+            // Repeated small reads within one page count as one access, as in filemap_read.
+            let accessed = span.out != 0 || prev_pos == 0 || (prev_pos - 1) >> shift != span.index;
+            let dst = &mut buf[span.out..span.out + span.len];
+            if inode.copy_if_cached(span.index, span.in_page, dst, accessed) {
+                continue;
+            }
             let page = inode
                 .get_page(span.index, last - span.index + 1, &*self.handle)
                 .await?;
-            buf[span.out..span.out + span.len]
-                .copy_from_slice(&page.bytes()[span.in_page..span.in_page + span.len]);
-            // Repeated small reads within one page count as one access, as in filemap_read.
-            if span.out != 0 || prev_pos == 0 || (prev_pos - 1) >> shift != span.index {
+            dst.copy_from_slice(&page.bytes()[span.in_page..span.in_page + span.len]);
+            if accessed {
                 page.mark_accessed();
             }
         }
-        self.handle.prev_pos.store(end, Ordering::Relaxed);
+        self.note_read_end(end);
         Ok((end - offset) as usize)
     }
 
@@ -501,12 +515,14 @@ impl File {
         let shift = self.cache().page_shift();
         let mut pos = offset;
         for span in page_spans(offset, end, shift) {
-            let Some(page) = inode.try_get_page(span.index) else {
-                break;
-            };
-            buf[span.out..span.out + span.len]
-                .copy_from_slice(&page.bytes()[span.in_page..span.in_page + span.len]);
-            page.mark_accessed();
+            let dst = &mut buf[span.out..span.out + span.len];
+            if !inode.copy_if_cached(span.index, span.in_page, dst, true) {
+                let Some(page) = inode.try_get_page(span.index) else {
+                    break;
+                };
+                dst.copy_from_slice(&page.bytes()[span.in_page..span.in_page + span.len]);
+                page.mark_accessed();
+            }
             pos += span.len as u64;
         }
         if pos == offset {

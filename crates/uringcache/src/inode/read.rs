@@ -39,6 +39,7 @@ use std::io;
 use std::sync::Arc;
 
 use uringcache_core::backend::{Op, Request};
+use uringcache_core::mapping::Speculative;
 use uringcache_core::page::{FrameId, PageFlags};
 use uringcache_core::readahead::Window;
 use uringcache_core::run::{Run, RunBuilder};
@@ -48,10 +49,67 @@ use crate::options::VerifyFn;
 use crate::stats::Counter;
 
 impl Inode {
+    /// Finds and pins the page at `index` (`filemap_get_entry`): lock-free through the
+    /// mapping's hints first (`Mapping::lookup_speculative`), under the shard lock when no
+    /// hint serves (which publishes one).
+    #[inline]
+    pub(crate) fn lookup(&self, index: u64) -> Option<FrameId> {
+        let pages = self.cache.pool().pages();
+        match self.mapping.lookup_speculative(index, pages) {
+            Speculative::Pinned(frame) => return Some(frame),
+            // Pinned a frame that holds another page by now: that pin may be its last.
+            Speculative::Stray(frame) => self.cache.put(frame),
+            Speculative::Miss => {}
+        }
+        self.mapping.lookup(index, pages)
+    }
+
+    /// A hit without a pin (`filemap_read` at its fastest): copies the bytes `in_page ..
+    /// in_page + dst.len()` of page `index` into `dst` if the page is cached and up to date,
+    /// and keeps the copy only if the frame was not reused while it ran (an optimistic read:
+    /// core `mapping`). Counts the hit, and the access when `accessed`. Returns `false`, with
+    /// `dst` to be overwritten, when the caller must take the pinned path: no hint, not up to
+    /// date, a readahead mark to take, or the frame changed under the copy.
+    ///
+    /// Writes no shared line: one load of the hints, loads of the descriptor, the copy, a
+    /// per-thread counter.
+    #[inline]
+    pub(crate) fn copy_if_cached(
+        &self,
+        index: u64,
+        in_page: usize,
+        dst: &mut [u8],
+        accessed: bool,
+    ) -> bool {
+        let pages = self.cache.pool().pages();
+        let Some(peek) = self.mapping.peek(index, pages) else {
+            return false;
+        };
+        let st = peek.flags;
+        if !st.is_uptodate() || st.is_readahead() || st.is_prefetched() {
+            return false;
+        }
+        debug_assert!(in_page + dst.len() <= self.cache.page_size());
+        // SAFETY: the span lies within one page (`page_spans`); the bytes are used only if
+        // `unchanged_since` below says the frame was not reused during the copy. An up-to-date
+        // page's bytes change in place only under a writer's LOCKED, which readers do not
+        // exclude (the documented semantics of racing reads and writes).
+        unsafe { self.cache.arena().copy_optimistic(peek.frame, in_page, dst) };
+        let desc = pages.get(peek.frame);
+        if !desc.unchanged_since(peek.generation) {
+            return false;
+        }
+        self.cache.counters().add(Counter::Hits, 1);
+        if accessed {
+            desc.mark_accessed();
+        }
+        true
+    }
+
     /// Returns the page at `index` pinned and up to date if it is cached and ready, without
     /// waiting or reading (`IOCB_NOWAIT`).
     pub(crate) fn try_get_page(&self, index: u64) -> Option<Pinned<'_>> {
-        let frame = self.mapping.lookup(index, self.cache.pool().pages())?;
+        let frame = self.lookup(index)?;
         let page = Pinned { inode: self, frame };
         let st = page.desc().flags();
         if st.is_uptodate() {
@@ -89,7 +147,7 @@ impl Inode {
         };
         let mut waited = false;
         loop {
-            let Some(frame) = self.mapping.lookup(index, self.cache.pool().pages()) else {
+            let Some(frame) = self.lookup(index) else {
                 count(Counter::Misses);
                 if index >= self.read_end_page() {
                     // Wholly past end of file, or past what the device holds (a hole the

@@ -323,9 +323,10 @@ impl Inode {
         for (index, frame) in self.mapping.range(start, end) {
             let removed = self
                 .mapping
-                .remove_if(index, frame, pages, |d| d.is_reclaimable());
+                .remove_if(index, frame, pages, |d| d.freeze_if_reclaimable());
             if removed {
-                cache.put(frame);
+                // Frozen: no pin left to drop, the frame is ours to free.
+                cache.free_frame(frame);
                 dropped += 1;
             }
         }
