@@ -508,6 +508,16 @@ impl S3Fifo {
         (q.small.len(), q.main.len())
     }
 
+    /// Bytes of memory the policy holds now: its queues' and the ghost set's allocations (a
+    /// hash set counted at one control byte per bucket besides its key).
+    pub fn bytes(&self) -> usize {
+        let q = self.queues.lock();
+        let entry = std::mem::size_of::<Entry>();
+        (q.small.capacity() + q.main.capacity()) * entry
+            + q.ghost.keys.capacity() * (std::mem::size_of::<u64>() + 1)
+            + q.ghost.fifo.capacity() * std::mem::size_of::<u64>()
+    }
+
     /// Entries isolated in batches not yet dropped.
     pub fn isolated(&self) -> usize {
         self.queues.lock().isolated

@@ -182,6 +182,16 @@ impl Mapping {
         self.size.fetch_max(size, Ordering::AcqRel)
     }
 
+    /// Bytes of memory the index holds now: its shards' hash tables, at their capacity (an
+    /// entry and one control byte per bucket; hashbrown keeps at most 7/8 of them full).
+    pub fn index_bytes(&self) -> usize {
+        let bucket = std::mem::size_of::<(u64, FrameId)>() + 1;
+        self.shards
+            .iter()
+            .map(|s| s.read().capacity() * 8 / 7 * bucket)
+            .sum()
+    }
+
     /// Number of pages in the index.
     pub fn nr_pages(&self) -> usize {
         self.pages.load(Ordering::Relaxed)

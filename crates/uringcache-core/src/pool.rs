@@ -138,6 +138,16 @@ impl FramePool {
         self.nr_free.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Bytes of per-frame metadata the pool holds: descriptors, lookup hints, the policy's
+    /// queues and ghost set, the free list (the mappings' indexes are counted by
+    /// `Mapping::index_bytes`).
+    pub fn metadata_bytes(&self) -> usize {
+        self.pages.len() * std::mem::size_of::<crate::page::PageDesc>()
+            + self.pages.hints().bytes()
+            + self.policy.bytes()
+            + self.free.lock().capacity() * std::mem::size_of::<FrameId>()
+    }
+
     /// Lengths of the policy's small and main queues.
     pub fn policy_lens(&self) -> (usize, usize) {
         self.policy.lens()
@@ -179,6 +189,34 @@ mod tests {
         assert!(!pool.pages().get(f).finish_read(Ok(())));
         pool.put(f);
         Ok(f)
+    }
+
+    /// The metadata a cached page costs (descriptor, hints, policy, free list, index entry),
+    /// measured on a full pool that has evicted a pool's worth of pages (so that the ghost set
+    /// is full). Printed for BENCHMARKS.md; the bound asserted is the one measured, so that a
+    /// regression shows.
+    #[test]
+    fn metadata_per_page() {
+        let frames = 4096;
+        let pool = FramePool::new(frames);
+        let m = Mapping::new(1, 0);
+        for i in 0..(2 * frames as u64) {
+            cache_page(&pool, &m, i).unwrap();
+        }
+        let pool_bytes = pool.metadata_bytes();
+        let index_bytes = m.index_bytes();
+        let per_page = |b: usize| b as f64 / frames as f64;
+        println!(
+            "per page: descriptor {} B, hints {:.1} B, policy {:.1} B, free list {:.1} B, index {:.1} B; total {:.1} B",
+            std::mem::size_of::<crate::page::PageDesc>(),
+            per_page(pool.pages().hints().bytes()),
+            per_page(pool.policy().bytes()),
+            per_page(pool.free.lock().capacity() * 4),
+            per_page(index_bytes),
+            per_page(pool_bytes + index_bytes),
+        );
+        assert_eq!(std::mem::size_of::<crate::page::PageDesc>(), 40);
+        assert!(per_page(pool_bytes + index_bytes) <= 140.0);
     }
 
     #[test]
