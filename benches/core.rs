@@ -95,7 +95,7 @@ fn lookup(c: &mut Criterion) {
             i = (i + 7919) % 4096;
             let f = match m.lookup_speculative(black_box(i), pool.pages()) {
                 Speculative::Pinned(f) => f,
-                _ => m.lookup(i, pool.pages()).unwrap(),
+                _ => m.lookup_and_hint(i, pool.pages()).unwrap(),
             };
             pool.pages().get(f).mark_accessed();
             pool.put(f);
@@ -110,7 +110,7 @@ fn lookup(c: &mut Criterion) {
                     assert!(p.flags.is_uptodate() && d.unchanged_since(p.generation));
                 }
                 None => {
-                    pool.put(m.lookup(i, pool.pages()).unwrap());
+                    pool.put(m.lookup_and_hint(i, pool.pages()).unwrap());
                 }
             }
         })

@@ -91,7 +91,7 @@ fn main() {
             "lookup-free" => {
                 let f = match m.lookup_speculative(i, pool.pages()) {
                     Speculative::Pinned(f) => f,
-                    _ => m.lookup(i, pool.pages()).unwrap(),
+                    _ => m.lookup_and_hint(i, pool.pages()).unwrap(),
                 };
                 pool.pages().get(f).mark_accessed();
                 pool.put(f);
@@ -101,7 +101,7 @@ fn main() {
                     sum += pool.pages().get(p.frame).unchanged_since(p.generation) as u64;
                 }
                 None => {
-                    pool.put(m.lookup(i, pool.pages()).unwrap());
+                    pool.put(m.lookup_and_hint(i, pool.pages()).unwrap());
                 }
             },
             other => panic!("unknown mode {other}"),

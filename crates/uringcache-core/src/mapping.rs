@@ -198,14 +198,21 @@ impl Mapping {
     }
 
     /// Finds the page at `index` and pins it (`find_get_page`), under the shard's read lock:
-    /// the authoritative lookup. The caller unpins. Publishes the page's hint, so that the
-    /// next lock-free lookup finds it.
+    /// the authoritative lookup. The caller unpins.
     #[inline]
     pub fn lookup(&self, index: u64, pages: &PageTable) -> Option<FrameId> {
         let shard = self.shard(index).read();
         let frame = *shard.get(&index)?;
         pages.get(frame).pin();
-        drop(shard);
+        Some(frame)
+    }
+
+    /// [`lookup`](Self::lookup), then publishes the page's hint, so that the next lock-free
+    /// lookup finds it: for a reader whose [`lookup_speculative`](Self::lookup_speculative)
+    /// missed.
+    #[inline]
+    pub fn lookup_and_hint(&self, index: u64, pages: &PageTable) -> Option<FrameId> {
+        let frame = self.lookup(index, pages)?;
         pages.hints().publish(self.id, index, frame);
         Some(frame)
     }

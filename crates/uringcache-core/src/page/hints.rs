@@ -76,20 +76,45 @@ impl Hints {
         h ^ (h >> 29)
     }
 
-    /// The key's two sets: its own, and the one it overflows into (another set, unless the
-    /// table has only one).
+    /// The key's first set (the index of its first slot).
     #[inline]
-    fn sets(&self, h: u64) -> impl Iterator<Item = &[AtomicU64]> {
+    fn first(&self, h: u64) -> usize {
+        (h & self.set_mask) as usize * WAYS
+    }
+
+    /// The key's second set, the one it overflows into: another set, unless the table has
+    /// only one (then `None`).
+    #[inline]
+    fn second(&self, h: u64) -> Option<usize> {
+        if self.set_mask == 0 {
+            return None;
+        }
         let first = h & self.set_mask;
         let mut second = (h >> 16).wrapping_mul(0x9E37_79B9) & self.set_mask;
         if second == first {
             second ^= 1;
         }
-        let n = if self.set_mask == 0 { 1 } else { 2 };
-        [first, second]
-            .into_iter()
-            .take(n)
-            .map(|s| &self.slots[s as usize * WAYS..(s as usize + 1) * WAYS])
+        Some(second as usize * WAYS)
+    }
+
+    /// The key's sets, first then second.
+    #[inline]
+    fn sets(&self, h: u64) -> impl Iterator<Item = &[AtomicU64]> {
+        std::iter::once(self.first(h))
+            .chain(self.second(h))
+            .map(|start| &self.slots[start..start + WAYS])
+    }
+
+    /// Calls `check` with the frame of each slot of `set` tagged `tag`, until one returns true.
+    #[inline(always)]
+    fn scan(set: &[AtomicU64], tag: u64, check: &mut impl FnMut(FrameId) -> bool) -> bool {
+        for slot in set {
+            let e = slot.load(Ordering::Acquire);
+            if e >> 32 == tag && e as u32 != 0 && check(e as u32 - 1) {
+                return true;
+            }
+        }
+        false
     }
 
     #[inline]
@@ -104,15 +129,14 @@ impl Hints {
     pub fn find(&self, owner: u32, index: u64, mut check: impl FnMut(FrameId) -> bool) -> bool {
         let h = Self::hash(owner, index);
         let tag = h >> 32;
-        for set in self.sets(h) {
-            for slot in set {
-                let e = slot.load(Ordering::Acquire);
-                if e >> 32 == tag && e & u32::MAX as u64 != 0 && check((e as u32) - 1) {
-                    return true;
-                }
-            }
+        let first = self.first(h);
+        if Self::scan(&self.slots[first..first + WAYS], tag, &mut check) {
+            return true;
         }
-        false
+        match self.second(h) {
+            Some(second) => Self::scan(&self.slots[second..second + WAYS], tag, &mut check),
+            None => false,
+        }
     }
 
     /// Records that `frame` holds page `index` of mapping `owner` (called with the page in the

@@ -401,7 +401,7 @@ impl CacheInner {
     }
 
     /// The eviction callback (`shrink_folio_list` for one candidate): removes the page in
-    /// `frame` from its mapping if it is reclaimable (`PageDesc::is_reclaimable`: only the
+    /// `frame` from its mapping if it is reclaimable (`PageDesc::freeze_if_reclaimable`: only the
     /// mapping pins it, and it is clean, unlocked and not under writeback), freezing its pin
     /// count at zero (`PageDesc::freeze_if_reclaimable`), so that the frame goes to the
     /// allocation with no pin anybody could still take.

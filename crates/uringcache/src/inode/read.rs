@@ -51,7 +51,7 @@ use crate::stats::Counter;
 impl Inode {
     /// Finds and pins the page at `index` (`filemap_get_entry`): lock-free through the
     /// mapping's hints first (`Mapping::lookup_speculative`), under the shard lock when no
-    /// hint serves (which publishes one).
+    /// hint serves (`lookup_and_hint`, which publishes one).
     #[inline]
     pub(crate) fn lookup(&self, index: u64) -> Option<FrameId> {
         let pages = self.cache.pool().pages();
@@ -61,7 +61,7 @@ impl Inode {
             Speculative::Stray(frame) => self.cache.put(frame),
             Speculative::Miss => {}
         }
-        self.mapping.lookup(index, pages)
+        self.mapping.lookup_and_hint(index, pages)
     }
 
     /// A hit without a pin (`filemap_read` at its fastest): copies the bytes `in_page ..
