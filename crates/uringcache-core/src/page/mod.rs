@@ -10,7 +10,8 @@
 //! | --- | --- |
 //! | `flags` | [`PageFlags`], the state snapshot and its named queries; the bits, private here |
 //! | `protocol` | the transitions on [`PageDesc`], each citing the kernel function it mirrors |
-//! | this module | [`PageDesc`] (pins, identity, errno, access frequency), [`PageTable`] |
+//! | `hints` | [`Hints`]: the lossy, lock-free (mapping, index) → frame table a hit looks in first |
+//! | this module | [`PageDesc`] (pins and handle pins, identity, generation, errno, access frequency; the speculative pin, the freeze and the optimistic read), [`PageTable`] |
 //!
 //! # The page protocol
 //!
