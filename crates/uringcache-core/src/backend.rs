@@ -270,7 +270,14 @@ pub fn unpark_waker() -> Waker {
             self.0.unpark();
         }
     }
-    Waker::from(Arc::new(Unpark(std::thread::current())))
+    std::thread_local! {
+        // One per thread, made on first use: a blocking call (a hit included) clones it
+        // instead of allocating a waker.
+        static WAKER: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+    WAKER
+        .try_with(Waker::clone)
+        .unwrap_or_else(|_| Waker::from(Arc::new(Unpark(std::thread::current()))))
 }
 
 /// A backend wrapped around another that changes only how requests are submitted (a timing

@@ -372,6 +372,30 @@ enum Removal {
     Truncate,
 }
 
+/// A thread reading page 0 of `mapping` optimistically (`Mapping::peek`, the copy — here a load
+/// of `content` — then `unchanged_since`): a copy it keeps must be `PAGE_A`, else it fails
+/// with `what`.
+fn optimistic_reader(
+    pages: &Arc<PageTable>,
+    mapping: &Arc<Mapping>,
+    content: &Arc<AtomicU64>,
+    what: &'static str,
+) -> thread::JoinHandle<()> {
+    let (pages, mapping, content) = (pages.clone(), mapping.clone(), content.clone());
+    thread::spawn(move || {
+        let Some(peek) = mapping.peek(0, &pages) else {
+            return;
+        };
+        if !peek.flags.is_uptodate() {
+            return;
+        }
+        let copied = content.load(Ordering::Relaxed);
+        if pages.get(peek.frame).unchanged_since(peek.generation) {
+            assert_eq!(copied, PAGE_A, "{what}");
+        }
+    })
+}
+
 /// A reader copying optimistically (`Mapping::peek`, copy, `unchanged_since`) while the page
 /// is evicted, invalidated or truncated and its frame reused for another page with other
 /// bytes: a copy the reader keeps is always the bytes of the page it asked for.
@@ -380,19 +404,8 @@ fn loom_optimistic_read_never_keeps_a_reused_frame() {
     for removal in [Removal::Freeze, Removal::Truncate] {
         loom::model(move || {
             let (pages, mapping, other, content) = cached_page_and_reuse_target();
-            let (p2, m2, c2) = (pages.clone(), mapping.clone(), content.clone());
-            let reader = thread::spawn(move || {
-                let Some(peek) = m2.peek(0, &p2) else {
-                    return;
-                };
-                if !peek.flags.is_uptodate() {
-                    return;
-                }
-                let copied = c2.load(Ordering::Relaxed);
-                if p2.get(peek.frame).unchanged_since(peek.generation) {
-                    assert_eq!(copied, PAGE_A, "kept bytes of a reused frame");
-                }
-            });
+            let reader =
+                optimistic_reader(&pages, &mapping, &content, "kept bytes of a reused frame");
             let freed = match removal {
                 Removal::Freeze => mapping.remove_if(0, 0, &pages, |d| d.freeze_if_reclaimable()),
                 Removal::Truncate => {
@@ -463,19 +476,12 @@ fn loom_optimistic_read_races_a_fill() {
         d.pin(); // the allocation's
         d.init_locked();
         mapping.insert(0, 0, &pages).unwrap();
-        let (p2, m2, c2) = (pages.clone(), mapping.clone(), content.clone());
-        let reader = thread::spawn(move || {
-            let Some(peek) = m2.peek(0, &p2) else {
-                return;
-            };
-            if !peek.flags.is_uptodate() {
-                return;
-            }
-            let copied = c2.load(Ordering::Relaxed);
-            if p2.get(peek.frame).unchanged_since(peek.generation) {
-                assert_eq!(copied, PAGE_A, "an up-to-date page without its bytes");
-            }
-        });
+        let reader = optimistic_reader(
+            &pages,
+            &mapping,
+            &content,
+            "an up-to-date page without its bytes",
+        );
         content.store(PAGE_A, Ordering::Relaxed);
         assert!(!d.finish_read(Ok(())));
         reader.join().unwrap();

@@ -262,6 +262,8 @@ struct ThreadRing {
     unsubmitted: bool,
     futex_armed: bool,
     wake: Arc<ThreadWake>,
+    /// The CQEs of one reap, kept so that reaping does not allocate.
+    cqes: Vec<(u64, i32)>,
 }
 
 impl ThreadRing {
@@ -278,6 +280,7 @@ impl ThreadRing {
             unsubmitted: false,
             futex_armed: false,
             wake,
+            cqes: Vec::new(),
         })
     }
 
@@ -349,12 +352,13 @@ impl ThreadRing {
 
     /// Takes every CQE there is: continues or finishes each operation, starts waiting ones.
     fn reap(&mut self, shared: &Shared, finished: &mut Vec<Finished>) {
-        let cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
-        for (user_data, res) in cqes {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result())),
+        );
+        for (user_data, res) in cqes.drain(..) {
             match user_data {
                 FUTEX_TAG => {
                     self.futex_armed = false;
@@ -382,6 +386,7 @@ impl ThreadRing {
                 }
             }
         }
+        self.cqes = cqes;
         while self.ops.len() < self.max_inflight {
             let Some(op) = self.pending.pop_front() else {
                 break;
