@@ -151,6 +151,13 @@ pub struct BackendStats {
     /// [`Backend::block_on`], with no hand-off to another thread: reaped from the thread's own
     /// ring (`io_uring`), or run by the thread itself (the thread pool, for lone requests).
     pub caller_completions: u64,
+    /// Rings reaped through a tokio runtime's reactor in existence (the `io_uring` backend
+    /// gives a task's worker thread on a multi-thread runtime a ring of its own); a level. 0
+    /// for other backends.
+    pub reactor_rings: u64,
+    /// Requests completed on a reactor ring: reaped by a task of the runtime that submitted
+    /// them, with no driver thread in between.
+    pub reactor_completions: u64,
 }
 
 /// The I/O layer under the cache (`a_ops`): implemented by `uringcache-uring`.

@@ -71,6 +71,8 @@ impl Counters {
             fixed_buffer_bytes: 0,
             thread_rings: 0,
             caller_completions: 0,
+            reactor_rings: 0,
+            reactor_completions: 0,
         }
     }
 }

@@ -17,6 +17,8 @@
 //!   either backend to fail or hold back chosen requests — a test tool, kept out of
 //!   production builds. Enable it in `[dev-dependencies]`:
 //!   `uringcache-uring = { version = "0.1", features = ["fault-injection"] }`.
+//! * `tokio` (off by default; `uringcache` turns it on with its own `tokio` feature): rings
+//!   reaped through a tokio runtime's reactor (below, and [`UringConfig::reactor_rings`]).
 //!
 //! Errors that come from the OS keep it: the `io::Error` they return has the OS error's kind
 //! and the OS error itself as its `source()`, so its errno is
@@ -46,6 +48,16 @@
 //!   completions and, through an armed `IORING_OP_FUTEX_WAIT` on its waker's word, for
 //!   wake-ups from other threads at once. One system call per miss, no thread hop. Every request
 //!   it started has completed when the call returns. See the `uring::thread_ring` module.
+//! * **Tasks on a tokio runtime are reaped by the runtime** (feature `tokio`). A task on a
+//!   multi-thread tokio runtime submits on a ring of its worker thread's own (made on first
+//!   use, bounded by [`UringConfig::reactor_rings`]), whose descriptor is registered with the
+//!   runtime's reactor; a small reaper task on the runtime takes its completions when the
+//!   reactor reports it readable. The worker that sleeps in `epoll_wait` is woken once, by the
+//!   completion itself, where the shared ring wakes the driver thread, which then wakes it.
+//!   Current-thread runtimes (which drive their reactor only inside `block_on`), runtimes
+//!   without an I/O driver and other executors use the shared ring. Shutdown reaps every such
+//!   ring itself, and a runtime dropped with I/O in flight reaps its rings before it goes. See
+//!   the `uring::reactor_ring` module.
 //! * **Bounded in flight.** At most the completion queue's size (less one slot kept for the
 //!   shutdown wake-up) operations are in flight, so completions can never overflow; further
 //!   requests queue inside the backend and start as completions free room.
@@ -69,8 +81,9 @@
 //!   elsewhere it is an `ftruncate(2)` on the submitting thread, whose completion runs right
 //!   after `submit` (truncation is rare and touches metadata only).
 //!
-//! Completions run on the driver thread (or, for requests refused up front, on the submitting
-//! thread); they may submit more requests.
+//! Completions run on the driver thread, on the blocked thread of a thread ring, or on the
+//! runtime's worker that reaps a reactor ring (or, for requests refused up front, on the
+//! submitting thread); they may submit more requests.
 //!
 //! ## The thread pool
 //!

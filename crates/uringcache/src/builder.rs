@@ -31,6 +31,7 @@ pub struct CacheBuilder {
     uring_entries: u32,
     sqpoll: bool,
     thread_rings: usize,
+    reactor_rings: usize,
     threads: usize,
     max_transfer: usize,
     dirty_ratio: f64,
@@ -68,6 +69,7 @@ impl Default for CacheBuilder {
             uring_entries: 256,
             sqpoll: false,
             thread_rings: UringConfig::default().thread_rings,
+            reactor_rings: UringConfig::default().reactor_rings,
             threads: 32,
             max_transfer: 1 << 30,
             dirty_ratio: 0.20,
@@ -141,6 +143,32 @@ impl CacheBuilder {
     /// ```
     pub fn thread_rings(&mut self, rings: usize) -> &mut Self {
         self.thread_rings = rings;
+        self
+    }
+
+    /// Most rings reaped through tokio runtimes' reactors (`io_uring` backend, feature `tokio`;
+    /// default 64). A worker thread of a multi-thread tokio runtime gets a ring of its own on
+    /// its tasks' first I/O, registered with the runtime's reactor and reaped by a small task
+    /// on the runtime: a completion wakes the worker directly, where the shared ring's driver
+    /// thread would wake first and then wake it. One per (thread, runtime), kept until the
+    /// thread exits. Threads beyond this many, and every thread when it is 0, use the shared
+    /// ring; so do tasks on a current-thread runtime (which drives its reactor only inside
+    /// `block_on`), on other executors, on a runtime without its I/O driver
+    /// (`enable_io`), and every task in a build with `panic = "abort"`. No effect on the
+    /// thread pool.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// let cache = uringcache::Cache::builder()
+    ///     .memory_limit(16 << 20)
+    ///     .reactor_rings(0) // every completion through the driver thread
+    ///     .build()?;
+    /// assert_eq!(cache.stats().reactor_rings, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reactor_rings(&mut self, rings: usize) -> &mut Self {
+        self.reactor_rings = rings;
         self
     }
 
@@ -331,6 +359,7 @@ impl CacheBuilder {
                 sqpoll: self.sqpoll,
                 max_transfer: self.max_transfer,
                 thread_rings: self.thread_rings,
+                reactor_rings: self.reactor_rings,
                 ..UringConfig::default()
             },
             threads: self.threads,

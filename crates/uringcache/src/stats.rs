@@ -139,6 +139,14 @@ pub struct Stats {
     /// thread's own ring on `io_uring`; run by the thread itself on the thread pool, for a
     /// lone request).
     pub caller_completions: u64,
+    /// Rings the `io_uring` backend has now that a tokio runtime's reactor reaps: a worker
+    /// thread of a multi-thread runtime gets one on its tasks' first miss, write-back or sync,
+    /// and its completions wake it directly (see
+    /// [`CacheBuilder::reactor_rings`](crate::CacheBuilder::reactor_rings)). 0 on the thread
+    /// pool, on other executors and without the feature `tokio`.
+    pub reactor_rings: u64,
+    /// Requests completed on a reactor ring, reaped by the runtime that submitted them.
+    pub reactor_completions: u64,
     /// Why [`Backend::Auto`](crate::Backend::Auto) fell back to the thread pool (the
     /// `io_uring` error, which says what to change); `None` when it did not fall back or
     /// another backend was asked for.

@@ -93,9 +93,15 @@ pub fn all() -> Vec<Arc<dyn Contender>> {
         Arc::new(glommio::Glommio),
         Arc::new(uringcache::UringCache {
             backend: ::uringcache::Backend::IoUring,
+            reactor_rings: true,
+        }),
+        Arc::new(uringcache::UringCache {
+            backend: ::uringcache::Backend::IoUring,
+            reactor_rings: false,
         }),
         Arc::new(uringcache::UringCache {
             backend: ::uringcache::Backend::Threads,
+            reactor_rings: true,
         }),
         Arc::new(blocking::Blocking),
         Arc::new(lru::LruModel),
@@ -140,6 +146,7 @@ pub fn with_budget(
 }
 
 pub use budget::run_child_turn;
+pub use uringcache::SHARED_RING;
 
 /// Threads a thread-per-core runtime (tokio-uring, glommio) uses for `tasks` reads in flight:
 /// one per core at most, the tasks dealt out between them (thread `t` runs tasks `t`,

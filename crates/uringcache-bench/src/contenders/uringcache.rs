@@ -18,10 +18,18 @@ use crate::measure::{
 };
 use crate::workloads::{Access, Durability, Job, MixedJob, ScanJob, Workload, WriteJob};
 
+/// The id of uringcache on `io_uring` with every completion reaped by the driver thread (no
+/// reactor rings): run only in `--full` or when asked for by `--contender`.
+pub const SHARED_RING: &str = "uringcache-shared-ring";
+
 /// uringcache on one backend.
 pub struct UringCache {
     /// The backend every cache of this contender is built with.
     pub backend: Backend,
+    /// Whether tasks get rings reaped by the runtime's reactor
+    /// ([`CacheBuilder::reactor_rings`](uringcache::CacheBuilder::reactor_rings)); `false`:
+    /// every completion through the driver thread (the `io_uring` backend before them).
+    pub reactor_rings: bool,
 }
 
 impl UringCache {
@@ -41,6 +49,7 @@ impl UringCache {
             .memory_limit(budget)
             .page_size(BLOCK)
             .backend(self.backend)
+            .reactor_rings(if self.reactor_rings { 64 } else { 0 })
             .build()
             .map_err(|e| io::Error::new(e.kind(), format!("Cache::build ({budget} bytes): {e}")))?;
         Ok((cache, (t.elapsed().as_secs_f64(), reset)))
@@ -305,6 +314,7 @@ impl Contender for UringCache {
     fn id(&self) -> &'static str {
         match self.backend {
             Backend::Threads => "uringcache-threads",
+            _ if !self.reactor_rings => SHARED_RING,
             _ => "uringcache-uring",
         }
     }
@@ -312,6 +322,7 @@ impl Contender for UringCache {
     fn name(&self) -> &'static str {
         match self.backend {
             Backend::Threads => "uringcache (threads)",
+            _ if !self.reactor_rings => "uringcache (io_uring, driver thread)",
             _ => "uringcache (io_uring)",
         }
     }

@@ -63,6 +63,9 @@ pub(super) struct Shared {
     pub(super) max_transfer: usize,
     /// The rings of blocking threads (`thread_ring`): how many, how much in flight.
     pub(super) thread_rings: Census,
+    /// The rings reaped through tokio runtimes' reactors (`reactor_ring`).
+    #[cfg(feature = "tokio")]
+    pub(super) reactor_rings: Arc<super::reactor_ring::ReactorCensus>,
 }
 
 impl Shared {

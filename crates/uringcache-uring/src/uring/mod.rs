@@ -1,4 +1,5 @@
-//! The `io_uring` backend: callers submit from their own threads, one driver thread reaps.
+//! The `io_uring` backend: callers submit from their own threads, one driver thread reaps
+//! the shared ring; blocking threads and tokio workers may have rings of their own.
 //!
 //! See the crate documentation for the design; this module holds the public face
 //! ([`UringBackend`], [`UringConfig`], [`MAX_ENTRIES`]) and the [`Backend`] implementation, and
@@ -18,11 +19,18 @@
 //!   CQE available, decides under the mutex which operations finished and which continue,
 //!   starts waiting requests as room frees up, and then runs the completions with the mutex
 //!   released.
+//! * `own_ring`: the bookkeeping of a ring besides the shared one (its operations, those
+//!   waiting for room, reaping), used by the next two.
+//! * `thread_ring`: a ring per thread blocked in `Backend::block_on`, reaped by that thread.
+//! * `reactor_ring` (feature `tokio`): a ring per worker thread of a multi-thread tokio
+//!   runtime, registered with the runtime's reactor and reaped by a task on it.
 //!
 //! Lock: the state mutex (`Shared::state`) is the only one on the I/O path; every
 //! `SubmissionQueue` is made and dropped with it held, and no completion runs with it held.
 //! Registering a region of the arena happens at the end of `submit`, with that mutex released.
-//! `UringBackend::driver` (the join handle) is taken only at shutdown.
+//! `UringBackend::driver` (the join handle) is taken only at shutdown. A reactor ring's own
+//! mutex may be taken with the state mutex held (while requests become operations), never the
+//! other way round.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -39,6 +47,9 @@ use crate::common::{shut_down_error, used_frames, MAX_RW};
 mod buffers;
 mod driver;
 mod ops;
+mod own_ring;
+#[cfg(feature = "tokio")]
+mod reactor_ring;
 mod setup;
 mod thread_ring;
 
@@ -85,6 +96,15 @@ pub struct UringConfig {
     /// the shared ring. `0` turns thread rings off. Default 64. Needs
     /// `IORING_OP_FUTEX_WAIT` (Linux 6.7); without it every thread uses the shared ring.
     pub thread_rings: usize,
+    /// Most rings reaped through tokio runtimes' reactors (feature `tokio`): a task on a
+    /// multi-thread tokio runtime submits on a ring of its worker thread's own, registered
+    /// with the runtime's reactor, and a reaper task on the runtime reaps it, so that a
+    /// completion wakes the worker once, directly, instead of the driver thread first (see the
+    /// crate documentation). One per (thread, runtime); threads beyond this many use the
+    /// shared ring. `0` turns reactor rings off. Default 64. Without the feature, or in a
+    /// build with `panic = "abort"` (the runtime's I/O driver cannot be probed), every task
+    /// uses the shared ring.
+    pub reactor_rings: usize,
 }
 
 impl Default for UringConfig {
@@ -96,6 +116,7 @@ impl Default for UringConfig {
             register_files: true,
             max_transfer: MAX_RW,
             thread_rings: 64,
+            reactor_rings: 64,
         }
     }
 }
@@ -191,6 +212,32 @@ impl UringBackend {
         self.shared.thread_rings.enabled()
     }
 
+    /// Rings reaped through tokio runtimes' reactors in existence now (see
+    /// [`UringConfig::reactor_rings`]).
+    pub fn reactor_rings(&self) -> usize {
+        #[cfg(feature = "tokio")]
+        return self.shared.reactor_rings.live();
+        #[cfg(not(feature = "tokio"))]
+        0
+    }
+
+    /// Operations completed on reactor rings so far (reaped by a tokio runtime's reactor).
+    fn reactor_completions(&self) -> u64 {
+        #[cfg(feature = "tokio")]
+        return self.shared.reactor_rings.completions();
+        #[cfg(not(feature = "tokio"))]
+        0
+    }
+
+    /// Whether tasks on multi-thread tokio runtimes may get reactor rings: on in the config,
+    /// built with the feature `tokio`, and with `panic = "unwind"`.
+    pub fn uses_reactor_rings(&self) -> bool {
+        #[cfg(feature = "tokio")]
+        return self.shared.reactor_rings.enabled();
+        #[cfg(not(feature = "tokio"))]
+        false
+    }
+
     /// Most operations in flight at once (the completion queue's size less one); further
     /// requests wait inside the backend.
     pub fn max_in_flight(&self) -> usize {
@@ -217,6 +264,10 @@ impl Backend for UringBackend {
         }
         let shared = &*self.shared;
         if thread_ring::submit(shared, batch) {
+            return;
+        }
+        #[cfg(feature = "tokio")]
+        if reactor_ring::submit(&self.shared, batch) {
             return;
         }
         // Regions of the arena first touched by this batch: registered below, once its I/O is
@@ -284,6 +335,8 @@ impl Backend for UringBackend {
             fixed_buffer_bytes: self.fixed_buffer_bytes(),
             thread_rings: self.shared.thread_rings.live() as u64,
             caller_completions: self.shared.thread_rings.completions(),
+            reactor_rings: self.reactor_rings() as u64,
+            reactor_completions: self.reactor_completions(),
             ..self.shared.counters.snapshot()
         }
     }
@@ -298,6 +351,9 @@ impl Backend for UringBackend {
         // threads' (each reaps its own).
         thread_ring::drain_ring(&self.shared);
         self.shared.thread_rings.wait_idle();
+        // The reactor rings: reaped from here, so that no runtime needs to run.
+        #[cfg(feature = "tokio")]
+        reactor_ring::drain_all(&self.shared);
         // A completion may call shutdown on the driver thread: it cannot join itself; the
         // driver stops on its own once everything completed.
         if thread::current().id() == self.driver_id {

@@ -234,6 +234,11 @@ pub(super) fn shared(arena: Arc<FrameArena>, config: &UringConfig) -> io::Result
         max_inflight,
         max_transfer: config.max_transfer,
         thread_rings: Census::new(config.thread_rings, futex_op),
+        #[cfg(feature = "tokio")]
+        reactor_rings: super::reactor_ring::ReactorCensus::new(
+            config.reactor_rings,
+            config.entries,
+        ),
     })
 }
 

@@ -66,33 +66,30 @@
 //!   ([`Census::wait_idle`]); requests submitted after it started fail with the shutdown error.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
-use io_uring::{opcode, squeue, IoUring};
+use io_uring::{opcode, IoUring};
 use parking_lot::{Condvar, Mutex};
-use slab::Slab;
-use uringcache_core::backend::{
-    park_until_ready, submitting_detached, Completion, OpKind, Request,
-};
+use uringcache_core::backend::{park_until_ready, submitting_detached, Request};
 use uringcache_core::ring_wake::RingWake;
 
 use super::driver::Shared;
-use super::ops::{InFlight, Later};
+use super::ops::Later;
+use super::own_ring::{Finished, OwnRing, FIRST_TAG};
 use super::NAME;
-use crate::common::{complete, shut_down_error, Counters, Step};
+use crate::common::{complete, shut_down_error, Counters};
 
 /// Submission queue entries of a thread ring (the completion queue gets twice as many).
 const ENTRIES: u32 = 64;
 
 /// `user_data` of the ring's futex wait; never a slab key.
-const FUTEX_TAG: u64 = u64::MAX - 1;
+const FUTEX_TAG: u64 = FIRST_TAG + 1;
 /// `user_data` of the cancellation of that wait.
-const CANCEL_TAG: u64 = u64::MAX - 2;
+const CANCEL_TAG: u64 = FIRST_TAG + 2;
 
 /// `futex2` flags of the armed wait: a 32-bit, process-private futex.
 const FUTEX2_SIZE_U32: u32 = 0x02;
@@ -246,73 +243,26 @@ fn futex_wake(word: &RingWake) {
     }
 }
 
-/// A finished operation, its completion still to run (with the thread-local released).
-type Finished = (Completion, OpKind, io::Result<usize>);
-
 /// A thread's own ring for one backend.
 struct ThreadRing {
     // Field order is drop order: the ring goes before the futex word it may wait on (and
     // `Drop` cancels that wait first anyway).
-    ring: IoUring,
-    ops: Slab<InFlight>,
-    /// Operations waiting for room in the completion queue, oldest first.
-    pending: VecDeque<InFlight>,
-    max_inflight: usize,
-    /// SQEs pushed since the last `io_uring_enter`.
-    unsubmitted: bool,
+    own: OwnRing,
     futex_armed: bool,
     wake: Arc<ThreadWake>,
-    /// The CQEs of one reap, kept so that reaping does not allocate.
-    cqes: Vec<(u64, i32)>,
 }
 
 impl ThreadRing {
     fn new(wake: Arc<ThreadWake>) -> io::Result<ThreadRing> {
-        let ring = build()?;
-        let max_inflight = (ring.params().cq_entries() as usize)
-            .saturating_sub(2)
-            .max(1);
         Ok(ThreadRing {
-            ring,
-            ops: Slab::new(),
-            pending: VecDeque::new(),
-            max_inflight,
-            unsubmitted: false,
+            own: OwnRing::new(build()?),
             futex_armed: false,
             wake,
-            cqes: Vec::new(),
         })
     }
 
     fn idle(&self) -> bool {
-        self.ops.is_empty() && self.pending.is_empty()
-    }
-
-    /// Pushes an SQE, submitting to make room when the queue is full.
-    fn push(&mut self, entry: &squeue::Entry, counters: &Counters) {
-        loop {
-            // SAFETY: every buffer the entry names stays valid until its CQE: frames belong to
-            // the cache and are not reused before the completion runs (Backend contract),
-            // iovecs are boxed in the slab entry that is removed only after the CQE, the file
-            // stays open until `unregister` (Backend contract), and the futex word lives in
-            // `self.wake`, which outlives the ring.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                self.unsubmitted = true;
-                return;
-            }
-            self.enter(0, counters);
-        }
-    }
-
-    /// Starts `op`, or queues it when the completion queue has no room.
-    fn start(&mut self, shared: &Shared, op: InFlight) {
-        if self.ops.len() >= self.max_inflight {
-            self.pending.push_back(op);
-            return;
-        }
-        let key = self.ops.insert(op);
-        let sqe = self.ops[key].sqe(&shared.arena, key);
-        self.push(&sqe, &shared.counters);
+        self.own.idle()
     }
 
     /// Arms the futex wait on the waker's word (expecting `RingWake::FUTEX_EXPECTED`), unless armed.
@@ -320,6 +270,8 @@ impl ThreadRing {
         if self.futex_armed {
             return;
         }
+        // The word lives in `self.wake`, which outlives the ring (and `disarm` reaps the wait
+        // before the ring closes).
         let word = self.wake.word.as_ptr().cast_const();
         let sqe = opcode::FutexWait::new(
             word,
@@ -329,70 +281,18 @@ impl ThreadRing {
         )
         .build()
         .user_data(FUTEX_TAG);
-        self.push(&sqe, counters);
+        self.own.push(&sqe, counters);
         self.futex_armed = true;
     }
 
-    /// `io_uring_enter`: submits what is queued and waits for `want` completions. Errors
-    /// other than a signal are logged; the caller's loop comes back.
-    fn enter(&mut self, want: usize, counters: &Counters) {
-        match self.ring.submit_and_wait(want) {
-            Ok(_) => {
-                if std::mem::take(&mut self.unsubmitted) {
-                    counters.submitted();
-                }
-            }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) | Some(libc::EBUSY) => thread::yield_now(),
-                _ => tracing::error!("io_uring_enter failed on a thread ring: {e}"),
-            },
-        }
-    }
-
-    /// Takes every CQE there is: continues or finishes each operation, starts waiting ones.
+    /// Takes every CQE there is (see [`OwnRing::reap`]), noting when the futex wait ended.
     fn reap(&mut self, shared: &Shared, finished: &mut Vec<Finished>) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(
-            self.ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result())),
-        );
-        for (user_data, res) in cqes.drain(..) {
-            match user_data {
-                FUTEX_TAG => {
-                    self.futex_armed = false;
-                    continue;
-                }
-                CANCEL_TAG => continue,
-                _ => {}
+        let armed = &mut self.futex_armed;
+        self.own.reap(shared, finished, |tag| {
+            if tag == FUTEX_TAG {
+                *armed = false;
             }
-            let key = user_data as usize;
-            let Some(op) = self.ops.get_mut(key) else {
-                tracing::error!(
-                    "io_uring completion for unknown operation {user_data} on a thread ring"
-                );
-                continue;
-            };
-            match op.on_cqe(res) {
-                Step::Again => {
-                    let sqe = op.sqe(&shared.arena, key);
-                    self.push(&sqe, &shared.counters);
-                }
-                Step::Done(result) => {
-                    let op = self.ops.remove(key);
-                    let kind = op.kind();
-                    finished.push((op.done, kind, result));
-                }
-            }
-        }
-        self.cqes = cqes;
-        while self.ops.len() < self.max_inflight {
-            let Some(op) = self.pending.pop_front() else {
-                break;
-            };
-            self.start(shared, op);
-        }
+        });
     }
 
     /// Cancels the armed futex wait and reaps until it is gone (before the ring closes).
@@ -402,11 +302,11 @@ impl ThreadRing {
             let cancel = opcode::AsyncCancel::new(FUTEX_TAG)
                 .build()
                 .user_data(CANCEL_TAG);
-            self.push(&cancel, &counters);
+            self.own.push(&cancel, &counters);
         }
         while self.futex_armed {
-            self.enter(1, &counters);
-            for cqe in self.ring.completion() {
+            self.own.enter(1, &counters);
+            for cqe in self.own.ring.completion() {
                 if cqe.user_data() == FUTEX_TAG {
                     self.futex_armed = false;
                 }
@@ -454,7 +354,7 @@ impl Drop for Slot {
         let shared = self.backend.upgrade();
         while !ring.idle() {
             let counters = Counters::default();
-            ring.enter(1, &counters);
+            ring.own.enter(1, &counters);
             match &shared {
                 Some(shared) => ring.reap(shared, &mut finished),
                 None => break,
@@ -576,9 +476,9 @@ impl<'a> Scope<'a> {
             let counters = &self.shared.counters;
             if self.wake.word.enter() {
                 ring.arm(counters);
-                ring.enter(1, counters);
-            } else if ring.unsubmitted {
-                ring.enter(0, counters);
+                ring.own.enter(1, counters);
+            } else if ring.own.unsubmitted() {
+                ring.own.enter(0, counters);
             }
             self.wake.word.leave();
             ring.reap(self.shared, &mut finished);
@@ -631,7 +531,7 @@ pub(super) fn drain_ring(shared: &Shared) {
                 if ring.idle() {
                     return false;
                 }
-                ring.enter(1, &shared.counters);
+                ring.own.enter(1, &shared.counters);
                 ring.reap(shared, &mut finished);
                 true
             })
@@ -700,7 +600,7 @@ pub(super) fn submit(shared: &Shared, batch: &mut Vec<Request>) -> bool {
                 match shared.prepare(&st, req, true) {
                     Ok(op) => {
                         shared.thread_rings.started(1);
-                        ring.start(shared, op);
+                        ring.own.start(shared, op);
                     }
                     Err(l) => later.push(l),
                 }

@@ -551,6 +551,8 @@ impl CacheInner {
             fixed_buffer_bytes: b.fixed_buffer_bytes,
             thread_rings: b.thread_rings,
             caller_completions: b.caller_completions,
+            reactor_rings: b.reactor_rings,
+            reactor_completions: b.reactor_completions,
             backend_fallback: self.backend_info.fallback().map(str::to_owned),
             page_size: self.page_size,
             frames: self.pool.frames(),
