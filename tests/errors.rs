@@ -6,7 +6,7 @@ mod common;
 use std::io;
 use std::sync::Arc;
 
-use common::{make_file, on_runtimes, pattern, scratch_dir};
+use common::{make_file, on_runtimes, on_tokio_runtimes, pattern, scratch_dir};
 use uringcache::{Advice, Backend, Cache};
 use uringcache_uring::fault::{Fault, FaultSlot, OpKind};
 use uringcache_uring::FaultBackend;
@@ -233,7 +233,7 @@ async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Op
 
 common::backend_test!(a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it);
 fn a_write_of_an_extension_waits_for_a_cut_in_progress_and_lands_after_it(backend: Backend) {
-    on_runtimes(move || async move {
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         let path = dir.path().join("cut");
         let (cache, fault) = faulty_cache(backend, 64);

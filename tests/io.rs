@@ -6,7 +6,9 @@ mod common;
 
 use std::io::{self, SeekFrom};
 
-use common::{assert_bytes, cache_on, make_file, on_runtimes, pattern, ro, scratch_dir};
+use common::{
+    assert_bytes, cache_on, make_file, on_runtimes, on_tokio_runtimes, pattern, ro, scratch_dir,
+};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use uringcache::{Backend, OpenOptions};
@@ -457,7 +459,7 @@ fn adapters_are_send_and_static(backend: Backend) {
     check::<uringcache::Reader>();
     check::<uringcache::Writer>();
     // And they run on spawned tasks (on_runtimes spawns on the multi-thread runtime).
-    on_runtimes(move || async move {
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "spawn", 100_000, 15);
         let cache = cache_on(backend, 32);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cache_on, make_file, on_runtimes, pattern, scratch_dir};
+use common::{cache_on, make_file, on_runtimes, on_tokio_runtimes, pattern, scratch_dir};
 use uringcache::{Advice, Backend, Cache, OpenOptions, PageRef};
 use uringcache_uring::fault::{Fault, FaultSlot, OpKind};
 use uringcache_uring::FaultBackend;
@@ -329,7 +329,7 @@ fn a_pin_across_invalidate_keeps_the_page(backend: Backend) {
 
 common::backend_test!(page_mut_excludes_other_writers_until_dropped);
 fn page_mut_excludes_other_writers_until_dropped(backend: Backend) {
-    on_runtimes(move || async move {
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "x", 4 * PS, 10);
         let cache = cache_on(backend, 16);
@@ -643,7 +643,7 @@ fn a_panicking_hook_rejects_the_page(backend: Backend) {
 
 common::backend_test!(pinned_page_handles_work_across_tasks_and_threads);
 fn pinned_page_handles_work_across_tasks_and_threads(backend: Backend) {
-    on_runtimes(move || async move {
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "th", 4 * PS, 19);
         let cache = cache_on(backend, 16);
@@ -663,7 +663,7 @@ fn pinned_page_handles_work_across_tasks_and_threads(backend: Backend) {
 
 common::backend_test!(page_muts_held_on_dirty_pages_do_not_block_the_next_page_mut);
 fn page_muts_held_on_dirty_pages_do_not_block_the_next_page_mut(backend: Backend) {
-    on_runtimes(move || async move {
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "dl", 8 * PS, 20);
         // 16 frames: writers wait at 3 dirty pages.

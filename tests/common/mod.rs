@@ -187,8 +187,23 @@ pub fn rw() -> uringcache::OpenOptions {
     o
 }
 
-/// Runs `body` on a current-thread runtime and on a multi-thread runtime.
+/// Runs `body` on the four executors the cache promises to work on: a tokio current-thread
+/// runtime, a tokio multi-thread runtime (where the `io_uring` backend's tasks get rings reaped
+/// by the runtime's reactor), `futures::executor::block_on` (no reactor at all) and
+/// `smol::block_on` (its own reactor). A body that needs tokio itself (`tokio::spawn`,
+/// `tokio::time`) uses [`on_tokio_runtimes`].
 pub fn on_runtimes<F, Fut>(body: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    on_tokio_runtimes(&body);
+    futures::executor::block_on(body()).expect("futures::executor::block_on");
+    smol::block_on(body()).expect("smol::block_on");
+}
+
+/// Runs `body` on a tokio current-thread runtime and on a tokio multi-thread runtime.
+pub fn on_tokio_runtimes<F, Fut>(body: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = io::Result<()>> + Send + 'static,

@@ -173,7 +173,10 @@ pub trait Backend: Send + Sync + 'static {
     fn unregister(&self, file: FileId);
 
     /// Starts every request in `batch` (draining it), as few system calls as possible.
-    /// Completions may run before this returns, on this thread or another.
+    /// Completions may run before this returns, on this thread or another. The requests of a
+    /// batch are independent: they may start and complete in any order (the `io_uring`
+    /// backend may even split a batch between rings), so a caller that needs one done before
+    /// another (a flush after the writes it covers) waits for the first's completion.
     ///
     /// # Safety
     ///

@@ -25,6 +25,11 @@
 //!   `panic = "abort"` nothing can be caught, so reactor rings are off there.
 //! * A thread whose ring cannot be had (over the bound, no I/O driver, the ring or the
 //!   registration refused) uses the shared ring; one `tracing::warn` per backend names why.
+//! * Only small transfers (at most [`MAX_TRANSFER`]), flushes and truncations: a larger read
+//!   or write (a readahead window, a write-back run) goes to the shared ring, whose fixed
+//!   buffers spare it pinning its pages per I/O and whose driver thread finishes it without
+//!   waiting for a busy worker. A batch may be split between the two; nothing in a batch is
+//!   ordered (a flush is only ever submitted after the writes it covers completed).
 //! * Files by descriptor and frames unregistered (`READV` / `WRITEV`), as on blocking threads'
 //!   rings: the shared ring's tables are that ring's only.
 //!
@@ -57,7 +62,7 @@ use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::runtime::{Handle, RuntimeFlavor};
-use uringcache_core::backend::Request;
+use uringcache_core::backend::{Op, Request};
 
 use super::driver::Shared;
 use super::ops::Later;
@@ -67,6 +72,21 @@ use crate::common::{complete, shut_down_error, Counters};
 
 /// `user_data` of the NOP that wakes a reaper to look at its ring's flags.
 const WAKE_TAG: u64 = FIRST_TAG + 3;
+
+/// Largest transfer a reactor ring takes; larger reads and writes (readahead windows,
+/// write-back runs) go to the shared ring. Their completion's wake-up is a small part of their
+/// cost, while the shared ring's fixed buffers spare pinning each of their pages per I/O, and
+/// its driver thread finishes them (frees frames, ends write-back) without waiting for a
+/// worker that may be busy copying.
+const MAX_TRANSFER: usize = 128 << 10;
+
+/// Whether `req` goes to a reactor ring (see [`MAX_TRANSFER`]).
+fn small(req: &Request) -> bool {
+    match &req.op {
+        Op::Read { len, .. } | Op::Write { len, .. } => *len <= MAX_TRANSFER,
+        Op::Fsync { .. } | Op::Truncate { .. } => true,
+    }
+}
 
 /// What a backend keeps about its reactor rings.
 pub(super) struct ReactorCensus {
@@ -223,7 +243,8 @@ impl ReactorRing {
         Ok(ring)
     }
 
-    /// Starts `batch` here; `false` (and `batch` untouched) when the ring is closed.
+    /// Starts the small requests of `batch` here (see [`MAX_TRANSFER`]), leaving the others
+    /// in `batch`; `false` (and `batch` untouched) when the ring is closed.
     fn submit(&self, shared: &Shared, batch: &mut Vec<Request>) -> bool {
         let mut later = Vec::new();
         {
@@ -232,17 +253,21 @@ impl ReactorRing {
             if !rs.open {
                 return false;
             }
-            if st.closing {
-                for req in batch.drain(..) {
+            let mut i = 0;
+            while i < batch.len() {
+                if !small(&batch[i]) {
+                    i += 1;
+                    continue;
+                }
+                let req = batch.swap_remove(i);
+                if st.closing {
                     let kind = req.op.kind();
                     later.push(Later::Complete(req.done, kind, Err(shut_down_error(NAME))));
+                    continue;
                 }
-            } else {
-                for req in batch.drain(..) {
-                    match shared.prepare(&st, req, true) {
-                        Ok(op) => rs.own.start(shared, op),
-                        Err(l) => later.push(l),
-                    }
+                match shared.prepare(&st, req, true) {
+                    Ok(op) => rs.own.start(shared, op),
+                    Err(l) => later.push(l),
                 }
             }
             drop(st);
@@ -378,10 +403,11 @@ thread_local! {
     static REACTOR_RINGS: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Starts `batch` on this thread's reactor ring when the thread is inside a multi-thread tokio
-/// runtime and has (or can make) one; `false` (and `batch` untouched) otherwise.
+/// Starts the small requests of `batch` (see [`MAX_TRANSFER`]) on this thread's reactor ring
+/// when the thread is inside a multi-thread tokio runtime and has (or can make) one, leaving
+/// the others in `batch`; `true` when nothing is left.
 pub(super) fn submit(shared: &Arc<Shared>, batch: &mut Vec<Request>) -> bool {
-    if !shared.reactor_rings.enabled() {
+    if !shared.reactor_rings.enabled() || !batch.iter().any(small) {
         return false;
     }
     let Ok(handle) = Handle::try_current() else {
@@ -420,7 +446,7 @@ pub(super) fn submit(shared: &Arc<Shared>, batch: &mut Vec<Request>) -> bool {
         .ok()
         .flatten();
     match ring {
-        Some(ring) => ring.submit(shared, batch),
+        Some(ring) => ring.submit(shared, batch) && batch.is_empty(),
         None => false,
     }
 }
