@@ -1,391 +1,731 @@
-//! A tiny HTTP/1.1 file server that sends byte ranges of files straight from the uringcache:
-//! every page of a response is a zero-copy [`Bytes`] of the cached page (`File::read_bytes`
-//! within one page), pinned only until the socket has taken it.
+//! A storage server on `hyper` 1.x that sends byte ranges of files straight from the uringcache:
+//! every data frame of a response body is a zero-copy [`Bytes`] of a pinned cached page
+//! ([`PageRef::into_bytes`]), produced lazily by [`PagesBody`], which pins at most a bounded
+//! number of pages ahead of what the connection has taken.
 //!
-//! What it speaks: `GET` and `HEAD` of `/path` (relative to the served root; no `..`, no
-//! percent-decoding), an optional single `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` header
-//! (answered `206 Partial Content`, or `416 Range Not Satisfiable`; several ranges are ignored
-//! and the whole file sent, as the RFC allows), keep-alive (`Connection: close` ends it).
-//! Anything else gets a short error status.
+//! What it speaks (RFC 9110):
+//!
+//! * `GET` and `HEAD` of `/path`, percent-decoded, relative to the served root. `..`, an
+//!   absolute path (`//etc/passwd`) and a symbolic link that leads out of the root get
+//!   `403 Forbidden`; a missing file or a directory `404 Not Found`; other methods `405`.
+//! * `Range: bytes=…` with one range (`206 Partial Content` with `Content-Range`) or several
+//!   (`206` with a `multipart/byteranges` body, one part per range, in the order asked); no
+//!   satisfiable range gets `416 Range Not Satisfiable` with `Content-Range: bytes */LEN`. A
+//!   `Range` that does not parse, asks for more than [`MAX_RANGES`] ranges or for more bytes
+//!   than the file has in all is ignored and the whole file sent (`200`), as the RFC allows.
+//!   Every response says `Accept-Ranges: bytes`.
+//! * Validators: a strong `ETag` made of the file's length and modification time, and
+//!   `Last-Modified`. Conditional requests in the RFC's order (§13.2.2): `If-Match` (strong
+//!   comparison) or else `If-Unmodified-Since` failing gets `412 Precondition Failed`;
+//!   `If-None-Match` (weak comparison) or else `If-Modified-Since` matching gets
+//!   `304 Not Modified`; `If-Range` that does not match (a different or weak tag, or a date
+//!   other than `Last-Modified`) turns a range request into a `200` of the whole file.
+//! * Errors of the cache or the file system are logged through `tracing` (with the path) and
+//!   answered `500 Internal Server Error`; an error in the middle of a body (a failed device
+//!   read) is logged and aborts the connection, as the status line has gone out already.
+//!
+//! The cache owns the files it serves, as any buffer pool does: a file is opened on first use
+//! and kept open (with its validators, taken then) for the server's life, and a change made
+//! to it on disk by another program meanwhile is not seen.
 
-#![allow(dead_code)]
+#![allow(dead_code)] // tests/serve.rs and the bench's `serve` workload use parts of it each
 
 use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use uringcache::PageRef;
 
-/// Pages gathered (and pinned) before one vectored write to the socket.
-const BATCH_PAGES: usize = 16;
-/// The longest request head accepted.
-const MAX_HEAD: usize = 16 << 10;
+/// Pages a response body pins ahead of what the connection has taken, by default.
+pub const DEFAULT_PAGES_AHEAD: usize = 8;
+/// The most ranges one request may ask for; a `Range` with more is ignored (whole file sent).
+pub const MAX_RANGES: usize = 64;
+/// hyper's write buffer per connection. Data frames are queued in it without a copy (at most
+/// 16 of them, hyper's own limit) until the socket takes them, so this and hyper's limit bound
+/// the pages a connection holds besides those [`PagesBody`] pins ahead.
+const CONN_BUF: usize = 64 << 10;
+/// How long a page fetch waits, in 1 ms steps, while every frame of the cache is pinned.
+const PIN_WAITS: u32 = 5000;
 
-/// What the server needs: the cache, the directory it serves, and the files it has opened.
-///
-/// A file stays open (in `files`) once served: a file's cached pages live as long as a handle
-/// of it is open. The cache owns the files it serves, as with any buffer pool: a file changed
-/// on disk by another program meanwhile is not seen.
+/// The server: the cache, the directory it serves, and the files it has opened.
 pub struct Server {
     cache: uringcache::Cache,
     root: PathBuf,
-    files: Mutex<HashMap<PathBuf, uringcache::File>>,
+    files: Mutex<HashMap<String, Arc<Entry>>>,
+    pages_ahead: usize,
+}
+
+/// A served file: its cache handle and validators, taken when it was opened.
+struct Entry {
+    file: uringcache::File,
+    /// The strong entity tag, quotes included.
+    etag: String,
+    /// The modification time, whole seconds (what `Last-Modified` can say).
+    modified: SystemTime,
+    etag_value: HeaderValue,
+    modified_value: HeaderValue,
+}
+
+/// Why a request path gets no file.
+enum Refusal {
+    /// Not a path we can read (bad percent-encoding, a NUL).
+    BadRequest,
+    /// Outside the root: `..`, absolute, or a symbolic link leading out.
+    Forbidden,
+    /// No such file, or not a regular file.
+    NotFound,
+    /// Something failed: logged and answered 500.
+    Failed(io::Error),
 }
 
 impl Server {
-    /// A server of the files under `root`, through `cache`.
-    pub fn new(cache: uringcache::Cache, root: impl Into<PathBuf>) -> Arc<Server> {
-        Arc::new(Server {
+    /// A server of the files under `root` through `cache`; fails if `root` cannot be resolved
+    /// (it is canonicalized once, so that symbolic links can be checked against it).
+    pub fn new(cache: uringcache::Cache, root: impl AsRef<Path>) -> io::Result<Server> {
+        let root = root.as_ref();
+        let root = std::fs::canonicalize(root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("serve: resolve the root {}: {e}", root.display()),
+            )
+        })?;
+        Ok(Server {
             cache,
-            root: root.into(),
+            root,
             files: Mutex::new(HashMap::new()),
+            pages_ahead: DEFAULT_PAGES_AHEAD,
         })
     }
 
-    /// Accepts connections on `listener` forever, one task each.
+    /// Sets how many pages a response body pins ahead of the connection (at least 1; default
+    /// [`DEFAULT_PAGES_AHEAD`]): more keeps more device reads in flight for a cold file, and
+    /// costs a slow client's share of the budget.
+    pub fn pages_ahead(mut self, n: usize) -> Server {
+        self.pages_ahead = n.max(1);
+        self
+    }
+
+    /// The cache it serves from.
+    pub fn cache(&self) -> &uringcache::Cache {
+        &self.cache
+    }
+
+    /// Accepts connections on `listener` forever, each served by hyper's HTTP/1.1 on a task of
+    /// its own (keep-alive, pipelining). A failed accept (out of descriptors) is logged and
+    /// retried after a moment.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
         loop {
-            let (sock, peer) = listener.accept().await?;
+            let (sock, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "serve: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = this.connection(sock).await {
-                    if e.kind() != io::ErrorKind::ConnectionReset
-                        && e.kind() != io::ErrorKind::BrokenPipe
-                    {
-                        eprintln!("serve: {peer}: {e}");
-                    }
+                let svc = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(CONN_BUF)
+                    .serve_connection(TokioIo::new(sock), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "serve: connection ended");
                 }
             });
         }
     }
 
-    /// Serves requests on one connection until it closes.
-    async fn connection(&self, sock: TcpStream) -> io::Result<()> {
-        sock.set_nodelay(true)?;
-        let (rd, mut wr) = sock.into_split();
-        let mut rd = BufReader::new(rd);
-        loop {
-            let Some(req) = read_request(&mut rd).await? else {
-                return Ok(());
-            };
-            let close = req.close;
-            match req.error {
-                Some(status) => {
-                    respond_empty(&mut wr, status, &[]).await?;
-                    return Ok(());
+    /// Answers one request (the request's body, if any, is not read).
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<PagesBody> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return r;
+            }
+        };
+        let entry = match self.lookup(req.uri().path()).await {
+            Ok(e) => e,
+            Err(Refusal::BadRequest) => return empty(StatusCode::BAD_REQUEST),
+            Err(Refusal::Forbidden) => return empty(StatusCode::FORBIDDEN),
+            Err(Refusal::NotFound) => return empty(StatusCode::NOT_FOUND),
+            Err(Refusal::Failed(e)) => {
+                tracing::error!(path = req.uri().path(), error = %e, "serve: cannot open");
+                let mut r = Response::new(PagesBody::bytes(Bytes::from_static(
+                    b"internal server error\n",
+                )));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                return r;
+            }
+        };
+        self.respond(&entry, req.headers(), head)
+    }
+
+    /// The response for `entry` once found: preconditions, then ranges.
+    fn respond(&self, entry: &Entry, h: &HeaderMap, head: bool) -> Response<PagesBody> {
+        let validators = |mut r: Response<PagesBody>| {
+            let hs = r.headers_mut();
+            hs.insert(header::ETAG, entry.etag_value.clone());
+            hs.insert(header::LAST_MODIFIED, entry.modified_value.clone());
+            hs.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            r
+        };
+        if let Some(v) = h.get(header::IF_MATCH) {
+            if !etag_matches(v, &entry.etag, true) {
+                return validators(empty(StatusCode::PRECONDITION_FAILED));
+            }
+        } else if let Some(t) = date(h.get(header::IF_UNMODIFIED_SINCE)) {
+            if entry.modified > t {
+                return validators(empty(StatusCode::PRECONDITION_FAILED));
+            }
+        }
+        if let Some(v) = h.get(header::IF_NONE_MATCH) {
+            if etag_matches(v, &entry.etag, false) {
+                return validators(empty(StatusCode::NOT_MODIFIED));
+            }
+        } else if let Some(t) = date(h.get(header::IF_MODIFIED_SINCE)) {
+            if entry.modified <= t {
+                return validators(empty(StatusCode::NOT_MODIFIED));
+            }
+        }
+        let len = entry.file.len();
+        let ranges = match h.get(header::RANGE) {
+            Some(v) if if_range_holds(h.get(header::IF_RANGE), entry) => match v.to_str() {
+                Ok(v) => parse_ranges(v, len),
+                Err(_) => Ranges::Ignore,
+            },
+            _ => Ranges::Ignore,
+        };
+        let octets = HeaderValue::from_static("application/octet-stream");
+        let (status, parts, content_type, content_range) = match ranges {
+            Ranges::Unsatisfiable => {
+                let mut r = validators(empty(StatusCode::RANGE_NOT_SATISFIABLE));
+                r.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{len}")),
+                );
+                return r;
+            }
+            Ranges::Ignore => (
+                StatusCode::OK,
+                vec![Part::Range(0, len)],
+                octets,
+                None,
+            ),
+            Ranges::Satisfiable(rs) if rs.len() == 1 => {
+                let (a, b) = rs[0];
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    vec![Part::Range(a, b)],
+                    octets,
+                    Some(header_value(format!("bytes {a}-{}/{len}", b - 1))),
+                )
+            }
+            Ranges::Satisfiable(rs) => {
+                let boundary = boundary();
+                let mut parts = Vec::with_capacity(rs.len() * 2 + 1);
+                for (i, &(a, b)) in rs.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "\r\n" };
+                    parts.push(Part::Bytes(Bytes::from(format!(
+                        "{sep}--{boundary}\r\nContent-Type: application/octet-stream\r\n\
+                         Content-Range: bytes {a}-{}/{len}\r\n\r\n",
+                        b - 1
+                    ))));
+                    parts.push(Part::Range(a, b));
                 }
-                None => self.respond(&mut wr, &req).await?,
+                parts.push(Part::Bytes(Bytes::from(format!("\r\n--{boundary}--\r\n"))));
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    parts,
+                    header_value(format!("multipart/byteranges; boundary={boundary}")),
+                    None,
+                )
             }
-            if close {
-                return Ok(());
-            }
+        };
+        let body = PagesBody::new(
+            entry.file.clone(),
+            self.cache.page_size(),
+            parts,
+            self.pages_ahead,
+        );
+        let length = body.remaining;
+        let mut r = validators(Response::new(if head { PagesBody::empty() } else { body }));
+        *r.status_mut() = status;
+        let hs = r.headers_mut();
+        hs.insert(header::CONTENT_TYPE, content_type);
+        hs.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if let Some(cr) = content_range {
+            hs.insert(header::CONTENT_RANGE, cr);
         }
+        r
     }
 
-    /// The file for a request path, if it is a plain relative path under the root.
-    fn resolve(&self, target: &str) -> Option<PathBuf> {
-        let rel = Path::new(target.trim_start_matches('/'));
-        if rel.as_os_str().is_empty()
-            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+    /// The file a request path names, opened (and remembered) on first use.
+    async fn lookup(&self, raw: &str) -> Result<Arc<Entry>, Refusal> {
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| Refusal::BadRequest)?;
+        if decoded.contains('\0') {
+            return Err(Refusal::BadRequest);
+        }
+        let rel = decoded.strip_prefix('/').ok_or(Refusal::BadRequest)?;
+        if rel.is_empty() {
+            return Err(Refusal::NotFound); // no directory listings
+        }
+        if !Path::new(rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
         {
-            return None;
+            return Err(Refusal::Forbidden); // `..`, or absolute (`//etc/passwd`)
         }
-        Some(self.root.join(rel))
-    }
-
-    /// The open handle of `path`, opening it on first use.
-    async fn open(&self, path: &Path) -> io::Result<uringcache::File> {
-        if let Some(f) = self.files.lock().unwrap().get(path) {
-            return Ok(f.clone());
+        if let Some(e) = self.files.lock().unwrap().get(rel) {
+            return Ok(e.clone());
+        }
+        let joined = self.root.join(rel);
+        let path = match tokio::fs::canonicalize(&joined).await {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Refusal::NotFound),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Err(Refusal::NotFound),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Refusal::Forbidden)
+            }
+            Err(e) => return Err(Refusal::Failed(context(e, "resolve", &joined))),
+        };
+        if !path.starts_with(&self.root) {
+            return Err(Refusal::Forbidden); // a symbolic link out of the root
+        }
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| Refusal::Failed(context(e, "stat", &path)))?;
+        if !meta.is_file() {
+            return Err(Refusal::NotFound);
         }
         let mut opts = uringcache::OpenOptions::new();
         opts.read(true);
-        let file = self.cache.open(path, &opts).await?;
+        let file = match self.cache.open(&path, &opts).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Refusal::NotFound),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Refusal::Forbidden)
+            }
+            Err(e) => return Err(Refusal::Failed(e)),
+        };
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        let since = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let modified = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+        let etag = format!("\"{:x}-{:x}\"", file.len(), since.as_nanos());
+        let entry = Arc::new(Entry {
+            etag_value: header_value(etag.clone()),
+            modified_value: header_value(httpdate::fmt_http_date(modified)),
+            file,
+            etag,
+            modified,
+        });
         Ok(self
             .files
             .lock()
             .unwrap()
-            .entry(path.to_path_buf())
-            .or_insert(file)
+            .entry(rel.to_string())
+            .or_insert(entry)
             .clone())
     }
+}
 
-    async fn respond<W: AsyncWriteExt + Unpin>(&self, wr: &mut W, req: &Request) -> io::Result<()> {
-        let Some(path) = self.resolve(&req.target) else {
-            return respond_empty(wr, "400 Bad Request", &[]).await;
-        };
-        let file = match self.open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return respond_empty(wr, "404 Not Found", &[]).await
-            }
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                return respond_empty(wr, "404 Not Found", &[]).await; // a directory, a device
-            }
-            Err(e) => {
-                eprintln!("serve: {}: {e}", path.display());
-                return respond_empty(wr, "500 Internal Server Error", &[]).await;
-            }
-        };
-        let len = file.len();
-        let (status, start, end) = match req.range.as_deref().map(|r| parse_range(r, len)) {
-            None | Some(RangeReq::Ignore) => ("200 OK", 0, len),
-            Some(RangeReq::Unsatisfiable) => {
-                let cr = format!("Content-Range: bytes */{len}");
-                return respond_empty(wr, "416 Range Not Satisfiable", &[&cr]).await;
-            }
-            Some(RangeReq::Range(a, b)) => ("206 Partial Content", a, b),
-        };
-        let mut head = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n",
-            end - start
-        );
-        if status.starts_with("206") {
-            head.push_str(&format!(
-                "Content-Range: bytes {start}-{}/{len}\r\n",
-                end - 1
-            ));
-        }
-        head.push_str("\r\n");
-        wr.write_all(head.as_bytes()).await?;
-        if !req.head_only {
-            send_range(wr, &file, start, end, self.cache.page_size() as u64).await?;
-        }
-        wr.flush().await
+fn context(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("serve: {what} {}: {e}", path.display()))
+}
+
+/// A response of `status` with no body.
+fn empty(status: StatusCode) -> Response<PagesBody> {
+    let mut r = Response::new(PagesBody::empty());
+    *r.status_mut() = status;
+    r
+}
+
+/// A header value from text this module made (ASCII, no control characters).
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).expect("a header value made of visible ASCII")
+}
+
+/// A fresh `multipart/byteranges` boundary (unique in the process; a part's bytes containing
+/// it by chance is as unlikely as for any server's random boundary).
+fn boundary() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    format!(
+        "uringcache-{:016x}",
+        (t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17)
+    )
+}
+
+/// An HTTP date header's value; `None` when absent or not a date (the condition is then
+/// ignored, as the RFC says).
+fn date(v: Option<&HeaderValue>) -> Option<SystemTime> {
+    httpdate::parse_http_date(v?.to_str().ok()?).ok()
+}
+
+/// Whether the entity-tag list `v` (`*`, or tags separated by commas) matches `ours` (a strong
+/// tag): by the strong comparison (`If-Match`, a weak tag never matches) or the weak one
+/// (`If-None-Match`, `W/` ignored).
+pub fn etag_matches(v: &HeaderValue, ours: &str, strong: bool) -> bool {
+    let Ok(v) = v.to_str() else {
+        return false;
+    };
+    if v.trim() == "*" {
+        return true;
+    }
+    v.split(',').map(str::trim).any(|tag| match tag.strip_prefix("W/") {
+        Some(weak) => !strong && weak == ours,
+        None => tag == ours,
+    })
+}
+
+/// Whether a range request's `If-Range` (if any) lets the ranges be served: an entity tag
+/// equal by the strong comparison, or a date equal to `Last-Modified`.
+fn if_range_holds(v: Option<&HeaderValue>, entry: &Entry) -> bool {
+    let Some(v) = v else {
+        return true;
+    };
+    let Ok(s) = v.to_str() else {
+        return false;
+    };
+    let s = s.trim();
+    if s.starts_with('"') || s.starts_with("W/") {
+        s == entry.etag
+    } else {
+        httpdate::parse_http_date(s).is_ok_and(|t| t == entry.modified)
     }
 }
 
-/// Sends bytes `start..end` of `file`: one zero-copy `Bytes` per page, a batch of pages per
-/// vectored write. If the cache has no frame left to pin (other connections hold them), the
-/// batch gathered so far is sent first, which unpins it; with nothing gathered, it waits a
-/// moment for other connections to send theirs.
-async fn send_range<W: AsyncWriteExt + Unpin>(
-    wr: &mut W,
-    file: &uringcache::File,
-    start: u64,
-    end: u64,
-    ps: u64,
-) -> io::Result<()> {
-    let mut pos = start;
-    let mut batch: VecDeque<Bytes> = VecDeque::with_capacity(BATCH_PAGES);
-    let mut waits = 0;
-    while pos < end {
-        let n = (ps - pos % ps).min(end - pos);
-        match file.read_bytes(pos, n as usize).await {
-            Ok(b) if b.is_empty() => {
-                // The file shrank under us: the promised length cannot be sent.
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shrank while being sent",
-                ));
-            }
-            Ok(b) => {
-                pos += b.len() as u64;
-                batch.push_back(b);
-                waits = 0;
-                if batch.len() == BATCH_PAGES {
-                    write_all_bytes(wr, &mut batch).await?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                if !batch.is_empty() {
-                    write_all_bytes(wr, &mut batch).await?;
-                } else if waits < 5000 {
-                    waits += 1;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                } else {
-                    return Err(e);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    write_all_bytes(wr, &mut batch).await
-}
-
-/// Writes every buffer of `bufs` with vectored writes, dropping (unpinning) each as it goes.
-async fn write_all_bytes<W: AsyncWriteExt + Unpin>(
-    wr: &mut W,
-    bufs: &mut VecDeque<Bytes>,
-) -> io::Result<()> {
-    while !bufs.is_empty() {
-        let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
-        let mut n = wr.write_vectored(&slices).await?;
-        drop(slices);
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let front = bufs.front_mut().expect("wrote more than was queued");
-            if n >= front.len() {
-                n -= front.len();
-                bufs.pop_front();
-            } else {
-                front.advance(n);
-                n = 0;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn respond_empty<W: AsyncWriteExt + Unpin>(
-    wr: &mut W,
-    status: &str,
-    extra: &[&str],
-) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n");
-    for h in extra {
-        head.push_str(h);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    wr.write_all(head.as_bytes()).await?;
-    wr.flush().await
-}
-
-/// One parsed request.
-#[derive(Debug, Default)]
-pub struct Request {
-    /// The request target (path).
-    pub target: String,
-    /// The `Range` header's value, if any.
-    pub range: Option<String>,
-    /// `HEAD` rather than `GET`.
-    pub head_only: bool,
-    /// The connection ends after this response.
-    pub close: bool,
-    /// A status to answer with instead (bad request, method not allowed).
-    pub error: Option<&'static str>,
-}
-
-/// Reads one request head; `None` when the peer closed the connection between requests.
-async fn read_request<R: AsyncBufReadExt + Unpin>(rd: &mut R) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    let mut total = 0;
-    // Skip empty lines before a request (RFC 9112 §2.2).
-    loop {
-        line.clear();
-        let n = rd.read_line(&mut line).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        total += n;
-        if total > MAX_HEAD {
-            return Ok(Some(Request {
-                error: Some("431 Request Header Fields Too Large"),
-                close: true,
-                ..Default::default()
-            }));
-        }
-        if !line.trim().is_empty() {
-            break;
-        }
-    }
-    let mut req = Request::default();
-    let mut parts = line.split_whitespace();
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    match (method, target, version) {
-        (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") => {
-            req.target = t.to_string();
-            req.close = v == "HTTP/1.0";
-            match m {
-                "GET" => {}
-                "HEAD" => req.head_only = true,
-                _ => req.error = Some("405 Method Not Allowed"),
-            }
-        }
-        _ => {
-            req.error = Some("400 Bad Request");
-            req.close = true;
-        }
-    }
-    loop {
-        line.clear();
-        let n = rd.read_line(&mut line).await?;
-        total += n;
-        if n == 0 {
-            return Ok(None); // closed in the middle of a head
-        }
-        if total > MAX_HEAD {
-            return Ok(Some(Request {
-                error: Some("431 Request Header Fields Too Large"),
-                close: true,
-                ..Default::default()
-            }));
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = l.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("range") {
-                req.range = Some(value.to_string());
-            } else if name.eq_ignore_ascii_case("connection") {
-                if value.eq_ignore_ascii_case("close") {
-                    req.close = true;
-                } else if value.eq_ignore_ascii_case("keep-alive") {
-                    req.close = false;
-                }
-            }
-        }
-    }
-    Ok(Some(req))
-}
-
-/// What a `Range` header asks of a file of `len` bytes.
+/// What a `Range` header asks of a file.
 #[derive(Debug, PartialEq, Eq)]
-pub enum RangeReq {
-    /// Bytes `start..end` (end exclusive, clamped to the file).
-    Range(u64, u64),
-    /// No byte of the file is in the range.
+pub enum Ranges {
+    /// The satisfiable ranges, `start..end` (end exclusive, clamped to the file), in the
+    /// order asked.
+    Satisfiable(Vec<(u64, u64)>),
+    /// A well-formed header none of whose ranges overlaps the file: 416.
     Unsatisfiable,
-    /// Not a single byte range we serve: send the whole file.
+    /// Not a header we serve ranges for: send the whole file.
     Ignore,
 }
 
-/// Parses a `Range` header value (`bytes=a-b`, `bytes=a-`, `bytes=-n`).
-pub fn parse_range(value: &str, len: u64) -> RangeReq {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return RangeReq::Ignore;
+/// Parses a `Range` header value (`bytes=a-b`, `bytes=a-`, `bytes=-n`, several separated by
+/// commas) against a file of `len` bytes. A malformed header, more than [`MAX_RANGES`]
+/// ranges, or satisfiable ranges adding up to more than the file is [`Ranges::Ignore`].
+pub fn parse_ranges(value: &str, len: u64) -> Ranges {
+    let v = value.trim();
+    let Some(spec) = v
+        .get(..6)
+        .filter(|u| u.eq_ignore_ascii_case("bytes="))
+        .map(|_| &v[6..])
+    else {
+        return Ranges::Ignore;
     };
-    if spec.contains(',') {
-        return RangeReq::Ignore;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeReq::Ignore;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    match (a.is_empty(), b.is_empty()) {
-        (true, true) => RangeReq::Ignore,
-        (true, false) => match b.parse::<u64>() {
-            Ok(0) => RangeReq::Unsatisfiable,
-            Ok(n) if len > 0 => RangeReq::Range(len - n.min(len), len),
-            Ok(_) => RangeReq::Unsatisfiable,
-            Err(_) => RangeReq::Ignore,
-        },
-        (false, _) => {
-            let Ok(start) = a.parse::<u64>() else {
-                return RangeReq::Ignore;
+    let mut out = Vec::new();
+    let mut count = 0;
+    for one in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        count += 1;
+        if count > MAX_RANGES {
+            return Ranges::Ignore;
+        }
+        let Some((a, b)) = one.split_once('-') else {
+            return Ranges::Ignore;
+        };
+        let (a, b) = (a.trim(), b.trim());
+        let num = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        let range = if a.is_empty() {
+            // A suffix: the last n bytes.
+            let Some(n) = num(b) else {
+                return Ranges::Ignore;
+            };
+            (n > 0 && len > 0).then(|| (len - n.min(len), len))
+        } else {
+            let Some(start) = num(a) else {
+                return Ranges::Ignore;
             };
             let last = if b.is_empty() {
                 u64::MAX
             } else {
-                match b.parse::<u64>() {
-                    Ok(l) if l >= start => l,
-                    _ => return RangeReq::Ignore,
+                match num(b) {
+                    Some(l) if l >= start => l,
+                    _ => return Ranges::Ignore,
                 }
             };
-            if start >= len {
-                RangeReq::Unsatisfiable
-            } else {
-                RangeReq::Range(start, last.saturating_add(1).min(len))
-            }
+            (start < len).then(|| (start, last.saturating_add(1).min(len)))
+        };
+        out.extend(range);
+    }
+    if count == 0 {
+        return Ranges::Ignore;
+    }
+    if out.is_empty() {
+        return Ranges::Unsatisfiable;
+    }
+    if out.iter().map(|(a, b)| b - a).sum::<u64>() > len {
+        return Ranges::Ignore;
+    }
+    Ranges::Satisfiable(out)
+}
+
+/// One piece of a response body.
+enum Part {
+    /// Bytes of the server's own (a multipart boundary and part headers).
+    Bytes(Bytes),
+    /// Bytes `start..end` of the file, sent page by page.
+    Range(u64, u64),
+}
+
+type PageFuture = Pin<Box<dyn Future<Output = io::Result<PageRef>> + Send>>;
+
+/// A page being fetched ahead, and which of its bytes go out.
+struct Fetch {
+    state: FetchState,
+    from: usize,
+    to: usize,
+}
+
+enum FetchState {
+    Waiting(PageFuture),
+    Done(io::Result<PageRef>),
+    Taken,
+}
+
+/// A response body of file ranges (and the server's own bytes between them), produced lazily:
+/// each data frame is a zero-copy [`Bytes`] of one cached page (or the part of it in range),
+/// holding the page pinned until hyper has written it to the socket and dropped it.
+///
+/// Backpressure: the body starts fetching (and so pins) at most `pages_ahead` pages ahead of
+/// the frame hyper asks for next, all of them in flight at once (so that a cold range keeps
+/// that many device reads going), and hyper asks for the next frame only when its write
+/// buffer has room. A client that stops reading therefore holds at most `pages_ahead` pages
+/// plus the few frames queued in its connection's buffer, however long the range.
+pub struct PagesBody {
+    file: Option<uringcache::File>,
+    parts: VecDeque<Part>,
+    /// Pages being fetched, in the order they go out; they belong to the `Range` parts from
+    /// the front on.
+    fetches: VecDeque<Fetch>,
+    /// The part and offset of the next page to start fetching (`None`: the part's start).
+    issue_part: usize,
+    issue_pos: Option<u64>,
+    pages_ahead: usize,
+    /// log2 of the cache's page size.
+    page_shift: u32,
+    remaining: u64,
+}
+
+impl PagesBody {
+    /// A body of `parts`, pages of `file` (of `page_size` bytes), at most `pages_ahead`
+    /// pinned ahead.
+    fn new(
+        file: uringcache::File,
+        page_size: usize,
+        parts: Vec<Part>,
+        pages_ahead: usize,
+    ) -> PagesBody {
+        let remaining = parts
+            .iter()
+            .map(|p| match p {
+                Part::Bytes(b) => b.len() as u64,
+                Part::Range(a, b) => b - a,
+            })
+            .sum();
+        PagesBody {
+            file: Some(file),
+            parts: parts.into(),
+            fetches: VecDeque::new(),
+            issue_part: 0,
+            issue_pos: None,
+            pages_ahead: pages_ahead.max(1),
+            page_shift: page_size.trailing_zeros(),
+            remaining,
         }
+    }
+
+    /// An empty body.
+    pub fn empty() -> PagesBody {
+        PagesBody {
+            file: None,
+            parts: VecDeque::new(),
+            fetches: VecDeque::new(),
+            issue_part: 0,
+            issue_pos: None,
+            pages_ahead: 1,
+            page_shift: 12,
+            remaining: 0,
+        }
+    }
+
+    /// A body of `bytes`.
+    fn bytes(bytes: Bytes) -> PagesBody {
+        let mut b = PagesBody::empty();
+        b.remaining = bytes.len() as u64;
+        b.parts.push_back(Part::Bytes(bytes));
+        b
+    }
+
+    /// Starts fetching pages until `pages_ahead` are in flight or every page is.
+    fn fill(&mut self) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let shift = self.page_shift;
+        while self.fetches.len() < self.pages_ahead {
+            let Some(part) = self.parts.get(self.issue_part) else {
+                return;
+            };
+            let Part::Range(start, end) = *part else {
+                self.issue_part += 1;
+                continue;
+            };
+            let pos = self.issue_pos.unwrap_or(start);
+            if pos >= end {
+                self.issue_part += 1;
+                self.issue_pos = None;
+                continue;
+            }
+            let index = pos >> shift;
+            let base = index << shift;
+            let stop = ((index + 1) << shift).min(end);
+            let f = file.clone();
+            self.fetches.push_back(Fetch {
+                state: FetchState::Waiting(Box::pin(fetch_page(f, index))),
+                from: (pos - base) as usize,
+                to: (stop - base) as usize,
+            });
+            self.issue_pos = Some(stop);
+        }
+    }
+
+    /// Drops the front part (sent whole).
+    fn pop_part(&mut self) {
+        self.parts.pop_front();
+        if self.issue_part == 0 {
+            self.issue_pos = None;
+        } else {
+            self.issue_part -= 1;
+        }
+    }
+}
+
+/// Page `index` of `file`, pinned. While every frame of the cache is pinned (by other
+/// connections' bodies) it waits for one to be released, up to [`PIN_WAITS`] ms.
+async fn fetch_page(file: uringcache::File, index: u64) -> io::Result<PageRef> {
+    let mut waits = 0;
+    loop {
+        match file.page(index).await {
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory && waits < PIN_WAITS => {
+                waits += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+impl Body for PagesBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            this.fill();
+            // Every fetch in flight makes progress (submits its read), not only the front one.
+            for f in &mut this.fetches {
+                if let FetchState::Waiting(fut) = &mut f.state {
+                    if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                        f.state = FetchState::Done(r);
+                    }
+                }
+            }
+            let (start, end) = match this.parts.front_mut() {
+                None => return Poll::Ready(None),
+                Some(Part::Bytes(b)) => {
+                    let b = std::mem::take(b);
+                    this.pop_part();
+                    this.remaining -= b.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Some(Part::Range(a, b)) => (*a, *b),
+            };
+            if start >= end {
+                this.pop_part();
+                continue;
+            }
+            let front = this
+                .fetches
+                .front_mut()
+                .expect("the front range's next page is being fetched");
+            let page = match std::mem::replace(&mut front.state, FetchState::Taken) {
+                FetchState::Waiting(fut) => {
+                    front.state = FetchState::Waiting(fut);
+                    return Poll::Pending;
+                }
+                FetchState::Done(r) => r,
+                FetchState::Taken => unreachable!("a fetch is taken once, then removed"),
+            };
+            let (from, to) = (front.from, front.to);
+            this.fetches.pop_front();
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let path = this.file.as_ref().map(|f| f.path().display().to_string());
+                    tracing::error!(path, offset = start, error = %e, "serve: read failed in a body");
+                    // Nothing more is sent: unpin what was fetched ahead.
+                    this.fetches.clear();
+                    this.parts.clear();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            let n = (to - from) as u64;
+            if let Some(Part::Range(a, _)) = this.parts.front_mut() {
+                *a += n;
+            }
+            this.remaining -= n;
+            return Poll::Ready(Some(Ok(Frame::data(
+                page.into_bytes().slice(from..to),
+            ))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }

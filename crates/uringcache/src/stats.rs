@@ -157,6 +157,11 @@ pub struct Stats {
     pub frames: usize,
     /// Pages currently cached (frames in use).
     pub cached_pages: usize,
+    /// Pages held now by page handles ([`PageRef`](crate::PageRef), [`PageMut`](crate::PageMut),
+    /// and the [`Bytes`](bytes::Bytes) made from them): frames that cannot be evicted until the
+    /// program drops its handles. Counted by a walk of the page table when the snapshot is
+    /// taken (one load per frame), not kept as a counter on the hit path.
+    pub pinned_pages: usize,
     /// Pages served from the cache without waiting for the device.
     pub hits: u64,
     /// Pages a reader needed that were not cached, or whose earlier read had failed (each
@@ -259,8 +264,8 @@ impl fmt::Display for Stats {
         };
         writeln!(
             f,
-            "backend {}{buffers}, {} frames of {} B, {} cached",
-            self.backend, self.frames, self.page_size, self.cached_pages
+            "backend {}{buffers}, {} frames of {} B, {} cached, {} pinned by handles",
+            self.backend, self.frames, self.page_size, self.cached_pages, self.pinned_pages
         )?;
         if let Some(why) = &self.backend_fallback {
             writeln!(f, "fell back to the thread pool: {why}")?;

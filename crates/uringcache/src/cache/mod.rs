@@ -557,6 +557,12 @@ impl CacheInner {
             page_size: self.page_size,
             frames: self.pool.frames(),
             cached_pages: self.pool.frames() - self.pool.nr_free(),
+            pinned_pages: self
+                .pool
+                .pages()
+                .iter()
+                .filter(|d| d.user_pins() > 0)
+                .count(),
             hits: c.get(Counter::Hits),
             misses: c.get(Counter::Misses),
             waits: c.get(Counter::Waits),
