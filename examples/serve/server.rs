@@ -57,7 +57,8 @@ pub const MAX_RANGES: usize = 64;
 /// 16 of them, hyper's own limit) until the socket takes them, so this and hyper's limit bound
 /// the pages a connection holds besides those [`PagesBody`] pins ahead.
 const CONN_BUF: usize = 64 << 10;
-/// How long a page fetch waits, in 1 ms steps, while every frame of the cache is pinned.
+/// How long a body waits for its next page, in 1 ms steps, while every frame of the cache is
+/// pinned.
 const PIN_WAITS: u32 = 5000;
 
 /// The server: the cache, the directory it serves, and the files it has opened.
@@ -172,18 +173,14 @@ impl Server {
             Err(Refusal::NotFound) => return empty(StatusCode::NOT_FOUND),
             Err(Refusal::Failed(e)) => {
                 tracing::error!(path = req.uri().path(), error = %e, "serve: cannot open");
-                let mut r = Response::new(PagesBody::bytes(Bytes::from_static(
-                    b"internal server error\n",
-                )));
-                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                return r;
+                return internal_error();
             }
         };
-        self.respond(&entry, req.headers(), head)
+        self.respond(&entry, req.headers(), head).await
     }
 
     /// The response for `entry` once found: preconditions, then ranges.
-    fn respond(&self, entry: &Entry, h: &HeaderMap, head: bool) -> Response<PagesBody> {
+    async fn respond(&self, entry: &Entry, h: &HeaderMap, head: bool) -> Response<PagesBody> {
         let validators = |mut r: Response<PagesBody>| {
             let hs = r.headers_mut();
             hs.insert(header::ETAG, entry.etag_value.clone());
@@ -227,12 +224,7 @@ impl Server {
                 );
                 return r;
             }
-            Ranges::Ignore => (
-                StatusCode::OK,
-                vec![Part::Range(0, len)],
-                octets,
-                None,
-            ),
+            Ranges::Ignore => (StatusCode::OK, vec![Part::Range(0, len)], octets, None),
             Ranges::Satisfiable(rs) if rs.len() == 1 => {
                 let (a, b) = rs[0];
                 (
@@ -263,14 +255,25 @@ impl Server {
                 )
             }
         };
-        let body = PagesBody::new(
+        let mut body = PagesBody::new(
             entry.file.clone(),
             self.cache.page_size(),
             parts,
             self.pages_ahead,
         );
         let length = body.remaining;
-        let mut r = validators(Response::new(if head { PagesBody::empty() } else { body }));
+        let body = if head {
+            PagesBody::empty()
+        } else {
+            // The first page before the status line: a file that cannot be read gets a 500,
+            // not a 200 cut short.
+            if let Err(e) = body.first_page().await {
+                tracing::error!(path = %entry.file.path().display(), error = %e, "serve: read failed");
+                return internal_error();
+            }
+            body
+        };
+        let mut r = validators(Response::new(body));
         *r.status_mut() = status;
         let hs = r.headers_mut();
         hs.insert(header::CONTENT_TYPE, content_type);
@@ -363,6 +366,15 @@ fn empty(status: StatusCode) -> Response<PagesBody> {
     r
 }
 
+/// A `500 Internal Server Error` (the cause is logged, not sent).
+fn internal_error() -> Response<PagesBody> {
+    let mut r = Response::new(PagesBody::bytes(Bytes::from_static(
+        b"internal server error\n",
+    )));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
 /// A header value from text this module made (ASCII, no control characters).
 fn header_value(s: String) -> HeaderValue {
     HeaderValue::try_from(s).expect("a header value made of visible ASCII")
@@ -399,10 +411,12 @@ pub fn etag_matches(v: &HeaderValue, ours: &str, strong: bool) -> bool {
     if v.trim() == "*" {
         return true;
     }
-    v.split(',').map(str::trim).any(|tag| match tag.strip_prefix("W/") {
-        Some(weak) => !strong && weak == ours,
-        None => tag == ours,
-    })
+    v.split(',')
+        .map(str::trim)
+        .any(|tag| match tag.strip_prefix("W/") {
+            Some(weak) => !strong && weak == ours,
+            None => tag == ours,
+        })
 }
 
 /// Whether a range request's `If-Range` (if any) lets the ranges be served: an entity tag
@@ -509,6 +523,11 @@ type PageFuture = Pin<Box<dyn Future<Output = io::Result<PageRef>> + Send>>;
 /// A page being fetched ahead, and which of its bytes go out.
 struct Fetch {
     state: FetchState,
+    /// The page's index in the file.
+    index: u64,
+    /// The part it belongs to, counted from the body's first part.
+    part: usize,
+    /// Its bytes in range, within the page.
     from: usize,
     to: usize,
 }
@@ -523,21 +542,34 @@ enum FetchState {
 /// each data frame is a zero-copy [`Bytes`] of one cached page (or the part of it in range),
 /// holding the page pinned until hyper has written it to the socket and dropped it.
 ///
-/// Backpressure: the body starts fetching (and so pins) at most `pages_ahead` pages ahead of
-/// the frame hyper asks for next, all of them in flight at once (so that a cold range keeps
-/// that many device reads going), and hyper asks for the next frame only when its write
-/// buffer has room. A client that stops reading therefore holds at most `pages_ahead` pages
-/// plus the few frames queued in its connection's buffer, however long the range.
+/// Backpressure: the body fetches (and so pins) at most `pages_ahead` pages ahead of the frame
+/// hyper asks for next, all of them in flight at once (so that a cold range keeps that many
+/// device reads going), and hyper asks for the next frame only when its write buffer has room.
+/// A client that stops reading therefore holds at most `pages_ahead` pages plus the few frames
+/// queued in its connection's buffer, however long the range.
+///
+/// When the cache has no frame left to pin (every frame held by bodies of other connections),
+/// the body gives back the pages it fetched ahead of the one it needs next, narrows its window
+/// to that one page, and retries it every millisecond (up to 5 s, then the body fails); the
+/// window grows back by one page per frame sent. So bodies that together want more pages than
+/// the budget holds take turns instead of holding each other's frames forever.
 pub struct PagesBody {
     file: Option<uringcache::File>,
     parts: VecDeque<Part>,
+    /// Parts sent and dropped from `parts` so far.
+    popped: usize,
     /// Pages being fetched, in the order they go out; they belong to the `Range` parts from
     /// the front on.
     fetches: VecDeque<Fetch>,
-    /// The part and offset of the next page to start fetching (`None`: the part's start).
+    /// The next page to start fetching: its part (counted from the body's first part) and
+    /// offset (`None`: the part's start).
     issue_part: usize,
     issue_pos: Option<u64>,
+    /// Pages it may fetch ahead now (1..=pages_ahead).
+    window: usize,
     pages_ahead: usize,
+    /// Retries of the front page while the cache had no frame to pin.
+    oom_waits: u32,
     /// log2 of the cache's page size.
     page_shift: u32,
     remaining: u64,
@@ -559,16 +591,14 @@ impl PagesBody {
                 Part::Range(a, b) => b - a,
             })
             .sum();
-        PagesBody {
-            file: Some(file),
-            parts: parts.into(),
-            fetches: VecDeque::new(),
-            issue_part: 0,
-            issue_pos: None,
-            pages_ahead: pages_ahead.max(1),
-            page_shift: page_size.trailing_zeros(),
-            remaining,
-        }
+        let mut body = PagesBody::empty();
+        body.file = Some(file);
+        body.parts = parts.into();
+        body.pages_ahead = pages_ahead.max(1);
+        body.window = body.pages_ahead;
+        body.page_shift = page_size.trailing_zeros();
+        body.remaining = remaining;
+        body
     }
 
     /// An empty body.
@@ -576,10 +606,13 @@ impl PagesBody {
         PagesBody {
             file: None,
             parts: VecDeque::new(),
+            popped: 0,
             fetches: VecDeque::new(),
             issue_part: 0,
             issue_pos: None,
+            window: 1,
             pages_ahead: 1,
+            oom_waits: 0,
             page_shift: 12,
             remaining: 0,
         }
@@ -593,21 +626,21 @@ impl PagesBody {
         b
     }
 
-    /// Starts fetching pages until `pages_ahead` are in flight or every page is.
+    /// Starts fetching pages until `window` are in flight or every page is.
     fn fill(&mut self) {
         let Some(file) = &self.file else {
             return;
         };
         let shift = self.page_shift;
-        while self.fetches.len() < self.pages_ahead {
-            let Some(part) = self.parts.get(self.issue_part) else {
+        while self.fetches.len() < self.window {
+            let Some(part) = self.parts.get(self.issue_part - self.popped) else {
                 return;
             };
             let Part::Range(start, end) = *part else {
                 self.issue_part += 1;
                 continue;
             };
-            let pos = self.issue_pos.unwrap_or(start);
+            let pos = self.issue_pos.unwrap_or(start).max(start);
             if pos >= end {
                 self.issue_part += 1;
                 self.issue_pos = None;
@@ -618,7 +651,9 @@ impl PagesBody {
             let stop = ((index + 1) << shift).min(end);
             let f = file.clone();
             self.fetches.push_back(Fetch {
-                state: FetchState::Waiting(Box::pin(fetch_page(f, index))),
+                state: FetchState::Waiting(Box::pin(async move { f.page(index).await })),
+                index,
+                part: self.issue_part,
                 from: (pos - base) as usize,
                 to: (stop - base) as usize,
             });
@@ -626,30 +661,72 @@ impl PagesBody {
         }
     }
 
+    /// Starts fetching and waits for the first page of the body (if it has one): its error,
+    /// other than finding no frame to pin (retried later like any other page), is returned.
+    async fn first_page(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            self.fill();
+            let Some(front) = self.fetches.front_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let FetchState::Waiting(fut) = &mut front.state else {
+                return Poll::Ready(Ok(()));
+            };
+            match fut.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    let (file, index) = (self.file.clone().expect("a body of a file"), front.index);
+                    front.state = FetchState::Waiting(retry(file, index));
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(p)) => {
+                    front.state = FetchState::Done(Ok(p));
+                    Poll::Ready(Ok(()))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Gives back the fetches from `at` on (unpinning what they hold) and narrows the window
+    /// to what is left, at least one page: the cache had no frame for the fetch at `at`.
+    fn shrink_to(&mut self, at: usize) {
+        let f = &self.fetches[at];
+        let base = f.index << self.page_shift;
+        self.issue_part = f.part;
+        self.issue_pos = Some(base + f.from as u64);
+        self.fetches.truncate(at);
+        self.window = at.max(1);
+    }
+
     /// Drops the front part (sent whole).
     fn pop_part(&mut self) {
         self.parts.pop_front();
-        if self.issue_part == 0 {
+        self.popped += 1;
+        if self.issue_part < self.popped {
+            self.issue_part = self.popped;
             self.issue_pos = None;
-        } else {
-            self.issue_part -= 1;
         }
+    }
+
+    /// Ends the body after an error: nothing more is sent, what was fetched is unpinned.
+    fn fail(&mut self, e: io::Error, offset: u64) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let path = self.file.as_ref().map(|f| f.path().display().to_string());
+        tracing::error!(path, offset, error = %e, "serve: read failed in a response body");
+        self.fetches.clear();
+        self.parts.clear();
+        self.remaining = 0;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
-/// Page `index` of `file`, pinned. While every frame of the cache is pinned (by other
-/// connections' bodies) it waits for one to be released, up to [`PIN_WAITS`] ms.
-async fn fetch_page(file: uringcache::File, index: u64) -> io::Result<PageRef> {
-    let mut waits = 0;
-    loop {
-        match file.page(index).await {
-            Err(e) if e.kind() == io::ErrorKind::OutOfMemory && waits < PIN_WAITS => {
-                waits += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            r => return r,
-        }
-    }
+/// Page `index` of `file` again in a millisecond (the cache had no frame to pin).
+fn retry(file: uringcache::File, index: u64) -> PageFuture {
+    Box::pin(async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        file.page(index).await
+    })
 }
 
 impl Body for PagesBody {
@@ -664,12 +741,44 @@ impl Body for PagesBody {
         loop {
             this.fill();
             // Every fetch in flight makes progress (submits its read), not only the front one.
-            for f in &mut this.fetches {
+            let mut no_frame = None;
+            for (i, f) in this.fetches.iter_mut().enumerate() {
                 if let FetchState::Waiting(fut) = &mut f.state {
-                    if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                        f.state = FetchState::Done(r);
+                    match fut.as_mut().poll(cx) {
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                            no_frame = Some(i);
+                            f.state = FetchState::Done(Err(e));
+                            break;
+                        }
+                        Poll::Ready(r) => f.state = FetchState::Done(r),
+                        Poll::Pending => {}
                     }
                 }
+            }
+            match no_frame {
+                Some(0) => {
+                    // Not even the page needed next: give back the rest, retry it soon.
+                    this.shrink_to(1);
+                    this.oom_waits += 1;
+                    let f = &mut this.fetches[0];
+                    if this.oom_waits > PIN_WAITS {
+                        let FetchState::Done(Err(e)) =
+                            std::mem::replace(&mut f.state, FetchState::Taken)
+                        else {
+                            unreachable!("the front fetch failed")
+                        };
+                        let offset = f.index << this.page_shift;
+                        return this.fail(e, offset);
+                    }
+                    let (file, index) = (this.file.clone().expect("a body of a file"), f.index);
+                    f.state = FetchState::Waiting(retry(file, index));
+                    continue;
+                }
+                Some(i) => {
+                    this.shrink_to(i);
+                    continue;
+                }
+                None => {}
             }
             let (start, end) = match this.parts.front_mut() {
                 None => return Poll::Ready(None),
@@ -701,23 +810,16 @@ impl Body for PagesBody {
             this.fetches.pop_front();
             let page = match page {
                 Ok(p) => p,
-                Err(e) => {
-                    let path = this.file.as_ref().map(|f| f.path().display().to_string());
-                    tracing::error!(path, offset = start, error = %e, "serve: read failed in a body");
-                    // Nothing more is sent: unpin what was fetched ahead.
-                    this.fetches.clear();
-                    this.parts.clear();
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.fail(e, start),
             };
+            this.oom_waits = 0;
+            this.window = (this.window + 1).min(this.pages_ahead);
             let n = (to - from) as u64;
             if let Some(Part::Range(a, _)) = this.parts.front_mut() {
                 *a += n;
             }
             this.remaining -= n;
-            return Poll::Ready(Some(Ok(Frame::data(
-                page.into_bytes().slice(from..to),
-            ))));
+            return Poll::Ready(Some(Ok(Frame::data(page.into_bytes().slice(from..to)))));
         }
     }
 
