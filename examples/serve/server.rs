@@ -57,6 +57,9 @@ pub const MAX_RANGES: usize = 64;
 /// 16 of them, hyper's own limit) until the socket takes them, so this and hyper's limit bound
 /// the pages a connection holds besides those [`PagesBody`] pins ahead.
 const CONN_BUF: usize = 64 << 10;
+/// How far a body reads a range ahead of the pages it fetches, in one device request: the
+/// range's own bytes only, never past its end (pages read ahead are cached, not pinned).
+pub const READ_AHEAD: u64 = 128 << 10;
 /// How long a body waits for its next page, in 1 ms steps, while every frame of the cache is
 /// pinned.
 const PIN_WAITS: u32 = 5000;
@@ -334,6 +337,9 @@ impl Server {
             }
             Err(e) => return Err(Refusal::Failed(e)),
         };
+        // Bodies read their ranges ahead themselves, exactly: no guessing past a range's end
+        // (the handle's readahead state would be shared by every connection anyway).
+        file.advise(uringcache::Advice::Random);
         let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
         let since = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
         let modified = UNIX_EPOCH + Duration::from_secs(since.as_secs());
@@ -519,6 +525,7 @@ enum Part {
 }
 
 type PageFuture = Pin<Box<dyn Future<Output = io::Result<PageRef>> + Send>>;
+type ReadAhead = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
 /// A page being fetched ahead, and which of its bytes go out.
 struct Fetch {
@@ -548,6 +555,12 @@ enum FetchState {
 /// A client that stops reading therefore holds at most `pages_ahead` pages plus the few frames
 /// queued in its connection's buffer, however long the range.
 ///
+/// Device reads: the body also reads its range ahead with
+/// [`File::readahead`](uringcache::File::readahead) in requests of [`READ_AHEAD`] bytes, one at a time, at
+/// most that far ahead of the pages it fetches and never past the range's end (the served
+/// handles are advised `Random`, so the cache itself guesses nothing); those pages are cached,
+/// not pinned, so a stalled client holds none of them.
+///
 /// When the cache has no frame left to pin (every frame held by bodies of other connections),
 /// the body gives back the pages it fetched ahead of the one it needs next, narrows its window
 /// to that one page, and retries it every millisecond (up to 5 s, then the body fails); the
@@ -567,6 +580,13 @@ pub struct PagesBody {
     issue_pos: Option<u64>,
     /// Pages it may fetch ahead now (1..=pages_ahead).
     window: usize,
+    /// The device read of the range ahead of the pages fetched (`File::readahead` of
+    /// [`READ_AHEAD`] bytes), if one is in flight; the part it is for (counted from the
+    /// body's first part), the next byte to read ahead and the end of that range.
+    ra: Option<ReadAhead>,
+    ra_part: usize,
+    ra_next: u64,
+    ra_end: u64,
     pages_ahead: usize,
     /// Retries of the front page while the cache had no frame to pin.
     oom_waits: u32,
@@ -611,6 +631,10 @@ impl PagesBody {
             issue_part: 0,
             issue_pos: None,
             window: 1,
+            ra: None,
+            ra_part: usize::MAX,
+            ra_next: 0,
+            ra_end: 0,
             pages_ahead: 1,
             oom_waits: 0,
             page_shift: 12,
@@ -646,6 +670,20 @@ impl PagesBody {
                 self.issue_pos = None;
                 continue;
             }
+            // The range's bytes a little ahead are read in large requests (the handle reads
+            // no further than asked: `Advice::Random`), and the page fetches find them in
+            // flight.
+            if self.ra_part != self.issue_part {
+                (self.ra_part, self.ra_next, self.ra_end) = (self.issue_part, pos, end);
+                self.ra = None; // its reads go on
+            }
+            self.ra_next = self.ra_next.max(pos);
+            if self.ra.is_none() && self.ra_next < self.ra_end && self.ra_next < pos + READ_AHEAD {
+                let (f, at) = (file.clone(), self.ra_next);
+                let len = READ_AHEAD.min(self.ra_end - at);
+                self.ra = Some(Box::pin(async move { f.readahead(at, len).await }));
+                self.ra_next += len;
+            }
             let index = pos >> shift;
             let base = index << shift;
             let stop = ((index + 1) << shift).min(end);
@@ -666,6 +704,7 @@ impl PagesBody {
     async fn first_page(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| {
             self.fill();
+            self.poll_read_ahead(cx);
             let Some(front) = self.fetches.front_mut() else {
                 return Poll::Ready(Ok(()));
             };
@@ -687,6 +726,23 @@ impl PagesBody {
             }
         })
         .await
+    }
+
+    /// Polls the read ahead in flight (its errors are left to the page fetches to meet).
+    fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.ra {
+            Some(ra) => match ra.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    if r.is_err() {
+                        self.ra_next = self.ra_end; // not again for this range
+                    }
+                    self.ra = None;
+                    true
+                }
+                Poll::Pending => false,
+            },
+            None => false,
+        }
     }
 
     /// Gives back the fetches from `at` on (unpinning what they hold) and narrows the window
@@ -740,6 +796,9 @@ impl Body for PagesBody {
         let this = self.get_mut();
         loop {
             this.fill();
+            if this.poll_read_ahead(cx) {
+                continue; // the next one may start
+            }
             // Every fetch in flight makes progress (submits its read), not only the front one.
             let mut no_frame = None;
             for (i, f) in this.fetches.iter_mut().enumerate() {

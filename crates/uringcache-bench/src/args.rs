@@ -26,7 +26,10 @@ FLAGS:
                        target directory this binary was built in)
   --workload NAME      run only these workloads (repeatable, or a comma list):
                        hit, hit-page, seq-cold, rand-cold, rand-large, zipf, scan,
-                       mixed, seq-write, rand-write-sync, all
+                       mixed, seq-write, rand-write-sync, all; and serve
+                       (HTTP range reads: uringcache's hyper server against
+                       tower-http's ServeDir at the same memory; only when named,
+                       not in `all`)
   --contender NAME     run only contenders whose id or name contains NAME (repeatable,
                        or a comma list); the kernel pread baselines (unbounded and at
                        the budget) always run; without it the main run has its own
@@ -66,6 +69,8 @@ pub struct Config {
     pub out: PathBuf,
     /// Workloads to run, in the order they run.
     pub workloads: Vec<Workload>,
+    /// `--workload serve` was given (`serve.rs`; not one of `workloads`, not in `all`).
+    pub serve: bool,
     /// Contender filters (substrings); empty: all.
     pub contenders: Vec<String>,
     /// The cold file's size (seq-cold, rand-cold).
@@ -241,7 +246,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
             main
         }
     };
-    let workloads = if workloads.is_empty() || workloads.iter().any(|w| w == "all") {
+    let serve = workloads.iter().any(|w| w == "serve");
+    workloads.retain(|w| w != "serve");
+    let workloads = if serve && workloads.is_empty() {
+        Vec::new()
+    } else if workloads.is_empty() || workloads.iter().any(|w| w == "all") {
         Workload::ALL.to_vec()
     } else {
         let mut chosen = Vec::new();
@@ -298,6 +307,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         full,
         out: out.unwrap_or_else(default_out),
         workloads,
+        serve,
         contenders,
         size,
         hit_size,
@@ -386,6 +396,11 @@ mod tests {
         let s = parse(["--startup", "64M,1G"].iter().map(|s| s.to_string())).unwrap();
         assert_eq!(s.startup, vec![64 << 20, 1 << 30]);
         assert!(parse(["--bogus"].iter().map(|s| s.to_string())).is_err());
+        let s = parse(["--workload", "serve"].iter().map(|s| s.to_string())).unwrap();
+        assert!(s.serve && s.workloads.is_empty());
+        let s = parse(["--workload", "serve,hit"].iter().map(|s| s.to_string())).unwrap();
+        assert!(s.serve && s.workloads == vec![Workload::Hit]);
+        assert!(!parse(std::iter::empty()).unwrap().serve);
         assert!(parse(["--size"].iter().map(|s| s.to_string())).is_err());
     }
 }

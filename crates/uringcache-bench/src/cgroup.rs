@@ -351,6 +351,38 @@ impl MemCgroup {
             .map_err(ctx(format!("reset {}/{file}", self.path.display())))
     }
 
+    /// Sets the memory limit to `limit` bytes now (the kernel reclaims down to it; v1 fails
+    /// with `EBUSY` when it cannot). [`limit`](Self::limit) still says the one it was made
+    /// with. For a turn whose child needs memory of its own beyond the budget (the `serve`
+    /// workload's server: its runtime, sockets and buffers), set once that is known.
+    pub fn set_limit(&self, limit: u64) -> io::Result<()> {
+        let file = match self.version {
+            Version::V1 => "memory.limit_in_bytes",
+            Version::V2 => "memory.max",
+        };
+        fs::write(self.path.join(file), limit.to_string()).map_err(ctx(format!(
+            "set {}/{file} to {limit}",
+            self.path.display()
+        )))
+    }
+
+    /// What is charged now, from `memory.stat`: (anonymous memory, page cache) in bytes
+    /// (v1 `rss` and `cache`, v2 `anon` and `file`).
+    pub fn charged(&self) -> io::Result<(u64, u64)> {
+        let p = self.path.join("memory.stat");
+        let text = fs::read_to_string(&p).map_err(ctx(format!("read {}", p.display())))?;
+        let (anon, file) = match self.version {
+            Version::V1 => ("rss", "cache"),
+            Version::V2 => ("anon", "file"),
+        };
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .ok_or_else(|| io::Error::other(format!("{}: no {key}", p.display())))
+        };
+        Ok((get(anon)?, get(file)?))
+    }
+
     /// Removes it now (what dropping it does), reporting a failure (used by the tests; the
     /// run's cgroup is shared, and dropped at the end).
     #[allow(dead_code)]

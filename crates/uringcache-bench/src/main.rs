@@ -160,6 +160,7 @@ mod contenders;
 mod data;
 mod measure;
 mod report;
+mod serve;
 mod startup;
 mod workloads;
 
@@ -179,7 +180,12 @@ use crate::workloads::{human, Case, Files, Prep, Task, Workload};
 fn main() {
     if cgroup::is_child() {
         // A kernel contender's turn at the same budget, in its memory cgroup.
-        if let Err(e) = cgroup::serve_child(contenders::run_child_turn) {
+        let served = if serve::is_child() {
+            cgroup::serve_child(serve::child_turn)
+        } else {
+            cgroup::serve_child(contenders::run_child_turn)
+        };
+        if let Err(e) = served {
             eprintln!("uringcache-bench cgroup child: {e}");
             std::process::exit(1);
         }
@@ -207,6 +213,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if cfg.serve {
+        // `--workload serve`: its own files, turns and table (serve.rs).
+        if let Err(e) = serve::run(&cfg) {
+            eprintln!("uringcache-bench: serve: {e}");
+            std::process::exit(1);
+        }
+        if cfg.workloads.is_empty() {
+            return;
+        }
+    }
     if let Err(e) = run(&cfg) {
         eprintln!("uringcache-bench: {e}");
         std::process::exit(1);
