@@ -27,6 +27,7 @@ const EXAMPLES: &[&str] = &[
     "blocking",
     "readme",
     "redb",
+    "serve",
 ];
 
 /// `target/<profile>`, from this test binary's path `target/<profile>/deps/examples-<hash>`.
@@ -341,4 +342,59 @@ fn redb_serves_reads_scans_and_batched_commits(backend: Backend) {
     let out = run_fails(backend, "redb", &[Path::new("10"), dir.path()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("service.redb"), "{}", stderr(&out));
+}
+
+common::backend_test!(serve_answers_range_requests_until_killed);
+fn serve_answers_range_requests_until_killed(backend: Backend) {
+    use std::io::{BufRead, Read, Write};
+    let dir = scratch_dir();
+    let (_, data) = make_file(dir.path(), "f", 100_000, 11);
+    let mut child = Command::new(example("serve"))
+        .args([dir.path().as_os_str(), "127.0.0.1:0".as_ref()])
+        .env(uringcache::BACKEND_ENV, env_value(backend))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the serve example");
+    // "serving ROOT on http://ADDR (cache: …, io_uring backend)"
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let result = std::panic::catch_unwind(|| {
+        let backend_name = if backend == Backend::IoUring {
+            "io_uring"
+        } else {
+            "threads"
+        };
+        assert!(line.contains(&format!("{backend_name} backend")), "{line}");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            sock,
+            "GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=4090-4109\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        sock.read_to_end(&mut resp).unwrap();
+        let text = String::from_utf8_lossy(&resp);
+        assert!(
+            text.starts_with("HTTP/1.1 206 Partial Content\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-range: bytes 4090-4109/100000"),
+            "{text}"
+        );
+        assert!(resp.ends_with(&data[4090..4110]), "{text}");
+    });
+    child.kill().expect("kill the serve example");
+    let _ = child.wait();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
 }
