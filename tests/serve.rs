@@ -278,6 +278,17 @@ fn ranges_match_std_fs(backend: Backend) {
             assert_eq!(r.body, common::read_disk(dir.path().join("sub/a b%.txt"))?);
             let r = c.get("/sub/small", &[]).await?;
             assert_eq!(r.body, common::read_disk(dir.path().join("sub/small"))?);
+            // An empty file: 200 with no bytes, and no range is satisfiable.
+            make_file(dir.path(), "empty", 0, 0);
+            let r = c.get("/empty", &[]).await?;
+            assert_eq!(
+                (r.status, r.header("content-length")),
+                (StatusCode::OK, "0")
+            );
+            assert!(r.body.is_empty());
+            let r = c.get("/empty", &[("range", "bytes=0-")]).await?;
+            assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+            assert_eq!(r.header("content-range"), "bytes */0");
             // Not found, a directory, a bad method.
             for p in ["/nope", "/sub", "/sub/", "/", "/data.bin/x"] {
                 assert_eq!(c.get(p, &[]).await?.status, StatusCode::NOT_FOUND, "{p}");
@@ -465,7 +476,7 @@ fn concurrent_clients_on_a_small_cache_get_the_right_bytes(backend: Backend) {
                     tokio::spawn(async move {
                         let mut rng = rand::rngs::StdRng::seed_from_u64(c);
                         let mut conn = connect(addr).await?;
-                        for _ in 0..20 {
+                        for _ in 0..12 {
                             let (name, data) = &files[rng.gen_range(0..files.len())];
                             let a = rng.gen_range(0..data.len());
                             let b = (a + rng.gen_range(1..256 << 10)).min(data.len());
@@ -498,7 +509,7 @@ fn concurrent_clients_on_a_small_cache_get_the_right_bytes(backend: Backend) {
         .unwrap();
 }
 
-/// Polls `cache.stats().pinned_pages` until it has not changed for 300 ms; returns it.
+/// Polls `cache.stats().pinned_pages` until it has not changed for 200 ms; returns it.
 async fn settled_pins(cache: &uringcache::Cache) -> usize {
     let mut last = usize::MAX;
     let mut since = Instant::now();
@@ -508,7 +519,7 @@ async fn settled_pins(cache: &uringcache::Cache) -> usize {
         if now != last {
             last = now;
             since = Instant::now();
-        } else if since.elapsed() > Duration::from_millis(300) || Instant::now() > deadline {
+        } else if since.elapsed() > Duration::from_millis(200) || Instant::now() > deadline {
             return now;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -521,7 +532,7 @@ fn a_client_that_stops_reading_pins_a_bounded_number_of_pages(backend: Backend) 
         .block_on(async {
             let dir = scratch_dir();
             // Larger than what loopback socket buffers hold, so that the server blocks.
-            let (path, _) = make_file(dir.path(), "big", 24 << 20, 8);
+            let (path, _) = make_file(dir.path(), "big", 16 << 20, 8);
             let disk = common::read_disk(&path)?;
             let cache = common::cache_on(backend, 512);
             // The gauge itself: pages held by handles.
@@ -569,6 +580,49 @@ fn a_client_that_stops_reading_pins_a_bounded_number_of_pages(backend: Backend) 
             let r = gone.send("GET", "/big", &[]).await?;
             assert!(settled_pins(&cache).await > 0);
             drop((r, gone));
+            assert_eq!(settled_pins(&cache).await, 0);
+            io::Result::Ok(())
+        })
+        .unwrap();
+}
+
+common::backend_test!(a_stalled_client_on_a_small_cache_leaves_room_for_others);
+fn a_stalled_client_on_a_small_cache_leaves_room_for_others(backend: Backend) {
+    runtime()
+        .block_on(async {
+            let dir = scratch_dir();
+            let (path, _) = make_file(dir.path(), "big", 8 << 20, 12);
+            let disk = common::read_disk(&path)?;
+            // 40 frames: a stalled client holds at most 8 + 16 + 1 of them; another client's
+            // body (8 ahead, and what its connection queues) makes do with the rest.
+            let cache = common::cache_on(backend, 40);
+            let addr = start_with(cache.clone(), dir.path(), 8).await?;
+            let sock = TcpSocket::new_v4()?;
+            sock.set_recv_buffer_size(16 << 10)?;
+            let mut slow = client_on(sock.connect(addr).await?).await?;
+            let r = slow.send("GET", "/big", &[]).await?;
+            let held = settled_pins(&cache).await;
+            assert!((1..=25).contains(&held), "the stalled client holds {held}");
+            let others = async {
+                let mut c = connect(addr).await?;
+                for (a, b) in [(100_000, 400_000), (6 << 20, (6 << 20) + 65_536)] {
+                    let range = format!("bytes={a}-{}", b - 1);
+                    let r = c.get("/big", &[("range", &range)]).await?;
+                    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+                    common::assert_bytes(&r.body, &disk[a..b], &range);
+                }
+                io::Result::Ok(())
+            };
+            tokio::time::timeout(Duration::from_secs(20), others)
+                .await
+                .expect("the other client was served in time")?;
+            let body = r
+                .into_body()
+                .collect()
+                .await
+                .map_err(io::Error::other)?
+                .to_bytes();
+            common::assert_bytes(&body, &disk, "the stalled client's copy");
             assert_eq!(settled_pins(&cache).await, 0);
             io::Result::Ok(())
         })

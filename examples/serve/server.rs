@@ -20,6 +20,9 @@
 //!   `If-None-Match` (weak comparison) or else `If-Modified-Since` matching gets
 //!   `304 Not Modified`; `If-Range` that does not match (a different or weak tag, or a date
 //!   other than `Last-Modified`) turns a range request into a `200` of the whole file.
+//! * Bodies: [`PagesBody`] pins at most `pages_ahead` pages (default [`DEFAULT_PAGES_AHEAD`])
+//!   ahead of what hyper has taken, and reads each range ahead exactly, in [`READ_AHEAD`]
+//!   requests that never go past the range's end.
 //! * Errors of the cache or the file system are logged through `tracing` (with the path) and
 //!   answered `500 Internal Server Error`; an error in the middle of a body (a failed device
 //!   read) is logged and aborts the connection, as the status line has gone out already.
@@ -748,11 +751,12 @@ impl PagesBody {
     /// Gives back the fetches from `at` on (unpinning what they hold) and narrows the window
     /// to what is left, at least one page: the cache had no frame for the fetch at `at`.
     fn shrink_to(&mut self, at: usize) {
-        let f = &self.fetches[at];
-        let base = f.index << self.page_shift;
-        self.issue_part = f.part;
-        self.issue_pos = Some(base + f.from as u64);
-        self.fetches.truncate(at);
+        if let Some(f) = self.fetches.get(at) {
+            let base = f.index << self.page_shift;
+            self.issue_part = f.part;
+            self.issue_pos = Some(base + f.from as u64);
+            self.fetches.truncate(at);
+        }
         self.window = at.max(1);
     }
 
