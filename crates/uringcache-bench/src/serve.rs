@@ -398,10 +398,12 @@ fn uringcache_turn(dir: &Path, budget: u64, load: &Load) -> io::Result<(Outcome,
     let out = run_load(load, addr);
     task.abort();
     let s = cache.stats();
+    // (`Stats::hits` counts the pages the bodies' own read-ahead brought in, so the device
+    // figures say more.)
     let note = format!(
-        "hit ratio {:.1} %, {} device reads ({}), {} backend",
-        s.hit_ratio() * 100.0,
+        "{} device reads of {} KiB on average ({} in all, warm-up included), {} backend",
         s.device_reads,
+        s.device_read_bytes / s.device_reads.max(1) / 1024,
         human(s.device_read_bytes),
         s.backend
     );
