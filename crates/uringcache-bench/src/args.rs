@@ -26,10 +26,11 @@ FLAGS:
                        target directory this binary was built in)
   --workload NAME      run only these workloads (repeatable, or a comma list):
                        hit, hit-page, seq-cold, rand-cold, rand-large, zipf, scan,
-                       mixed, seq-write, rand-write-sync, all; and serve
-                       (HTTP range reads: uringcache's hyper server against
-                       tower-http's ServeDir at the same memory; only when named,
-                       not in `all`)
+                       mixed, seq-write, rand-write-sync, all (all of those); and
+                       on request only (not in `all`): serve (HTTP range reads:
+                       uringcache's hyper server against tower-http's ServeDir at
+                       the same memory) and redb (redb over uringcache against redb
+                       on its file backend held to the same memory; about 2 minutes)
   --contender NAME     run only contenders whose id or name contains NAME (repeatable,
                        or a comma list); the kernel pread baselines (unbounded and at
                        the budget) always run; without it the main run has its own
@@ -258,7 +259,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
             let w = Workload::from_name(name).ok_or_else(|| {
                 format!(
                     "unknown workload {name:?}; known: {}",
-                    Workload::ALL.map(|w| w.name()).join(", ")
+                    Workload::ALL
+                        .iter()
+                        .chain(&Workload::ON_REQUEST)
+                        .map(|w| w.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })?;
             if !chosen.contains(&w) {
@@ -268,6 +274,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         // Run in the canonical order whatever the order on the command line.
         Workload::ALL
             .iter()
+            .chain(&Workload::ON_REQUEST)
             .copied()
             .filter(|w| chosen.contains(w))
             .collect()

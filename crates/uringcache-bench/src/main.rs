@@ -10,7 +10,8 @@
 //! scratch, the short list of contenders in `MAIN`), `--quick` (the CI smoke run: small
 //! files, 16 MiB budget) and `--full` (every contender, the big files, 3 rounds). The sizes
 //! below are `--full`'s; `--help` gives all three. `--workload seq-write,rand-write-sync` runs
-//! only those. `--startup 64M,1G,4G` instead times `Cache::build` for those budgets on both
+//! only those; `--workload redb` runs redb's benchmark phases over uringcache against redb
+//! on its file backend at the same memory (on request only: `redb.rs`). `--startup 64M,1G,4G` instead times `Cache::build` for those budgets on both
 //! backends, with the resident memory each build leaves (`startup.rs`).
 //!
 //! ## Contenders
@@ -159,6 +160,7 @@ mod cgroup;
 mod contenders;
 mod data;
 mod measure;
+mod redb;
 mod report;
 mod serve;
 mod startup;
@@ -179,9 +181,12 @@ use crate::workloads::{human, Case, Files, Prep, Task, Workload};
 
 fn main() {
     if cgroup::is_child() {
-        // A kernel contender's turn at the same budget, in its memory cgroup.
+        // A kernel contender's turn at the same budget, in its memory cgroup (or ServeDir's
+        // server, or a run of redb on its file backend, there).
         let served = if serve::is_child() {
             cgroup::serve_child(serve::child_turn)
+        } else if std::env::args().nth(1).as_deref() == Some(redb::CHILD_ARG) {
+            cgroup::serve_child(redb::run_child)
         } else {
             cgroup::serve_child(contenders::run_child_turn)
         };
@@ -450,6 +455,11 @@ fn run(cfg: &Config) -> io::Result<()> {
     }
     progress.bar.finish_and_clear();
     report::finish(&mut rows, contenders::BASELINE);
+    let redb = if uses(Workload::Redb) {
+        Some(redb::run(cfg, &mut scratch, &|line| eprintln!("{line}"))?)
+    } else {
+        None
+    };
 
     // The report.
     let mut text = String::new();
@@ -495,7 +505,14 @@ fn run(cfg: &Config) -> io::Result<()> {
         "\nratio: median over the median of the kernel baseline of the same case: `kernel pread @ budget` where the budget matters (rand-large, zipf, scan, mixed), the unbounded kernel pread (pwrite for writes) elsewhere; CPU s/GiB: user + system CPU of the whole process in the timed section per GiB read or written. Run took {:.0} s.\n",
         started.elapsed().as_secs_f64()
     );
-    let summary = report::summary(&rows, &cases);
+    let mut summary = if cases.is_empty() {
+        String::new()
+    } else {
+        report::summary(&rows, &cases)
+    };
+    if let Some(r) = &redb {
+        summary.push_str(&r.markdown);
+    }
     text.push_str("\n## Summary\n\n");
     text.push_str(&summary);
     text.push_str("\n## Every row\n\n");
@@ -518,6 +535,7 @@ fn run(cfg: &Config) -> io::Result<()> {
             "about": c.about,
         })).collect::<Vec<_>>(),
         "rows": rows,
+        "redb": redb.as_ref().map(|r| &r.json),
         "seconds": started.elapsed().as_secs_f64(),
     });
     let mut written = Vec::new();

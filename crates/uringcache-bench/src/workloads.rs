@@ -38,6 +38,9 @@ pub enum Workload {
     SeqWrite,
     /// 4 KiB random overwrites, each followed by `fdatasync`, 1 and 16 writers.
     RandWriteSync,
+    /// redb's benchmark phases, redb over uringcache against redb on its file backend held to
+    /// the same memory (`redb.rs`; on request only, not in [`Workload::ALL`]).
+    Redb,
 }
 
 impl Workload {
@@ -55,6 +58,9 @@ impl Workload {
         Workload::RandWriteSync,
     ];
 
+    /// Workloads that run only when named (`--workload redb`): not in a run of every workload.
+    pub const ON_REQUEST: [Workload; 1] = [Workload::Redb];
+
     /// The command-line name.
     pub fn name(self) -> &'static str {
         match self {
@@ -68,6 +74,7 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::SeqWrite => "seq-write",
             Workload::RandWriteSync => "rand-write-sync",
+            Workload::Redb => "redb",
         }
     }
 
@@ -87,7 +94,10 @@ impl Workload {
 
     /// The workload called `name`.
     pub fn from_name(name: &str) -> Option<Workload> {
-        Workload::ALL.into_iter().find(|w| w.name() == name)
+        Workload::ALL
+            .into_iter()
+            .chain(Workload::ON_REQUEST)
+            .find(|w| w.name() == name)
     }
 }
 
@@ -821,6 +831,8 @@ pub fn cases(cfg: &Config, files: &Files) -> Vec<Case> {
                     });
                 }
             }
+            // No cases: it runs on its own, after the others (`redb.rs`).
+            Workload::Redb => {}
         }
     }
     out
