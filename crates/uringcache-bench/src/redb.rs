@@ -670,3 +670,75 @@ fn summary(p: &Params, runs: &[(Side, RunOut)]) -> String {
     out.push('\n');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(budget: u64) -> Params {
+        Params {
+            label: "tiny".into(),
+            records: 2_000,
+            individual: 20,
+            batches: 3,
+            batch: 100,
+            reads: 2_000,
+            ranges: 200,
+            budget,
+            redb_cache: 64 << 10,
+        }
+    }
+
+    #[test]
+    fn every_phase_runs_and_checks_on_both_sides() {
+        let dir =
+            std::env::temp_dir().join(format!("uringcache-bench-redb-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // A budget the database fits in, and one a tenth of it.
+        for budget in [8 << 20, 256 << 10] {
+            for side in [Side::Uringcache, Side::File] {
+                let path = dir.join(format!("{}.redb", side.name()));
+                let out = run_phases(side, &tiny(budget), &path).unwrap();
+                let names: Vec<&str> = out.phases.iter().map(|p| p.name.as_str()).collect();
+                assert_eq!(names, PHASES.map(|p| p.0));
+                assert_eq!(out.phases[0].ops, 2_000);
+                assert_eq!(out.phases[7].ops, 2_320 / 2);
+                assert!(out.file_len > 0);
+                assert!(!path.exists(), "the run removes its database");
+                assert_eq!(
+                    side == Side::Uringcache,
+                    out.note.contains("misses"),
+                    "{}",
+                    out.note
+                );
+            }
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_sizes_fit_and_exceed_the_budget() {
+        let mut cfg = crate::args::parse(["--quick".to_string()]).unwrap();
+        for (quick, full, budget) in [
+            (true, false, 8u64 << 20),
+            (false, false, 16 << 20),
+            (false, true, 32 << 20),
+        ] {
+            (cfg.quick, cfg.full) = (quick, full);
+            let sizes = plan(&cfg);
+            assert_eq!(sizes.len(), 2);
+            let mib = budget >> 20;
+            assert!(sizes[0].total() < mib * RECORDS_PER_MIB, "{:?}", sizes[0]);
+            assert!(
+                sizes[1].total() >= 8 * mib * RECORDS_PER_MIB,
+                "{:?}",
+                sizes[1]
+            );
+            for s in &sizes {
+                assert_eq!(s.budget, budget);
+                assert!(s.redb_cache as u64 <= budget / 8);
+                assert!(s.reads >= READ_THREADS);
+            }
+        }
+    }
+}
