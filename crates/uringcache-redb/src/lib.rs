@@ -71,14 +71,33 @@
 //! works: the cache must be the only writer of the file, since it does not see another
 //! process's writes while it has the file open.
 //!
+//! ## Commits
+//!
+//! A durable redb commit writes its pages (the changed leaves and branches, the allocator's
+//! state, the header: about 8 pages for one insert into a small tree) through
+//! [`write`](redb::StorageBackend::write), then calls
+//! [`sync_data`](redb::StorageBackend::sync_data) once. The cache's own
+//! [`BlockingFile::sync_data`] writes a sync of up to 8 pages with `RWF_DSYNC`, each write
+//! then making the device flush its cache; for redb's commits that costs more than plain
+//! writes and one flush. So this backend's `sync_data` first writes every dirty page back
+//! with [`BlockingFile::sync_range`] (plain writes, all submitted at once, in parallel on the
+//! thread pool) and waits for them, then calls `sync_data`, which has nothing left to write
+//! and makes one flush (shared with any concurrent sync of the file). Measured with one insert
+//! per commit into a 20 000-record database on a 16 MiB cache, 1000 commits a run, runs
+//! alternated on a shared, busy machine: a median of 1430 commits/s with the `RWF_DSYNC`
+//! writes against 1711 this way on `io_uring` (5 runs each), 862 against 1364 on the thread
+//! pool (3 runs each), and p50 latencies about 15 % lower (BENCHMARKS.md, "redb on the
+//! cache").
+//!
 //! ## Invariants
 //!
 //! * Every method is the [`BlockingFile`] method of the same name, on the calling thread:
 //!   `read` is `read_exact_at` (an `UnexpectedEof` error past [`len`](BlockingFile::len), as
 //!   the trait asks), `write` is `write_all_at` (into the cache; the device gets it at the next
 //!   sync or writeback), `set_len` is `set_len` (new bytes read as zeros), `sync_data` is
-//!   `sync_data` (every byte written before it on the device, and the file on disk exactly
-//!   `len()` long), `len` is the cache's `len()`. No state of its own besides the lock.
+//!   `sync_range` over the whole file then `sync_data` (every byte written before it on the
+//!   device, and the file on disk exactly `len()` long; see "Commits"), `len` is the cache's
+//!   `len()`. No state of its own besides the lock.
 //! * Errors are the cache's [`io::Error`]s, passed through unchanged: their kind, their
 //!   message (operation, path) and the OS errno (as the error itself or its `source()`, see
 //!   [`uringcache_uring::error::raw_os_error_of`]). redb reports them as
@@ -288,7 +307,11 @@ impl StorageBackend for UringcacheBackend {
         self.file.set_len(len)
     }
 
+    /// A commit: the dirty pages go out together as plain writes (`sync_range` over the
+    /// whole file: one submission, waited for), then one flush (`sync_data`, which finds
+    /// nothing left to write). See the crate docs, "Commits".
     fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_range(0, self.file.len())?;
         self.file.sync_data()
     }
 

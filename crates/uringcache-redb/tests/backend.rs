@@ -330,3 +330,44 @@ fn concurrent_databases_on_a_four_page_budget(backend: Backend) {
     }
     assert!(cache.stats().evictions > 0);
 }
+
+both!(a_commit_is_plain_writes_and_one_flush);
+
+/// `sync_data` writes the commit's scattered pages as plain writes and makes one flush (not
+/// one `RWF_DSYNC` write, and so one device flush, per page), and they are on the file.
+fn a_commit_is_plain_writes_and_one_flush(backend: Backend) {
+    let Some(cache) = cache(backend, 1 << 20) else {
+        return;
+    };
+    let dir = scratch();
+    let path = dir.path().join("f");
+    let b = UringcacheBackend::with_cache(&cache, &path).unwrap();
+    b.set_len(64 << 12).unwrap();
+    b.sync_data().unwrap();
+    let before = cache.stats();
+    // Eight scattered pages, as one of redb's small commits writes.
+    for i in 0..8u64 {
+        b.write((i * 7) << 12, &[i as u8 + 1; 4096]).unwrap();
+    }
+    b.sync_data().unwrap();
+    let after = cache.stats();
+    assert_eq!(after.pages_written - before.pages_written, 8);
+    assert_eq!(
+        after.flushes - before.flushes,
+        1,
+        "one flush for the commit"
+    );
+    assert_eq!(after.dirty_pages, 0);
+    let on_disk = std::fs::read(&path).unwrap();
+    for i in 0..8usize {
+        let at = (i * 7) << 12;
+        assert!(
+            on_disk[at..at + 4096].iter().all(|&x| x == i as u8 + 1),
+            "page {i}"
+        );
+    }
+    // Nothing dirty: a sync is the flush alone (or nothing at all).
+    b.sync_data().unwrap();
+    assert_eq!(cache.stats().pages_written, after.pages_written);
+    b.close().unwrap();
+}
