@@ -83,11 +83,12 @@
 //! with [`BlockingFile::sync_range`] (plain writes, all submitted at once, in parallel on the
 //! thread pool) and waits for them, then calls `sync_data`, which has nothing left to write
 //! and makes one flush (shared with any concurrent sync of the file). Measured with one insert
-//! per commit into a 20 000-record database on a 16 MiB cache, 1000 commits a run, runs
-//! alternated on a shared, busy machine: a median of 1430 commits/s with the `RWF_DSYNC`
-//! writes against 1711 this way on `io_uring` (5 runs each), 862 against 1364 on the thread
-//! pool (3 runs each), and p50 latencies about 15 % lower (BENCHMARKS.md, "redb on the
-//! cache").
+//! per commit into a 12 000-record database on a 16 MiB cache (8 pages a commit, in 7
+//! requests), 1000 commits a run, runs alternated: on `io_uring` 1589–1769 commits/s with the
+//! `RWF_DSYNC` writes (461–511 µs in `sync_data`) against 2012–2774 this way (283–396 µs),
+//! 4 runs each; on the thread pool 1309–1538 against 1721–2094, 3 runs each. redb on its own
+//! file backend (the kernel's page cache, unbounded) made 2330–3139 (237–314 µs) in the same
+//! runs (BENCHMARKS.md, "redb on the cache", says where the rest goes).
 //!
 //! ## Invariants
 //!
