@@ -142,6 +142,14 @@
 //!   every contender's p50 / p99 latency of a write with its sync. uringcache's rows give its
 //!   `Stats`: syncs against the flushes they took, pages written back and in how many
 //!   requests.
+//! * `redb` (on request only: not in a run of every workload) — the phases of redb's own
+//!   benchmark (bulk load, individual writes, batch writes, cold and warm random reads,
+//!   4-thread reads, range reads, removals), redb over uringcache against redb on its file
+//!   backend run in a child process in a memory cgroup whose limit is uringcache's budget,
+//!   redb's own cache 1 MiB on both sides, for a database that fits the budget and one 8x
+//!   it, A B A B; a table per size after the summary (`redb.rs`). Targets 1.0x on every
+//!   phase, 1.2x on individual writes. Its own budget: 8 MiB `--quick`, 16 MiB main, 32 MiB
+//!   `--full`.
 //!
 //! Each uringcache row also gives the process's peak resident set over its turns (`VmHWM`,
 //! reset through `/proc/self/clear_refs` before each cache is built; the largest of the
