@@ -143,7 +143,9 @@ pub fn plan(cfg: &Config) -> Vec<Params> {
         Params {
             label: label.to_string(),
             records: total - batches * batch,
-            individual: if cfg.quick { 100 } else { 300 },
+            // Enough commits that a stall of a few ms (other processes on the CPUs) does not
+            // decide the phase.
+            individual: if cfg.quick { 200 } else { 1_000 },
             batches,
             batch,
             reads,
