@@ -2,7 +2,7 @@
 //! kernel's page cache held to the same memory.
 //!
 //! [redb](https://www.redb.org) runs the phases of its own benchmark (`benches/lmdb_benchmark.rs`
-//! in redb's repository) twice per round, A B A B: over uringcache
+//! in redb's repository) once per side in each round, A B A B: over uringcache
 //! ([`uringcache_redb::UringcacheBackend`], a cache of `budget` bytes) and over redb's own file
 //! backend (`Database::create`, the kernel's page cache), each run on a fresh database file.
 //!
@@ -13,11 +13,11 @@
 //!   heap and stacks), which on uringcache's side lies outside the budget: the kernel gets a
 //!   few MiB less than uringcache, the output says so and shows the peak the cgroup measured,
 //!   and uringcache's row shows the process's peak RSS. Where no cgroup can be made the
-//!   workload says why and runs the file backend unbounded.
+//!   workload says why and runs the file backend unbounded, in this process.
 //! * **Same redb.** redb's own cache ([`redb::Builder::set_cache_size`]) is the same, and
 //!   small, on both sides, so its reads reach the backend (the output says how much).
 //! * **Two sizes**: records whose database fits the budget (about half of it), and records
-//!   whose database is about eight times the budget (every phase then misses).
+//!   whose database is about eight times the budget (most of its reads then miss).
 //! * **The phases** (keys: random `u64`s, values 150 bytes, as redb's benchmark): bulk load
 //!   (one transaction), individual writes (one insert per durable commit: commit latency),
 //!   batch writes (transactions of `batch` inserts), random reads cold (the database reopened
@@ -31,8 +31,8 @@
 //!   uringcache is faster), each round's own ratio, and the target of issue 16 (≥ 1.0x on every
 //!   phase, ≥ 1.2x on individual writes).
 //!
-//! Runs on request only (`--workload redb`): see [`plan`] for the sizes of a `--quick`, main and
-//! `--full` run.
+//! Runs on request only (`--workload redb`): see [`budget`] and [`plan`] for the sizes of a
+//! `--quick`, main and `--full` run.
 
 use std::fs;
 use std::io;
@@ -108,13 +108,14 @@ impl Params {
 /// Records per MiB of database file, roughly (a 4 KiB leaf holds about 20 records of 158
 /// bytes, random inserts leave leaves part full, and the copy-on-write commits leave free
 /// pages in the file): the sizes below aim at a database of about half the budget ("fits")
-/// and of eight times it ("8x budget"). Measured (`--quick`, an 8 MiB budget): 9 100
-/// records made a 4 MiB file, 96 100 a 66.6 MiB one.
+/// and of eight times it ("8x budget"). Measured: 19 000 records made an 8.5 MiB file and
+/// 193 000 a 133.2 MiB one (the main run's 16 MiB budget), 36 300 and 384 300 made 17 and
+/// 265.6 MiB (`--full`, 32 MiB).
 const RECORDS_PER_MIB: u64 = 1_500;
 
 /// The budget of this run's size: smaller than the other workloads' (`--budget` does not
 /// apply), so that the database of eight times the budget loads in seconds (its bulk load
-/// is random inserts into a tree that no longer fits: a device read each).
+/// is random inserts into a tree that no longer fits: most of them wait for a device read).
 ///
 /// | run | budget | redb cache (both sides) |
 /// | --- | --- | --- |
@@ -487,8 +488,8 @@ fn run_phases(side: Side, p: &Params, path: &Path) -> io::Result<RunOut> {
         Some(c) => {
             let s = c.stats();
             format!(
-                "read-phase cache: hits {}, misses {}, evictions {}, syncs {}, flushes {}, pages written {} in {} requests",
-                s.hits, s.misses, s.evictions, s.syncs, s.flushes, s.pages_written, s.write_requests
+                "{} backend; read-phase cache: hits {}, misses {}, evictions {}, syncs {}, flushes {}, pages written {} in {} requests",
+                s.backend, s.hits, s.misses, s.evictions, s.syncs, s.flushes, s.pages_written, s.write_requests
             )
         }
         None => String::new(),
@@ -528,14 +529,17 @@ pub fn run(cfg: &Config, scratch: &mut Scratch, log: &dyn Fn(&str)) -> io::Resul
                 cg.version(),
                 human(cg.limit())
             ),
-            Err(e) => format!("NOT held to the budget (no memory cgroup: {e}), in a child process"),
+            Err(e) => format!("NOT held to the budget (no memory cgroup: {e}), in this process"),
         },
         human(sizes.first().map_or(0, |s| s.redb_cache as u64)),
     ));
     let mut json = Vec::new();
     for p in &sizes {
         let mut runs: Vec<(Side, RunOut)> = Vec::new();
-        for round in 0..rounds {
+        // A failed run (an error, a wrong answer, a child that died) ends its size, not the
+        // report: the section says what failed and the next size runs.
+        let mut failed = None;
+        'rounds: for round in 0..rounds {
             for side in [Side::Uringcache, Side::File] {
                 let path = scratch.reserve(&format!(
                     "redb-{}-{}-{round}.redb",
@@ -543,7 +547,9 @@ pub fn run(cfg: &Config, scratch: &mut Scratch, log: &dyn Fn(&str)) -> io::Resul
                     if p.label == "fits" { "fits" } else { "large" }
                 ));
                 // The last run's blocks freed now, not in this run's timed phases.
-                data::sync_filesystem(&scratch.dir)?;
+                data::sync_filesystem(&scratch.dir).map_err(|e| {
+                    io::Error::new(e.kind(), format!("syncfs {}: {e}", scratch.dir.display()))
+                })?;
                 let out = match side {
                     Side::Uringcache => {
                         measure::reset_peak_rss();
@@ -554,16 +560,20 @@ pub fn run(cfg: &Config, scratch: &mut Scratch, log: &dyn Fn(&str)) -> io::Resul
                     }
                     Side::File => run_file(&cgroup, p, &path),
                 };
-                let out = out.map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "redb workload, {} ({}), round {round}: {e}",
+                let out = match out {
+                    Ok(out) => out,
+                    Err(e) => {
+                        let msg = format!(
+                            "redb workload, {} ({}), round {}: {e}",
                             side.name(),
-                            p.label
-                        ),
-                    )
-                })?;
+                            p.label,
+                            round + 1
+                        );
+                        log(&msg);
+                        failed = Some(msg);
+                        break 'rounds;
+                    }
+                };
                 log(&format!(
                     "redb {} round {}/{rounds} {}: {}; file {}; {}",
                     p.label,
@@ -580,9 +590,13 @@ pub fn run(cfg: &Config, scratch: &mut Scratch, log: &dyn Fn(&str)) -> io::Resul
                 runs.push((side, out));
             }
         }
-        md.push_str(&summary(p, &runs));
+        match &failed {
+            Some(msg) => md.push_str(&format!("### {}: FAILED\n\n{msg}\n\n", p.label)),
+            None => md.push_str(&summary(p, &runs)),
+        }
         json.push(serde_json::json!({
             "size": p,
+            "failed": failed,
             "runs": runs.iter().map(|(s, o)| serde_json::json!({"side": s.name(), "run": o})).collect::<Vec<_>>(),
         }));
     }
@@ -592,8 +606,8 @@ pub fn run(cfg: &Config, scratch: &mut Scratch, log: &dyn Fn(&str)) -> io::Resul
     })
 }
 
-/// One run of the file backend, in the cgroup's child (or, with no cgroup, in a child all
-/// the same, unbounded).
+/// One run of the file backend, in the cgroup's child (or, with no cgroup, in this process,
+/// unbounded).
 fn run_file(cgroup: &io::Result<MemCgroup>, p: &Params, path: &Path) -> io::Result<RunOut> {
     let req = ChildRun {
         path: path.to_path_buf(),
