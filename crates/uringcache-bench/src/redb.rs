@@ -733,6 +733,23 @@ mod tests {
     }
 
     #[test]
+    fn it_runs_only_on_request() {
+        use crate::workloads::Workload;
+        let parse = |args: &[&str]| crate::args::parse(args.iter().map(|s| s.to_string())).unwrap();
+        assert_eq!(
+            parse(&["--workload", "redb"]).workloads,
+            vec![Workload::Redb]
+        );
+        assert_eq!(
+            parse(&["--workload", "redb,hit"]).workloads,
+            vec![Workload::Hit, Workload::Redb]
+        );
+        for run in [&[][..], &["--quick"], &["--full"], &["--workload", "all"]] {
+            assert!(!parse(run).workloads.contains(&Workload::Redb), "{run:?}");
+        }
+    }
+
+    #[test]
     fn the_sizes_fit_and_exceed_the_budget() {
         let mut cfg = crate::args::parse(["--quick".to_string()]).unwrap();
         for (quick, full, budget) in [
