@@ -11,8 +11,9 @@
 //! files, 16 MiB budget) and `--full` (every contender, the big files, 3 rounds). The sizes
 //! below are `--full`'s; `--help` gives all three. `--workload seq-write,rand-write-sync` runs
 //! only those; `--workload redb` runs redb's benchmark phases over uringcache against redb
-//! on its file backend at the same memory (on request only: `redb.rs`). `--startup 64M,1G,4G` instead times `Cache::build` for those budgets on both
-//! backends, with the resident memory each build leaves (`startup.rs`).
+//! on its file backend at the same memory (on request only: `redb.rs`). `--startup
+//! 64M,1G,4G` instead times `Cache::build` for those budgets on both backends, with the
+//! resident memory each build leaves (`startup.rs`).
 //!
 //! ## Contenders
 //!
