@@ -193,6 +193,12 @@ pub(super) enum Later {
     /// transfer), so a synchronous call on the submitting thread costs less than a hand-off to
     /// another thread, and its completion runs right after `submit` releases the mutex.
     Truncate(Completion, RawFd, u64),
+    /// `fdatasync(2)` (`true`) or `fsync(2)` on this thread: a thread blocked in
+    /// `Backend::block_on` with a ring of its own flushes inline. `IORING_OP_FSYNC` always
+    /// runs on an io-wq worker, so on the ring the blocked thread would wait for that worker
+    /// and then for the task work that posts the completion: two thread hops where the
+    /// thread, which only waits, can make the call itself.
+    Fsync(Completion, RawFd, bool),
 }
 
 impl Later {
@@ -212,6 +218,28 @@ impl Later {
                 };
                 counters.submitted();
                 complete(counters, OpKind::Truncate, done, result)
+            }
+            Later::Fsync(done, fd, datasync) => {
+                let result = loop {
+                    counters.submitted();
+                    // SAFETY: plain system calls on a descriptor the caller keeps open until
+                    // `unregister`, which it calls only when no request is in flight.
+                    let rc = unsafe {
+                        if datasync {
+                            libc::fdatasync(fd)
+                        } else {
+                            libc::fsync(fd)
+                        }
+                    };
+                    if rc == 0 {
+                        break Ok(0);
+                    }
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EINTR) {
+                        break Err(e);
+                    }
+                };
+                complete(counters, OpKind::Fsync, done, result)
             }
         }
     }

@@ -27,6 +27,12 @@
 //!   shared ring even from a blocked thread, since the call must not wait for them.
 //! * Files by descriptor and frames unregistered (`READV` / `WRITEV`): the shared ring's file
 //!   and buffer tables are that ring's only.
+//! * Flushes are not put on the ring: the thread calls `fdatasync` / `fsync` itself, inline
+//!   (`Later::Fsync`). `IORING_OP_FSYNC` always runs on an io-wq worker, so on the ring the
+//!   blocked thread would wait for that worker and then for the completion's task work; a
+//!   thread that only waits can make the call with no hop at all. A flush is always
+//!   submitted alone, after the writes it covers completed, so nothing in its batch waits on
+//!   it.
 //!
 //! # Waiting for completions and for wake-ups at once
 //!
@@ -74,7 +80,7 @@ use std::thread::{self, Thread};
 
 use io_uring::{opcode, IoUring};
 use parking_lot::{Condvar, Mutex};
-use uringcache_core::backend::{park_until_ready, submitting_detached, Request};
+use uringcache_core::backend::{park_until_ready, submitting_detached, Op, Request};
 use uringcache_core::ring_wake::RingWake;
 
 use super::driver::Shared;
@@ -184,6 +190,11 @@ impl Census {
     /// Operations completed on thread rings so far.
     pub(super) fn completions(&self) -> u64 {
         self.completions.load(Ordering::Relaxed)
+    }
+
+    /// A request this thread made itself, inline (a flush: see `Later::Fsync`).
+    fn completed_inline(&self) {
+        self.completions.fetch_add(1, Ordering::Relaxed);
     }
 
     fn finished(&self, n: usize) {
@@ -597,6 +608,14 @@ pub(super) fn submit(shared: &Shared, batch: &mut Vec<Request>) -> bool {
                 return true;
             }
             for req in batch.drain(..) {
+                // A flush is made inline (see `Later::Fsync`): this thread only waits.
+                // (An unknown file goes on to `prepare`, which reports it.)
+                if let Op::Fsync { datasync } = req.op {
+                    if let Some(entry) = st.files.get(req.file.0 as usize) {
+                        later.push(Later::Fsync(req.done, entry.fd, datasync));
+                        continue;
+                    }
+                }
                 match shared.prepare(&st, req, true) {
                     Ok(op) => {
                         shared.thread_rings.started(1);
@@ -609,7 +628,11 @@ pub(super) fn submit(shared: &Shared, batch: &mut Vec<Request>) -> bool {
         })
         .unwrap_or(false);
     for l in later {
+        let inline = matches!(l, Later::Fsync(..));
         l.run(&shared.counters);
+        if inline {
+            shared.thread_rings.completed_inline();
+        }
     }
     taken
 }
