@@ -43,8 +43,11 @@ fn example(name: &str) -> PathBuf {
     let dir = profile_dir();
     BUILT.get_or_init(|| {
         let mut cmd = Command::new(env!("CARGO"));
+        // `--workspace`: the features `cargo test --workspace` unified, so that the examples it
+        // built already are up to date (the root package alone would rebuild hyper and more).
         cmd.arg("build")
             .arg("--quiet")
+            .arg("--workspace")
             .arg("--manifest-path")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
         for e in EXAMPLES {

@@ -5,7 +5,7 @@ mod common;
 use std::io;
 use std::sync::Arc;
 
-use common::{cache_on, make_file, on_runtimes, ro, scratch_dir};
+use common::{cache_on, make_file, on_runtimes, on_tokio_runtimes, ro, scratch_dir};
 use rand::{Rng, SeedableRng};
 use uringcache::{Advice, Backend, OpenOptions};
 
@@ -37,7 +37,8 @@ async fn read_all_in_chunks(file: &uringcache::File, data: &[u8], chunk: usize) 
 
 common::backend_test!(whole_files_of_every_size_match_std_fs);
 fn whole_files_of_every_size_match_std_fs(backend: Backend) {
-    on_runtimes(move || async move {
+    // A long body: on the two tokio runtimes only (the other executors run the shorter ones).
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         for (i, &len) in SIZES.iter().enumerate() {
             let (path, data) = make_file(dir.path(), &format!("f{i}"), len, i as u64);
@@ -59,7 +60,8 @@ fn whole_files_of_every_size_match_std_fs(backend: Backend) {
 
 common::backend_test!(random_ranges_match_std_fs);
 fn random_ranges_match_std_fs(backend: Backend) {
-    on_runtimes(move || async move {
+    // A long body: on the two tokio runtimes only (the other executors run the shorter ones).
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, data) = make_file(dir.path(), "r", (4 << 20) + 77, 9);
         for frames in [4usize, 16, 300, 4096] {
@@ -360,7 +362,8 @@ fn shutdown_stops_the_cache(backend: Backend) {
 
 common::backend_test!(a_sequential_scan_ramps_its_window_as_the_kernel_does);
 fn a_sequential_scan_ramps_its_window_as_the_kernel_does(backend: Backend) {
-    on_runtimes(move || async move {
+    // A long body: on the two tokio runtimes only (the other executors run the shorter ones).
+    on_tokio_runtimes(move || async move {
         let dir = scratch_dir();
         let (path, _) = make_file(dir.path(), "ramp", 8 << 20, 13);
         let cache = cache_on(backend, 4096); // room for 2 MiB windows (max 512 pages)

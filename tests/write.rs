@@ -288,9 +288,10 @@ fn random_operations_match_a_model(backend: Backend) {
     let seeds: u64 = std::env::var("URINGCACHE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(8);
+    // Each seed on the next of the four executors.
     for seed in 0..seeds {
-        on_runtimes(move || differential(backend, seed));
+        common::on_executor(seed, move || differential(backend, seed));
     }
 }
 

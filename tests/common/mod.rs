@@ -202,6 +202,29 @@ where
     smol::block_on(body()).expect("smol::block_on");
 }
 
+/// Runs `body` on one of the four executors of [`on_runtimes`], the `n % 4`th: for a test that
+/// repeats a long body (seeds), each repetition on the next executor.
+#[allow(dead_code)] // by the test files without seeded bodies
+pub fn on_executor<F, Fut>(n: u64, body: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    match n % 4 {
+        0 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body())
+            .expect("current-thread runtime"),
+        1 => multi_thread()
+            .block_on(async { tokio::spawn(body()).await.expect("task panicked") })
+            .expect("multi-thread runtime"),
+        2 => futures::executor::block_on(body()).expect("futures::executor::block_on"),
+        _ => smol::block_on(body()).expect("smol::block_on"),
+    }
+}
+
 /// Runs `body` on a tokio current-thread runtime and on a tokio multi-thread runtime.
 pub fn on_tokio_runtimes<F, Fut>(body: F)
 where

@@ -118,7 +118,11 @@
 //!
 //! Futures are `Send` and run under any executor (tokio multi-thread or current-thread,
 //! `tokio_uring::start`, others): the backend's own thread completes I/O and wakes wakers, so
-//! the cache does not need the caller's runtime. Handles are `Clone + Send + Sync`. Only
+//! the cache does not need the caller's runtime. On a multi-thread tokio runtime (with its I/O
+//! driver), the `io_uring` backend does better: each worker thread gets a ring of its own,
+//! reaped by a task on the runtime when the runtime's reactor says it is ready, so a miss's
+//! completion wakes the worker directly
+//! ([`CacheBuilder::reactor_rings`](crate::CacheBuilder::reactor_rings)). Handles are `Clone + Send + Sync`. Only
 //! [`File::reader`] and [`File::writer`] (feature `tokio`, on by default) use tokio's traits.
 //!
 //! ## Blocking callers
