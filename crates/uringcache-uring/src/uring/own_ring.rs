@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
 use io_uring::{squeue, IoUring};
@@ -30,6 +31,75 @@ pub(super) const FIRST_TAG: u64 = u64::MAX - 15;
 
 /// A finished operation, its completion still to run (with every lock released).
 pub(super) type Finished = (Completion, OpKind, io::Result<usize>);
+
+/// How many rings of one kind (blocking threads', reactor rings) a backend may have and has,
+/// and the one warning per backend when a thread must do without.
+pub(super) struct RingQuota {
+    /// Most rings; 0 when this kind is off.
+    max: usize,
+    live: AtomicUsize,
+    warned: AtomicBool,
+    /// The rings' kind and the setting that bounds them, for messages
+    /// (`"thread rings (UringConfig::thread_rings)"`).
+    kind: &'static str,
+    /// Who falls back to the shared ring, for the warning (`"a blocking thread"`).
+    user: &'static str,
+}
+
+impl RingQuota {
+    pub(super) fn new(max: usize, kind: &'static str, user: &'static str) -> RingQuota {
+        RingQuota {
+            max,
+            live: AtomicUsize::new(0),
+            warned: AtomicBool::new(false),
+            kind,
+            user,
+        }
+    }
+
+    /// Whether rings of this kind may be made at all.
+    pub(super) fn enabled(&self) -> bool {
+        self.max > 0
+    }
+
+    /// Rings of this kind in existence.
+    pub(super) fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of the `max` places, or says why not.
+    pub(super) fn admit(&self) -> Result<(), String> {
+        let mut n = self.live.load(Ordering::Relaxed);
+        loop {
+            if n >= self.max {
+                return Err(format!("{} {} exist already", self.max, self.kind));
+            }
+            match self
+                .live
+                .compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// Gives back a place taken by [`admit`](Self::admit).
+    pub(super) fn release(&self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Logs, once per backend, why a thread uses the shared ring.
+    pub(super) fn warn_once(&self, why: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "uringcache: {} uses the shared io_uring (completions reaped by the driver \
+                 thread) instead of a ring of its own: {why}",
+                self.user
+            );
+        }
+    }
+}
 
 /// One ring and its operations.
 pub(super) struct OwnRing {

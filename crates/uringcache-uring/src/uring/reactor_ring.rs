@@ -54,7 +54,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once, Weak};
 
 use io_uring::{opcode, IoUring};
@@ -66,7 +66,7 @@ use uringcache_core::backend::{Op, Request};
 
 use super::driver::Shared;
 use super::ops::Later;
-use super::own_ring::{Finished, OwnRing, FIRST_TAG};
+use super::own_ring::{Finished, OwnRing, RingQuota, FIRST_TAG};
 use super::NAME;
 use crate::common::{complete, shut_down_error, Counters};
 
@@ -90,12 +90,10 @@ fn small(req: &Request) -> bool {
 
 /// What a backend keeps about its reactor rings.
 pub(super) struct ReactorCensus {
-    /// Most rings; 0 when reactor rings are off.
-    max: usize,
+    /// How many rings (none when reactor rings are off).
+    quota: RingQuota,
     /// Submission queue entries of each ring (the completion queue gets twice as many).
     entries: u32,
-    live: AtomicUsize,
-    warned: AtomicBool,
     /// Operations completed on reactor rings, ever.
     completions: AtomicU64,
     /// Every ring, for shutdown.
@@ -107,10 +105,12 @@ impl ReactorCensus {
     pub(super) fn new(max: usize, entries: u32) -> Arc<ReactorCensus> {
         let max = if cfg!(panic = "unwind") { max } else { 0 };
         Arc::new(ReactorCensus {
-            max,
+            quota: RingQuota::new(
+                max,
+                "reactor rings (UringConfig::reactor_rings)",
+                "a task on this tokio runtime",
+            ),
             entries: entries.clamp(8, 4096),
-            live: AtomicUsize::new(0),
-            warned: AtomicBool::new(false),
             completions: AtomicU64::new(0),
             rings: Mutex::new(Vec::new()),
         })
@@ -118,49 +118,17 @@ impl ReactorCensus {
 
     /// Whether tasks may get reactor rings.
     pub(super) fn enabled(&self) -> bool {
-        self.max > 0
+        self.quota.enabled()
     }
 
     /// Reactor rings in existence.
     pub(super) fn live(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.quota.live()
     }
 
     /// Operations completed on reactor rings so far.
     pub(super) fn completions(&self) -> u64 {
         self.completions.load(Ordering::Relaxed)
-    }
-
-    fn admit(&self) -> Result<(), String> {
-        let mut n = self.live.load(Ordering::Relaxed);
-        loop {
-            if n >= self.max {
-                return Err(format!(
-                    "{} reactor rings exist already (UringConfig::reactor_rings)",
-                    self.max
-                ));
-            }
-            match self
-                .live
-                .compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(()),
-                Err(now) => n = now,
-            }
-        }
-    }
-
-    fn release(&self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    fn warn_once(&self, why: &str) {
-        if !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "uringcache: tasks on this tokio runtime use the shared io_uring (completions \
-                 reaped by the driver thread) instead of rings reaped by the runtime: {why}"
-            );
-        }
     }
 }
 
@@ -191,7 +159,7 @@ pub(super) struct ReactorRing {
 
 impl Drop for ReactorRing {
     fn drop(&mut self) {
-        self.census.release();
+        self.census.quota.release();
     }
 }
 
@@ -199,7 +167,7 @@ impl ReactorRing {
     /// Makes a ring, registers it with the current runtime and spawns its reaper there.
     fn make(shared: &Arc<Shared>, handle: &Handle) -> Result<Arc<ReactorRing>, String> {
         let census = &shared.reactor_rings;
-        census.admit()?;
+        census.quota.admit()?;
         let ring = match IoUring::builder()
             .dontfork()
             .setup_clamp()
@@ -208,14 +176,14 @@ impl ReactorRing {
         {
             Ok(ring) => ring,
             Err(e) => {
-                census.release();
+                census.quota.release();
                 return Err(format!("the ring cannot be made ({e})"));
             }
         };
         let fd = match register(ring.as_raw_fd()) {
             Ok(fd) => fd,
             Err(why) => {
-                census.release();
+                census.quota.release();
                 return Err(why);
             }
         };
@@ -432,7 +400,7 @@ pub(super) fn submit(shared: &Arc<Shared>, batch: &mut Vec<Request>) -> bool {
             let ring = match ReactorRing::make(shared, &handle) {
                 Ok(ring) => Some(ring),
                 Err(why) => {
-                    shared.reactor_rings.warn_once(&why);
+                    shared.reactor_rings.quota.warn_once(&why);
                     None
                 }
             };

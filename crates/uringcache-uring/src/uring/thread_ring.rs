@@ -85,7 +85,7 @@ use uringcache_core::ring_wake::RingWake;
 
 use super::driver::Shared;
 use super::ops::Later;
-use super::own_ring::{Finished, OwnRing, FIRST_TAG};
+use super::own_ring::{Finished, OwnRing, RingQuota, FIRST_TAG};
 use super::NAME;
 use crate::common::{complete, shut_down_error, Counters};
 
@@ -106,10 +106,9 @@ const FUTEX_MATCH_ANY: u64 = u32::MAX as u64;
 /// What a backend keeps about its thread rings: whether they are on, how many exist, how many
 /// operations they have in flight (for shutdown).
 pub(super) struct Census {
-    /// Most rings; 0 when thread rings are off (configured so, or no `FUTEX_WAIT` opcode).
-    max: usize,
-    live: AtomicUsize,
-    warned: AtomicBool,
+    /// How many rings (none when thread rings are off: configured so, or no `FUTEX_WAIT`
+    /// opcode).
+    quota: RingQuota,
     in_flight: AtomicUsize,
     /// Operations completed on thread rings, ever.
     completions: AtomicU64,
@@ -128,9 +127,11 @@ impl Census {
             );
         }
         Census {
-            max: if futex_op { max } else { 0 },
-            live: AtomicUsize::new(0),
-            warned: AtomicBool::new(false),
+            quota: RingQuota::new(
+                if futex_op { max } else { 0 },
+                "thread rings (UringConfig::thread_rings)",
+                "a blocking thread",
+            ),
             in_flight: AtomicUsize::new(0),
             completions: AtomicU64::new(0),
             closing: AtomicBool::new(false),
@@ -141,46 +142,12 @@ impl Census {
 
     /// Whether blocking calls may get rings of their own.
     pub(super) fn enabled(&self) -> bool {
-        self.max > 0
+        self.quota.enabled()
     }
 
     /// Thread rings in existence.
     pub(super) fn live(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
-    }
-
-    /// Takes one of the `max` places, or says why not.
-    fn admit(&self) -> Result<(), String> {
-        let mut n = self.live.load(Ordering::Relaxed);
-        loop {
-            if n >= self.max {
-                return Err(format!(
-                    "{} thread rings exist already (UringConfig::thread_rings)",
-                    self.max
-                ));
-            }
-            match self
-                .live
-                .compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(()),
-                Err(now) => n = now,
-            }
-        }
-    }
-
-    fn release(&self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Logs, once per backend, why a thread uses the shared ring.
-    fn warn_once(&self, why: &str) {
-        if !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "uringcache: a blocking thread uses the shared io_uring (its completions \
-                 reaped by the driver thread) instead of a ring of its own: {why}"
-            );
-        }
+        self.quota.live()
     }
 
     fn started(&self, n: usize) {
@@ -378,7 +345,7 @@ impl Drop for Slot {
                 complete(&shared.counters, kind, done, result);
             }
             shared.thread_rings.finished(n);
-            shared.thread_rings.release();
+            shared.thread_rings.quota.release();
         }
     }
 }
@@ -440,17 +407,19 @@ impl<'a> Scope<'a> {
                 let key = Arc::as_ptr(shared);
                 if t.slot(key).is_none() {
                     let census = &shared.thread_rings;
-                    let ring = match census.admit() {
+                    let ring = match census.quota.admit() {
                         Ok(()) => match ThreadRing::new(wake.clone()) {
                             Ok(ring) => Some(ring),
                             Err(e) => {
-                                census.release();
-                                census.warn_once(&format!("the ring cannot be made ({e})"));
+                                census.quota.release();
+                                census
+                                    .quota
+                                    .warn_once(&format!("the ring cannot be made ({e})"));
                                 None
                             }
                         },
                         Err(why) => {
-                            census.warn_once(&why);
+                            census.quota.warn_once(&why);
                             None
                         }
                     };
