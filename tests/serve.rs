@@ -51,6 +51,14 @@ async fn connect(addr: SocketAddr) -> io::Result<Client> {
     client_on(TcpStream::connect(addr).await?).await
 }
 
+/// A client whose socket has a small receive buffer (16 KiB), so that one that stops reading
+/// stalls the server's body soon.
+async fn small_buffer_client(addr: SocketAddr) -> io::Result<Client> {
+    let sock = TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(16 << 10)?;
+    client_on(sock.connect(addr).await?).await
+}
+
 async fn client_on(sock: TcpStream) -> io::Result<Client> {
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
         .await
@@ -547,9 +555,7 @@ fn a_client_that_stops_reading_pins_a_bounded_number_of_pages(backend: Backend) 
             const AHEAD: usize = 8;
             let addr = start_with(cache.clone(), dir.path(), AHEAD).await?;
             // A client with a small receive buffer that reads the head and then nothing.
-            let sock = TcpSocket::new_v4()?;
-            sock.set_recv_buffer_size(16 << 10)?;
-            let mut slow = client_on(sock.connect(addr).await?).await?;
+            let mut slow = small_buffer_client(addr).await?;
             let r = slow.send("GET", "/big", &[]).await?;
             assert_eq!(r.status(), StatusCode::OK);
             let pinned = settled_pins(&cache).await;
@@ -574,9 +580,7 @@ fn a_client_that_stops_reading_pins_a_bounded_number_of_pages(backend: Backend) 
             common::assert_bytes(&body, &disk, "the slow client's copy");
             assert_eq!(settled_pins(&cache).await, 0);
             // A client that goes away mid-body releases its pages too.
-            let sock = TcpSocket::new_v4()?;
-            sock.set_recv_buffer_size(16 << 10)?;
-            let mut gone = client_on(sock.connect(addr).await?).await?;
+            let mut gone = small_buffer_client(addr).await?;
             let r = gone.send("GET", "/big", &[]).await?;
             assert!(settled_pins(&cache).await > 0);
             drop((r, gone));
@@ -597,9 +601,7 @@ fn a_stalled_client_on_a_small_cache_leaves_room_for_others(backend: Backend) {
             // body (8 ahead, and what its connection queues) makes do with the rest.
             let cache = common::cache_on(backend, 40);
             let addr = start_with(cache.clone(), dir.path(), 8).await?;
-            let sock = TcpSocket::new_v4()?;
-            sock.set_recv_buffer_size(16 << 10)?;
-            let mut slow = client_on(sock.connect(addr).await?).await?;
+            let mut slow = small_buffer_client(addr).await?;
             let r = slow.send("GET", "/big", &[]).await?;
             let held = settled_pins(&cache).await;
             assert!((1..=25).contains(&held), "the stalled client holds {held}");
